@@ -1,0 +1,287 @@
+//! The in-memory mirror of the cache database: what the HTTP layer serves.
+//!
+//! It is warmed from the cache database at start-up and kept current by the
+//! cache database's own feed, so an instance that does not build serves the
+//! same content as one that does. A building instance also applies its own
+//! successful writes straight away (write-through), so an edit is visible
+//! without waiting for the feed's echo.
+//!
+//! Invariant: a feed update never replaces a newer revision this process
+//! already holds (its echo may arrive late); write-through and a full reload
+//! always win, because they are known to be current.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+
+use super::CacheEntry;
+use crate::couch::rev_generation;
+
+/// Per-domain totals, for metrics and the status endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DomainStats {
+    pub documents: u64,
+    pub bytes: u64,
+    pub with_errors: u64,
+    pub stale: u64,
+}
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<String, Slot>,
+    stats: BTreeMap<String, DomainStats>,
+}
+
+enum Slot {
+    Live(Arc<CacheEntry>),
+    /// Remembered so that a late echo of an older revision is not revived.
+    Deleted { generation: u64 },
+}
+
+/// The mirror. Cheap to read from many threads.
+pub struct Mirror {
+    state: RwLock<State>,
+    changed: Notify,
+    loaded: watch::Sender<bool>,
+    reloads: watch::Sender<u64>,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Mirror {
+            state: RwLock::default(),
+            changed: Notify::new(),
+            loaded: watch::channel(false).0,
+            reloads: watch::channel(0).0,
+        }
+    }
+}
+
+impl Mirror {
+    pub fn get(&self, id: &str) -> Option<Arc<CacheEntry>> {
+        match self.read().slots.get(id)? {
+            Slot::Live(entry) => Some(entry.clone()),
+            Slot::Deleted { .. } => None,
+        }
+    }
+
+    /// The ids of a domain's live entries.
+    pub fn ids_of(&self, domain: &str) -> Vec<String> {
+        let state = self.read();
+        let live = state.slots.iter().filter_map(|(id, slot)| match slot {
+            Slot::Live(entry) if entry.domain == domain => Some(id.clone()),
+            _ => None,
+        });
+        live.collect()
+    }
+
+    /// Entries with errors (up to `limit`), sorted by id.
+    pub fn with_errors(&self, limit: usize) -> Vec<Arc<CacheEntry>> {
+        let state = self.read();
+        let mut found: Vec<_> = state
+            .slots
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Live(entry) if entry.has_errors() => Some(entry.clone()),
+                _ => None,
+            })
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.truncate(limit);
+        found
+    }
+
+    pub fn stats(&self) -> BTreeMap<String, DomainStats> {
+        self.read().stats.clone()
+    }
+
+    /// Whether the initial load from the cache database has completed.
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    pub fn subscribe_loaded(&self) -> watch::Receiver<bool> {
+        self.loaded.subscribe()
+    }
+
+    /// Bumps every time the whole cache database was (re)loaded.
+    pub fn subscribe_reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Resolves after the next change to the mirror.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Replaces everything with a fresh load of the cache database.
+    pub fn replace_all(&self, entries: Vec<CacheEntry>) {
+        {
+            let mut state = self.write();
+            *state = State::default();
+            for entry in entries {
+                state.put(Arc::new(entry));
+            }
+        }
+        self.loaded.send_replace(true);
+        self.reloads.send_modify(|n| *n += 1);
+        self.changed.notify_waiters();
+    }
+
+    /// Applies a change from the cache feed, unless this process already holds
+    /// a newer revision of the document.
+    pub fn apply_feed(&self, update: Update) {
+        let applied = {
+            let mut state = self.write();
+            let incoming = update.generation();
+            let newer = match state.slots.get(update.id()) {
+                None => true,
+                Some(Slot::Live(entry)) => incoming > rev_generation(&entry.rev) || (incoming == rev_generation(&entry.rev) && update.rev() != Some(entry.rev.as_str())),
+                Some(Slot::Deleted { generation }) => incoming > *generation,
+            };
+            if newer {
+                state.apply(update);
+            }
+            newer
+        };
+        if applied {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Applies what this process just wrote (or read back) from the cache
+    /// database: always current.
+    pub fn apply_written(&self, update: Update) {
+        self.write().apply(update);
+        self.changed.notify_waiters();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A change to one cache document.
+#[derive(Debug, Clone)]
+pub enum Update {
+    Live(CacheEntry),
+    Deleted { id: String, rev: String },
+}
+
+impl Update {
+    fn id(&self) -> &str {
+        match self {
+            Update::Live(entry) => &entry.id,
+            Update::Deleted { id, .. } => id,
+        }
+    }
+
+    fn rev(&self) -> Option<&str> {
+        match self {
+            Update::Live(entry) => Some(&entry.rev),
+            Update::Deleted { .. } => None,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match self {
+            Update::Live(entry) => rev_generation(&entry.rev),
+            Update::Deleted { rev, .. } => rev_generation(rev),
+        }
+    }
+}
+
+impl State {
+    fn apply(&mut self, update: Update) {
+        match update {
+            Update::Live(entry) => self.put(Arc::new(entry)),
+            Update::Deleted { id, rev } => {
+                let generation = rev_generation(&rev);
+                if let Some(Slot::Live(old)) = self.slots.insert(id, Slot::Deleted { generation }) {
+                    self.count(&old, false);
+                }
+            }
+        }
+    }
+
+    fn put(&mut self, entry: Arc<CacheEntry>) {
+        self.count(&entry, true);
+        if let Some(Slot::Live(old)) = self.slots.insert(entry.id.clone(), Slot::Live(entry)) {
+            self.count(&old, false);
+        }
+    }
+
+    fn count(&mut self, entry: &CacheEntry, add: bool) {
+        let stats = self.stats.entry(entry.domain.clone()).or_default();
+        let apply = |total: &mut u64, amount: u64| {
+            *total = if add { *total + amount } else { total.saturating_sub(amount) };
+        };
+        apply(&mut stats.documents, 1);
+        apply(&mut stats.bytes, entry.bytes as u64);
+        apply(&mut stats.with_errors, u64::from(entry.has_errors()));
+        apply(&mut stats.stale, u64::from(entry.stale));
+    }
+}
+
+/// Turns a cache-database document into a mirror update; `None` for
+/// documents caldera does not own (design documents, foreign documents).
+pub fn update_from_doc(id: &str, rev: &str, body: Option<&Value>, bytes: usize) -> Option<Result<Update, String>> {
+    if id.starts_with("_design/") {
+        return None;
+    }
+    match body {
+        None => Some(Ok(Update::Deleted { id: id.to_string(), rev: rev.to_string() })),
+        Some(doc) => Some(CacheEntry::from_doc(doc, bytes).map(Update::Live)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(id: &str, rev: &str, content: Value) -> CacheEntry {
+        CacheEntry {
+            id: id.into(),
+            rev: rev.into(),
+            domain: "sysconf".into(),
+            key: id.into(),
+            hash: "h".into(),
+            content,
+            errors: json!([]),
+            stale: false,
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn late_echoes_do_not_revive_older_revisions() {
+        let mirror = Mirror::default();
+        mirror.apply_written(Update::Live(entry("sysconf:a", "2-b", json!(2))));
+        mirror.apply_feed(Update::Live(entry("sysconf:a", "1-a", json!(1))));
+        assert_eq!(mirror.get("sysconf:a").unwrap().content, json!(2));
+        mirror.apply_written(Update::Deleted { id: "sysconf:a".into(), rev: "3-c".into() });
+        mirror.apply_feed(Update::Live(entry("sysconf:a", "2-b", json!(2))));
+        assert!(mirror.get("sysconf:a").is_none());
+        mirror.apply_feed(Update::Live(entry("sysconf:a", "4-d", json!(4))));
+        assert_eq!(mirror.get("sysconf:a").unwrap().content, json!(4));
+    }
+
+    #[test]
+    fn stats_follow_replacements_and_deletions() {
+        let mirror = Mirror::default();
+        mirror.replace_all(vec![entry("sysconf:a", "1-a", json!(1)), entry("sysconf:b", "1-a", json!(1))]);
+        assert!(mirror.is_loaded());
+        assert_eq!(mirror.stats()["sysconf"].documents, 2);
+        mirror.apply_feed(Update::Live(entry("sysconf:a", "2-a", json!(2))));
+        mirror.apply_feed(Update::Deleted { id: "sysconf:b".into(), rev: "2-x".into() });
+        assert_eq!(mirror.stats()["sysconf"], DomainStats { documents: 1, bytes: 10, with_errors: 0, stale: 0 });
+        assert_eq!(mirror.ids_of("sysconf"), ["sysconf:a"]);
+    }
+}

@@ -1,0 +1,92 @@
+//! The output families caldera builds, one folder each. A domain turns
+//! source documents into cache documents through the `Builder` trait, which
+//! is pure: documents in, output out, no IO, no clock. Domains never import
+//! each other; anything they share lives in this file.
+
+pub mod sysconf;
+
+use serde_json::Value;
+
+use crate::rebuild::index::{Index, Reads, SourceDoc, SourceId};
+
+/// Every domain. Adding one is a compile-error-guided change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Domain {
+    Sysconf,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 1] = [Domain::Sysconf];
+
+    /// The name used in cache document ids (`sysconf:ecallmgr`), metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Domain::Sysconf => "sysconf",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Domain> {
+        Domain::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The builder of this domain.
+    pub fn builder(self) -> &'static dyn Builder {
+        match self {
+            Domain::Sysconf => &sysconf::SysconfBuilder,
+        }
+    }
+}
+
+/// A problem found while building, attached to the output it affects.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Issue {
+    /// The source the offending document lives in.
+    pub source: SourceId,
+    /// The offending document, when there is one.
+    pub doc: Option<String>,
+    pub reason: String,
+}
+
+impl Issue {
+    pub fn doc(source: &str, doc: &str, reason: impl Into<String>) -> Issue {
+        Issue { source: source.into(), doc: Some(doc.to_string()), reason: reason.into() }
+    }
+}
+
+/// The result of building one output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Built {
+    /// The output does not exist (its cache document is deleted).
+    Absent,
+    /// The output, possibly with problems that did not prevent it.
+    Content { content: Value, issues: Vec<Issue> },
+    /// No output could be produced; the last good content keeps being served,
+    /// flagged stale, with these problems.
+    Failed { issues: Vec<Issue> },
+}
+
+/// A domain's pure build logic.
+pub trait Builder: Send + Sync {
+    fn domain(&self) -> Domain;
+
+    /// The sources this domain reads (logical names, see `rebuild::sources`).
+    fn sources(&self) -> &'static [&'static str];
+
+    /// Whether a document is input at all (client-side filtering by type;
+    /// design documents never reach builders).
+    fn keeps(&self, source: &str, doc: &SourceDoc) -> bool {
+        let _ = (source, doc);
+        true
+    }
+
+    /// The outputs whose existence this document decides (a category
+    /// document roots its sysconf output). Called with the old and the new
+    /// version of a changed document.
+    fn roots(&self, source: &str, doc: &SourceDoc) -> Vec<String>;
+
+    /// Every output of a from-scratch build.
+    fn all_keys(&self, index: &Index) -> Vec<String>;
+
+    /// Builds one output; everything read through `reads` becomes a dependency.
+    fn build(&self, key: &str, reads: &mut Reads<'_>) -> Built;
+}

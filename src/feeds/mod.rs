@@ -1,0 +1,113 @@
+//! Database followers: one task per followed database. A follower waits for
+//! its database to exist, loads it whole, then follows its `_changes` feed,
+//! reporting everything as `FeedEvent`s to one consumer (the rebuild engine
+//! for source databases, the mirror for the cache database).
+//!
+//! The follower also owns its database's `_local` documents: the marker that
+//! reveals a deleted or re-created database, and the checkpoint saved once
+//! the consumer reports a sequence durable.
+
+mod checkpoint;
+// mod follower;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+
+// pub use follower::Follower;
+
+use crate::couch::{Body, Seq};
+use crate::rebuild::index::{SourceDoc, SourceId};
+
+/// Where the consumer reports the last sequence whose effects are durable;
+/// the follower saves it as the checkpoint. A new channel comes with every
+/// `Replace`, so a sequence of a database's earlier incarnation can never be
+/// saved into the new one.
+pub type CheckpointTx = watch::Sender<Option<Seq>>;
+
+/// What a follower tells its consumer.
+#[derive(Debug)]
+pub enum FeedEvent {
+    /// The whole content of the database: the initial load, a reload after
+    /// the database was re-created, or nothing at all when it is missing.
+    Replace {
+        source: SourceId,
+        docs: BTreeMap<String, SourceDoc>,
+        seq: Option<Seq>,
+        checkpoint: Option<CheckpointTx>,
+    },
+    /// One change from the feed (`body: None` for a deletion).
+    Change { source: SourceId, id: String, rev: String, body: Option<Body>, seq: Seq, received: Instant },
+    /// A document re-read out of band (a flush, a write through the API);
+    /// `done` fires once the outputs depending on it are in the cache.
+    Refresh { source: SourceId, id: String, rev: String, body: Option<Body>, done: oneshot::Sender<()> },
+}
+
+/// What a follower is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedState {
+    Starting,
+    /// The database does not exist; it counts as caught up.
+    Missing,
+    Loading,
+    Live,
+    /// The last attempt failed; waiting to retry.
+    Retrying,
+    Stopped,
+}
+
+/// One follower's status, for `/v1/status`, readiness and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedStatus {
+    pub source: String,
+    pub db: String,
+    pub state: FeedState,
+    /// The sequence the feed has read up to (opaque).
+    pub since: Option<Value>,
+    /// The last checkpoint saved.
+    pub checkpoint: Option<Value>,
+    pub last_error: Option<String>,
+    pub changes: u64,
+    pub reconnects: u64,
+    pub resets: u64,
+    /// Whether the database has been loaded since the follower started.
+    pub loaded: bool,
+}
+
+/// The status of every follower.
+#[derive(Default)]
+pub struct Board {
+    feeds: Mutex<BTreeMap<String, FeedStatus>>,
+}
+
+impl Board {
+    pub fn snapshot(&self) -> Vec<FeedStatus> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn update(&self, source: &str, db: &str, change: impl FnOnce(&mut FeedStatus)) {
+        let mut feeds = self.lock();
+        let status = feeds.entry(source.to_string()).or_insert_with(|| FeedStatus {
+            source: source.to_string(),
+            db: db.to_string(),
+            state: FeedState::Starting,
+            since: None,
+            checkpoint: None,
+            last_error: None,
+            changes: 0,
+            reconnects: 0,
+            resets: 0,
+            loaded: false,
+        });
+        change(status);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FeedStatus>> {
+        self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

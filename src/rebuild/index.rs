@@ -1,0 +1,156 @@
+//! The in-memory index of source documents, by source and id, and the
+//! recording reader through which builders see it.
+//!
+//! Builders never see the index directly: every read goes through `Reads`,
+//! which records what was read. Those records are the dependency map, so a
+//! change rebuilds exactly the outputs that read the changed document (or a
+//! whole source they listed).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::couch::Body;
+
+/// A source's logical name (`system_config`, `sip_auth`, …), independent of
+/// the physical database name the configuration gives it.
+pub type SourceId = Arc<str>;
+
+/// A source document as last seen on its feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceDoc {
+    pub id: String,
+    pub rev: String,
+    pub body: Body,
+}
+
+impl SourceDoc {
+    /// The JSON body, or `None` when the document could not be parsed.
+    pub fn json(&self) -> Option<&Value> {
+        match &self.body {
+            Body::Json(value) => Some(value),
+            Body::Malformed(_) => None,
+        }
+    }
+}
+
+/// Something an output's build read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dep {
+    /// One document (present or not).
+    Doc(SourceId, String),
+    /// Every document of a source.
+    Source(SourceId),
+}
+
+/// Every followed source's current documents.
+#[derive(Debug, Default)]
+pub struct Index {
+    sources: HashMap<SourceId, BTreeMap<String, Arc<SourceDoc>>>,
+}
+
+impl Index {
+    pub fn get(&self, source: &str, id: &str) -> Option<&Arc<SourceDoc>> {
+        self.sources.get(source)?.get(id)
+    }
+
+    /// A source's documents in id order.
+    pub fn docs<'a>(&'a self, source: &str) -> impl Iterator<Item = &'a Arc<SourceDoc>> + use<'a> {
+        self.sources.get(source).into_iter().flat_map(|docs| docs.values())
+    }
+
+    pub fn len(&self, source: &str) -> usize {
+        self.sources.get(source).map_or(0, BTreeMap::len)
+    }
+
+    /// Stores `doc`, returning the previous version.
+    pub fn upsert(&mut self, source: &SourceId, doc: SourceDoc) -> Option<Arc<SourceDoc>> {
+        let docs = self.sources.entry(source.clone()).or_default();
+        docs.insert(doc.id.clone(), Arc::new(doc))
+    }
+
+    pub fn remove(&mut self, source: &str, id: &str) -> Option<Arc<SourceDoc>> {
+        self.sources.get_mut(source)?.remove(id)
+    }
+
+    /// Swaps a whole source, returning what it held before.
+    pub fn replace(&mut self, source: &SourceId, docs: BTreeMap<String, Arc<SourceDoc>>) -> BTreeMap<String, Arc<SourceDoc>> {
+        self.sources.insert(source.clone(), docs).unwrap_or_default()
+    }
+}
+
+/// A builder's view of the index; records every read.
+pub struct Reads<'a> {
+    index: &'a Index,
+    deps: BTreeSet<Dep>,
+    revs: BTreeMap<SourceId, BTreeMap<String, String>>,
+}
+
+impl<'a> Reads<'a> {
+    pub fn new(index: &'a Index) -> Reads<'a> {
+        Reads { index, deps: BTreeSet::new(), revs: BTreeMap::new() }
+    }
+
+    /// One document; a miss is recorded too, so its creation rebuilds.
+    pub fn get(&mut self, source: &str, id: &str) -> Option<&'a Arc<SourceDoc>> {
+        let source = self.source_id(source);
+        self.deps.insert(Dep::Doc(source.clone(), id.to_string()));
+        let doc = self.index.get(&source, id)?;
+        self.revs.entry(source).or_default().insert(doc.id.clone(), doc.rev.clone());
+        Some(doc)
+    }
+
+    /// Every document of a source, in id order; any change to the source
+    /// rebuilds the reader.
+    pub fn all(&mut self, source: &str) -> impl Iterator<Item = &'a Arc<SourceDoc>> + use<'a> {
+        let source = self.source_id(source);
+        self.deps.insert(Dep::Source(source.clone()));
+        let revs = self.revs.entry(source.clone()).or_default();
+        for doc in self.index.docs(&source) {
+            revs.insert(doc.id.clone(), doc.rev.clone());
+        }
+        self.index.docs(&source)
+    }
+
+    /// What was read: the dependencies, and the revision of each document seen.
+    pub fn finish(self) -> (BTreeSet<Dep>, BTreeMap<SourceId, BTreeMap<String, String>>) {
+        (self.deps, self.revs)
+    }
+
+    fn source_id(&self, name: &str) -> SourceId {
+        self.index.sources.get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(id: &str, rev: &str) -> SourceDoc {
+        SourceDoc { id: id.into(), rev: rev.into(), body: Body::Json(json!({"_id": id})) }
+    }
+
+    #[test]
+    fn reads_record_hits_misses_and_whole_sources() {
+        let mut index = Index::default();
+        let source: SourceId = Arc::from("system_config");
+        index.upsert(&source, doc("a", "1-x"));
+        index.upsert(&source, doc("b", "2-y"));
+        let mut reads = Reads::new(&index);
+        assert!(reads.get("system_config", "a").is_some());
+        assert!(reads.get("system_config", "missing").is_none());
+        let (deps, revs) = reads.finish();
+        assert_eq!(
+            deps.into_iter().collect::<Vec<_>>(),
+            [Dep::Doc(source.clone(), "a".into()), Dep::Doc(source.clone(), "missing".into())]
+        );
+        assert_eq!(revs[&source], BTreeMap::from([("a".to_string(), "1-x".to_string())]));
+
+        let mut reads = Reads::new(&index);
+        let ids: Vec<_> = reads.all("system_config").map(|d| d.id.clone()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(reads.finish().0.into_iter().collect::<Vec<_>>(), [Dep::Source(source)]);
+    }
+}

@@ -1,0 +1,6 @@
+//! From feed events to cache documents: the in-memory index of source
+//! documents (`index`), the dependency map between outputs and what they
+//! read (`deps`), and the engine task that rebuilds exactly the affected
+//! outputs and hands them to the cache writer (`engine`).
+
+pub mod index;

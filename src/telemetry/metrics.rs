@@ -1,0 +1,159 @@
+//! Every Prometheus metric caldera exports, registered once. Labels stay
+//! small and bounded: database, domain, listener, route, outcome; never a
+//! document id.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabel {
+    pub db: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DomainLabel {
+    pub domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub listener: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: String,
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~6.5 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+/// All metrics; cloning shares them.
+pub struct Metrics {
+    registry: Registry,
+    pub feed_changes: Family<DbLabel, Counter>,
+    pub feed_applied: Family<DbLabel, Counter>,
+    pub feed_reconnects: Family<DbLabel, Counter>,
+    pub feed_resets: Family<DbLabel, Counter>,
+    pub feed_connected: Family<DbLabel, Gauge>,
+    pub feed_pending: Family<DbLabel, Gauge>,
+    pub feed_lag_seconds: Family<DbLabel, FloatGauge>,
+    pub checkpoints: Family<DbLabel, Counter>,
+    pub change_to_cache_seconds: Histogram,
+    pub rebuilds: Family<DomainLabel, Counter>,
+    pub rebuild_errors: Family<DomainLabel, Counter>,
+    pub rebuild_seconds: Family<DomainLabel, Histogram, fn() -> Histogram>,
+    pub cache_writes: Family<OutcomeLabel, Counter>,
+    pub cache_documents: Family<DomainLabel, Gauge>,
+    pub cache_bytes: Family<DomainLabel, Gauge>,
+    pub cache_documents_with_errors: Family<DomainLabel, Gauge>,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("caldera");
+        let metrics = Metrics {
+            feed_changes: Family::default(),
+            feed_applied: Family::default(),
+            feed_reconnects: Family::default(),
+            feed_resets: Family::default(),
+            feed_connected: Family::default(),
+            feed_pending: Family::default(),
+            feed_lag_seconds: Family::default(),
+            checkpoints: Family::default(),
+            change_to_cache_seconds: latency_histogram(),
+            rebuilds: Family::default(),
+            rebuild_errors: Family::default(),
+            rebuild_seconds: Family::new_with_constructor(latency_histogram),
+            cache_writes: Family::default(),
+            cache_documents: Family::default(),
+            cache_bytes: Family::default(),
+            cache_documents_with_errors: Family::default(),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        let r = &mut registry;
+        r.register("feed_changes", "Changes received from a database's feed", m.feed_changes.clone());
+        r.register("feed_applied", "Changes whose outputs are durably in the cache database", m.feed_applied.clone());
+        r.register("feed_reconnects", "Times a feed was reopened after an error, a deadline or a rotation", m.feed_reconnects.clone());
+        r.register("feed_resets", "Times a database was found deleted or re-created and reloaded", m.feed_resets.clone());
+        r.register("feed_connected", "1 while the feed is open and delivering", m.feed_connected.clone());
+        r.register("feed_pending", "Changes received but not yet durably in the cache", m.feed_pending.clone());
+        r.register("feed_lag_seconds", "Age of the oldest change not yet durably in the cache", m.feed_lag_seconds.clone());
+        r.register("checkpoints", "Checkpoints saved to _local documents", m.checkpoints.clone());
+        r.register("change_to_cache_seconds", "From receiving a change to its outputs being durable", m.change_to_cache_seconds.clone());
+        r.register("rebuilds", "Outputs built", m.rebuilds.clone());
+        r.register("rebuild_errors", "Builds that reported problems or failed", m.rebuild_errors.clone());
+        r.register("rebuild_seconds", "Time to build one output", m.rebuild_seconds.clone());
+        r.register("cache_writes", "Cache document writes by outcome", m.cache_writes.clone());
+        r.register("cache_documents", "Cache documents in the mirror", m.cache_documents.clone());
+        r.register("cache_bytes", "Approximate bytes of cache documents in the mirror", m.cache_bytes.clone());
+        r.register("cache_documents_with_errors", "Cache documents that carry errors", m.cache_documents_with_errors.clone());
+        r.register("http_requests", "HTTP requests answered", m.http_requests.clone());
+        r.register("http_request_seconds", "HTTP request latency", m.http_seconds.clone());
+        Metrics { registry, ..metrics }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn db(db: &str) -> DbLabel {
+        DbLabel { db: db.to_string() }
+    }
+
+    pub fn domain(domain: &str) -> DomainLabel {
+        DomainLabel { domain: domain.to_string() }
+    }
+
+    pub fn outcome(outcome: &str) -> OutcomeLabel {
+        OutcomeLabel { outcome: outcome.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names() {
+        let metrics = Metrics::new();
+        metrics.feed_changes.get_or_create(&Metrics::db("system_config")).inc();
+        metrics.rebuild_seconds.get_or_create(&Metrics::domain("sysconf")).observe(0.001);
+        let text = metrics.render();
+        assert!(text.contains("caldera_feed_changes_total{db=\"system_config\"} 1"), "{text}");
+        assert!(text.contains("caldera_rebuild_seconds_bucket{le="), "{text}");
+    }
+}
