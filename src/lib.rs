@@ -21,15 +21,15 @@
 //! Around them: `config` (load, validate, reload), `lifecycle` (signals,
 //! readiness, systemd), `telemetry` (logs, metrics) and `app` (the wiring).
 
-// pub mod app;
-// pub mod cli;
+pub mod app;
+pub mod cli;
 pub mod config;
 pub mod lifecycle;
 pub mod telemetry;
 
-pub mod couch;
-pub mod feeds;
-pub mod rebuild;
-pub mod domains;
 pub mod cache;
-// pub mod http;
+pub mod couch;
+pub mod domains;
+pub mod feeds;
+pub mod http;
+pub mod rebuild;

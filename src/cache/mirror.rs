@@ -37,7 +37,9 @@ struct State {
 enum Slot {
     Live(Arc<CacheEntry>),
     /// Remembered so that a late echo of an older revision is not revived.
-    Deleted { generation: u64 },
+    Deleted {
+        generation: u64,
+    },
 }
 
 /// The mirror. Cheap to read from many threads.
@@ -138,7 +140,11 @@ impl Mirror {
             let incoming = update.generation();
             let newer = match state.slots.get(update.id()) {
                 None => true,
-                Some(Slot::Live(entry)) => incoming > rev_generation(&entry.rev) || (incoming == rev_generation(&entry.rev) && update.rev() != Some(entry.rev.as_str())),
+                Some(Slot::Live(entry)) => {
+                    incoming > rev_generation(&entry.rev)
+                        || (incoming == rev_generation(&entry.rev)
+                            && update.rev() != Some(entry.rev.as_str()))
+                }
                 Some(Slot::Deleted { generation }) => incoming > *generation,
             };
             if newer {
@@ -159,11 +165,15 @@ impl Mirror {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -220,7 +230,11 @@ impl State {
     fn count(&mut self, entry: &CacheEntry, add: bool) {
         let stats = self.stats.entry(entry.domain.clone()).or_default();
         let apply = |total: &mut u64, amount: u64| {
-            *total = if add { *total + amount } else { total.saturating_sub(amount) };
+            *total = if add {
+                *total + amount
+            } else {
+                total.saturating_sub(amount)
+            };
         };
         apply(&mut stats.documents, 1);
         apply(&mut stats.bytes, entry.bytes as u64);
@@ -231,12 +245,20 @@ impl State {
 
 /// Turns a cache-database document into a mirror update; `None` for
 /// documents caldera does not own (design documents, foreign documents).
-pub fn update_from_doc(id: &str, rev: &str, body: Option<&Value>, bytes: usize) -> Option<Result<Update, String>> {
+pub fn update_from_doc(
+    id: &str,
+    rev: &str,
+    body: Option<&Value>,
+    bytes: usize,
+) -> Option<Result<Update, String>> {
     if id.starts_with("_design/") {
         return None;
     }
     match body {
-        None => Some(Ok(Update::Deleted { id: id.to_string(), rev: rev.to_string() })),
+        None => Some(Ok(Update::Deleted {
+            id: id.to_string(),
+            rev: rev.to_string(),
+        })),
         Some(doc) => Some(CacheEntry::from_doc(doc, bytes).map(Update::Live)),
     }
 }
@@ -266,7 +288,10 @@ mod tests {
         mirror.apply_written(Update::Live(entry("sysconf:a", "2-b", json!(2))));
         mirror.apply_feed(Update::Live(entry("sysconf:a", "1-a", json!(1))));
         assert_eq!(mirror.get("sysconf:a").unwrap().content, json!(2));
-        mirror.apply_written(Update::Deleted { id: "sysconf:a".into(), rev: "3-c".into() });
+        mirror.apply_written(Update::Deleted {
+            id: "sysconf:a".into(),
+            rev: "3-c".into(),
+        });
         mirror.apply_feed(Update::Live(entry("sysconf:a", "2-b", json!(2))));
         assert!(mirror.get("sysconf:a").is_none());
         mirror.apply_feed(Update::Live(entry("sysconf:a", "4-d", json!(4))));
@@ -276,12 +301,26 @@ mod tests {
     #[test]
     fn stats_follow_replacements_and_deletions() {
         let mirror = Mirror::default();
-        mirror.replace_all(vec![entry("sysconf:a", "1-a", json!(1)), entry("sysconf:b", "1-a", json!(1))]);
+        mirror.replace_all(vec![
+            entry("sysconf:a", "1-a", json!(1)),
+            entry("sysconf:b", "1-a", json!(1)),
+        ]);
         assert!(mirror.is_loaded());
         assert_eq!(mirror.stats()["sysconf"].documents, 2);
         mirror.apply_feed(Update::Live(entry("sysconf:a", "2-a", json!(2))));
-        mirror.apply_feed(Update::Deleted { id: "sysconf:b".into(), rev: "2-x".into() });
-        assert_eq!(mirror.stats()["sysconf"], DomainStats { documents: 1, bytes: 10, with_errors: 0, stale: 0 });
+        mirror.apply_feed(Update::Deleted {
+            id: "sysconf:b".into(),
+            rev: "2-x".into(),
+        });
+        assert_eq!(
+            mirror.stats()["sysconf"],
+            DomainStats {
+                documents: 1,
+                bytes: 10,
+                with_errors: 0,
+                stale: 0
+            }
+        );
         assert_eq!(mirror.ids_of("sysconf"), ["sysconf:a"]);
     }
 }

@@ -10,7 +10,7 @@
 //! the build that last changed the hash.
 
 pub mod mirror;
-// pub mod writer;
+pub mod writer;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -56,7 +56,10 @@ impl CacheEntry {
     /// A field is missing or has the wrong type.
     pub fn from_doc(doc: &Value, bytes: usize) -> Result<CacheEntry, String> {
         let text = |name: &str| {
-            doc.get(name).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("no string field {name:?}"))
+            doc.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("no string field {name:?}"))
         };
         if doc.get("caldera").and_then(Value::as_u64).is_none() {
             return Err("not a caldera cache document".to_string());
@@ -87,9 +90,18 @@ mod tests {
     fn hash_is_independent_of_key_insertion_order() {
         let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": 2, "x": 1}}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"a": {"x": 1, "y": 2}, "b": 1}"#).unwrap();
-        assert_eq!(content_hash(&a, &json!([]), false), content_hash(&b, &json!([]), false));
-        assert_ne!(content_hash(&a, &json!([]), false), content_hash(&a, &json!([]), true));
+        assert_eq!(
+            content_hash(&a, &json!([]), false),
+            content_hash(&b, &json!([]), false)
+        );
+        assert_ne!(
+            content_hash(&a, &json!([]), false),
+            content_hash(&a, &json!([]), true)
+        );
         // serde_json must keep maps sorted (no `preserve_order` feature).
-        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"a":{"x":1,"y":2},"b":1}"#);
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"a":{"x":1,"y":2},"b":1}"#
+        );
     }
 }

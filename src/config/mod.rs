@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-pub use reader::{ConfigError, env_name};
 use reader::Reader;
+pub use reader::{ConfigError, env_name};
 
 /// The default location of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/caldera/caldera.toml";
@@ -180,7 +180,10 @@ pub struct SysconfConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{} problem(s) in the configuration:\n{}", .0.len(), list(.0))]
@@ -188,7 +191,11 @@ pub enum LoadError {
 }
 
 fn list(errors: &[ConfigError]) -> String {
-    errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A loaded configuration and the notes worth logging about it.
@@ -216,12 +223,18 @@ impl Config {
                 ));
                 String::new()
             }
-            Err(source) => return Err(LoadError::Read { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(LoadError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
         let config = Config::from_toml(&text, &env).map_err(|err| match err {
-            LoadError::Syntax { message, .. } => {
-                LoadError::Syntax { path: path.to_path_buf(), message }
-            }
+            LoadError::Syntax { message, .. } => LoadError::Syntax {
+                path: path.to_path_buf(),
+                message,
+            },
             other => other,
         })?;
         Ok(Loaded { config, warnings })
@@ -231,7 +244,10 @@ impl Config {
     ///
     /// # Errors
     /// The text is not TOML, or any key is invalid.
-    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, LoadError> {
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, LoadError> {
         let table: toml::Table = toml::from_str(text).map_err(|err| LoadError::Syntax {
             path: PathBuf::new(),
             message: err.to_string(),
@@ -241,7 +257,11 @@ impl Config {
         let mut errors = std::mem::take(&mut reader.errors);
         validate(&config, &mut errors);
         errors.extend(reader.finish());
-        if errors.is_empty() { Ok(config) } else { Err(LoadError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(LoadError::Invalid(errors))
+        }
     }
 
     /// The keys that differ between `self` and `new` but only take effect
@@ -258,12 +278,24 @@ impl Config {
         check(self.databases != new.databases, "databases.*");
         check(self.build.enabled != new.build.enabled, "build.enabled");
         check(self.build.workers != new.build.workers, "build.workers");
-        check(self.http.phones_listen != new.http.phones_listen, "http.phones.listen");
-        check(self.http.api_listen != new.http.api_listen, "http.api.listen");
         check(
-            (self.http.max_body_bytes, self.http.max_header_bytes, self.http.max_headers)
-                != (new.http.max_body_bytes, new.http.max_header_bytes, new.http.max_headers)
-                || self.http.request_timeout != new.http.request_timeout
+            self.http.phones_listen != new.http.phones_listen,
+            "http.phones.listen",
+        );
+        check(
+            self.http.api_listen != new.http.api_listen,
+            "http.api.listen",
+        );
+        check(
+            (
+                self.http.max_body_bytes,
+                self.http.max_header_bytes,
+                self.http.max_headers,
+            ) != (
+                new.http.max_body_bytes,
+                new.http.max_header_bytes,
+                new.http.max_headers,
+            ) || self.http.request_timeout != new.http.request_timeout
                 || self.http.header_read_timeout != new.http.header_read_timeout,
             "http limits and timeouts",
         );
@@ -288,7 +320,9 @@ fn read(r: &mut Reader<'_>) -> Config {
             },
             level: r.string("log.level", "info"),
         },
-        shutdown: ShutdownConfig { grace: r.millis("shutdown.grace_ms", 10_000, 100, 600_000) },
+        shutdown: ShutdownConfig {
+            grace: r.millis("shutdown.grace_ms", 10_000, 100, 600_000),
+        },
         sysconf: SysconfConfig {
             write_wait: r.millis("sysconf.write_wait_ms", 3_000, 0, 60_000),
             write_attempts: r.int("sysconf.write_attempts", 10, 1, 100) as u32,
@@ -313,22 +347,37 @@ fn read_couchdb(r: &mut Reader<'_>) -> CouchConfig {
     let credentials = match (username, password, url_credentials) {
         (None, None, from_url) => from_url,
         (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-            r.error("couchdb.username", "credentials are given both in couchdb.url and as couchdb.username/password");
+            r.error(
+                "couchdb.username",
+                "credentials are given both in couchdb.url and as couchdb.username/password",
+            );
             None
         }
-        (Some(username), Some(password), None) => {
-            Some(Credentials { username, password: Secret::new(password) })
-        }
+        (Some(username), Some(password), None) => Some(Credentials {
+            username,
+            password: Secret::new(password),
+        }),
         (Some(_), None, None) => {
-            r.error("couchdb.password", "couchdb.username is set but couchdb.password is not");
+            r.error(
+                "couchdb.password",
+                "couchdb.username is set but couchdb.password is not",
+            );
             None
         }
         (None, Some(_), None) => {
-            r.error("couchdb.username", "couchdb.password is set but couchdb.username is not");
+            r.error(
+                "couchdb.username",
+                "couchdb.password is set but couchdb.username is not",
+            );
             None
         }
     };
-    CouchConfig { url, credentials, request_timeout, connect_timeout }
+    CouchConfig {
+        url,
+        credentials,
+        request_timeout,
+        connect_timeout,
+    }
 }
 
 /// Splits `http://user:pass@host:5984/prefix` into a credential-free base URL
@@ -341,7 +390,11 @@ fn split_credentials(text: &str) -> Result<(Url, Option<Credentials>), String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".to_string());
     }
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     let credentials = (!url.username().is_empty()).then(|| Credentials {
         username: decode(url.username()),
         password: Secret::new(decode(url.password().unwrap_or(""))),
@@ -398,7 +451,11 @@ fn read_build(r: &mut Reader<'_>) -> BuildConfig {
         enabled: r.bool("build.enabled", true),
         debounce: r.millis("build.debounce_ms", 2, 0, 10_000),
         max_batch: r.int("build.max_batch", 10_000, 1, 10_000_000) as usize,
-        workers: if workers == 0 { default_workers() } else { workers },
+        workers: if workers == 0 {
+            default_workers()
+        } else {
+            workers
+        },
         write_batch: r.int("build.write_batch", 500, 1, 10_000) as usize,
         max_output_bytes: r.int("build.max_output_bytes", 4_000_000, 1_024, 64_000_000) as usize,
     }
@@ -408,7 +465,10 @@ fn read_http(r: &mut Reader<'_>) -> HttpConfig {
     HttpConfig {
         phones_listen: r.socket_addr("http.phones.listen", "0.0.0.0:8080"),
         api_listen: r.socket_addr("http.api.listen", "127.0.0.1:8081"),
-        admin_token: r.opt_string("http.api.admin_token").filter(|t| !t.is_empty()).map(Secret::new),
+        admin_token: r
+            .opt_string("http.api.admin_token")
+            .filter(|t| !t.is_empty())
+            .map(Secret::new),
         request_timeout: r.millis("http.request_timeout_ms", 10_000, 100, 600_000),
         max_body_bytes: r.int("http.max_body_bytes", 1 << 20, 1_024, 1 << 30) as usize,
         max_header_bytes: r.int("http.max_header_bytes", 16_384, 8_192, 1 << 20) as usize,
@@ -419,7 +479,10 @@ fn read_http(r: &mut Reader<'_>) -> HttpConfig {
 
 fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
     let mut push = |key: &str, message: String| {
-        errors.push(ConfigError { key: key.to_string(), message });
+        errors.push(ConfigError {
+            key: key.to_string(),
+            message,
+        });
     };
     if config.node.trim().is_empty() {
         push("node", "must not be empty".to_string());
@@ -435,17 +498,29 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
     }
     for (i, (key, name)) in names.iter().enumerate() {
         if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
-            push(&format!("databases.{key}"), format!("{name:?} is already used by databases.{other}"));
+            push(
+                &format!("databases.{key}"),
+                format!("{name:?} is already used by databases.{other}"),
+            );
         }
     }
     if config.feeds.backoff_initial > config.feeds.backoff_max {
-        push("feeds.backoff_initial_ms", "is larger than feeds.backoff_max_ms".to_string());
+        push(
+            "feeds.backoff_initial_ms",
+            "is larger than feeds.backoff_max_ms".to_string(),
+        );
     }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
-        push("log.level", format!("{:?} is not a log filter: {err}", config.log.level));
+        push(
+            "log.level",
+            format!("{:?} is not a log filter: {err}", config.log.level),
+        );
     }
     if config.http.phones_listen == config.http.api_listen && config.http.api_listen.port() != 0 {
-        push("http.api.listen", "is the same address as http.phones.listen".to_string());
+        push(
+            "http.api.listen",
+            "is the same address as http.phones.listen".to_string(),
+        );
     }
 }
 
@@ -453,7 +528,8 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
 pub fn check_db_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_$()+-/".contains(c));
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_$()+-/".contains(c));
     if first_ok && rest_ok && name.len() <= 238 {
         Ok(())
     } else {
@@ -487,9 +563,11 @@ fn unknown_env_vars(names: impl Iterator<Item = String>) -> Vec<String> {
     };
     let _ = Config::from_toml("", &record);
     let asked = asked.into_inner();
-    const NOT_KEYS: [&str; 2] = ["CALDERA_CONFIG", "CALDERA_SKIP_AMQP"];
+    const NOT_KEYS: [&str; 3] = ["CALDERA_CONFIG", "CALDERA_SKIP_AMQP", "CALDERA_TEST_SEED"];
     names
-        .filter(|n| n.starts_with("CALDERA_") && !asked.contains(n) && !NOT_KEYS.contains(&n.as_str()))
+        .filter(|n| {
+            n.starts_with("CALDERA_") && !asked.contains(n) && !NOT_KEYS.contains(&n.as_str())
+        })
         .map(|n| format!("environment variable {n} matches no configuration key; ignored"))
         .collect()
 }
@@ -512,9 +590,11 @@ mod tests {
 
     #[test]
     fn credentials_are_taken_out_of_the_url() {
-        let config =
-            Config::from_toml("[couchdb]\nurl = \"http://ad%40min:s3cr%3At@db.example:5984/couch\"", &no_env)
-                .unwrap();
+        let config = Config::from_toml(
+            "[couchdb]\nurl = \"http://ad%40min:s3cr%3At@db.example:5984/couch\"",
+            &no_env,
+        )
+        .unwrap();
         assert_eq!(config.couchdb.url.as_str(), "http://db.example:5984/couch/");
         let credentials = config.couchdb.credentials.unwrap();
         assert_eq!(credentials.username, "ad@min");
@@ -570,7 +650,12 @@ mod tests {
 
     #[test]
     fn unknown_environment_variables_are_flagged() {
-        let names = ["CALDERA_COUCHDB_URL", "CALDERA_COUCHDB_ULR", "PATH", "CALDERA_CONFIG"];
+        let names = [
+            "CALDERA_COUCHDB_URL",
+            "CALDERA_COUCHDB_ULR",
+            "PATH",
+            "CALDERA_CONFIG",
+        ];
         let warnings = unknown_env_vars(names.iter().map(|s| s.to_string()));
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].contains("CALDERA_COUCHDB_ULR"));

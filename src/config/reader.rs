@@ -16,7 +16,6 @@ use toml::{Table, Value};
 pub enum Origin {
     File,
     Env(String),
-    Default,
 }
 
 /// One problem found in the configuration.
@@ -47,11 +46,19 @@ pub fn env_name(key: &str) -> String {
 
 impl<'a> Reader<'a> {
     pub fn new(table: Table, env: &'a dyn Fn(&str) -> Option<String>) -> Reader<'a> {
-        Reader { table, env, seen: BTreeSet::new(), errors: Vec::new() }
+        Reader {
+            table,
+            env,
+            seen: BTreeSet::new(),
+            errors: Vec::new(),
+        }
     }
 
     pub fn error(&mut self, key: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError { key: key.to_string(), message: message.into() });
+        self.errors.push(ConfigError {
+            key: key.to_string(),
+            message: message.into(),
+        });
     }
 
     /// The raw value of `key`: the environment wins over the file.
@@ -69,7 +76,10 @@ impl<'a> Reader<'a> {
             Origin::Env(var) => format!(" (from {var})"),
             _ => String::new(),
         };
-        self.error(key, format!("expected {expected}, found {}{place}", describe(got)));
+        self.error(
+            key,
+            format!("expected {expected}, found {}{place}", describe(got)),
+        );
     }
 
     pub fn opt_string(&mut self, key: &str) -> Option<String> {
@@ -94,7 +104,10 @@ impl<'a> Reader<'a> {
                 "true" | "1" | "yes" => true,
                 "false" | "0" | "no" => false,
                 _ => {
-                    self.error(key, format!("expected true or false, found {text:?} (from {var})"));
+                    self.error(
+                        key,
+                        format!("expected true or false, found {text:?} (from {var})"),
+                    );
                     default
                 }
             },
@@ -107,9 +120,8 @@ impl<'a> Reader<'a> {
 
     /// An integer within `min..=max`.
     pub fn int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
-        let (value, origin) = match self.raw(key) {
-            None => return default,
-            Some(found) => found,
+        let Some((value, origin)) = self.raw(key) else {
+            return default;
         };
         let number = match (&value, &origin) {
             (Value::Integer(n), _) => Some(*n),
@@ -138,19 +150,30 @@ impl<'a> Reader<'a> {
         match text.parse() {
             Ok(addr) => addr,
             Err(_) => {
-                self.error(key, format!("{text:?} is not an address like 127.0.0.1:8081 or [::]:8080"));
+                self.error(
+                    key,
+                    format!("{text:?} is not an address like 127.0.0.1:8081 or [::]:8080"),
+                );
                 default.parse().expect("default address parses")
             }
         }
     }
 
     /// One of `choices`.
-    pub fn choice(&mut self, key: &str, default: &'static str, choices: &[&'static str]) -> &'static str {
+    pub fn choice(
+        &mut self,
+        key: &str,
+        default: &'static str,
+        choices: &[&'static str],
+    ) -> &'static str {
         let text = self.string(key, default);
         match choices.iter().find(|c| **c == text) {
             Some(choice) => choice,
             None => {
-                self.error(key, format!("{text:?} is not one of {}", choices.join(", ")));
+                self.error(
+                    key,
+                    format!("{text:?} is not one of {}", choices.join(", ")),
+                );
                 default
             }
         }
@@ -184,7 +207,11 @@ fn lookup<'t>(table: &'t Table, key: &str) -> Option<&'t Value> {
 
 fn collect_leaves(table: &Table, prefix: &str, out: &mut Vec<String>) {
     for (name, value) in table {
-        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         match value {
             Value::Table(inner) => collect_leaves(inner, &key, out),
             _ => out.push(key),
@@ -223,8 +250,7 @@ mod tests {
 
     #[test]
     fn collects_every_error_including_unknown_keys() {
-        let table: Table =
-            toml::from_str("a = \"x\"\nb = 99\n[s]\nc = true\ntypo = 1\n").unwrap();
+        let table: Table = toml::from_str("a = \"x\"\nb = 99\n[s]\nc = true\ntypo = 1\n").unwrap();
         let mut reader = Reader::new(table, &no_env);
         reader.int("a", 1, 0, 10);
         reader.int("b", 1, 0, 10);

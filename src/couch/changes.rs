@@ -41,11 +41,21 @@ impl Db {
     ///
     /// # Errors
     /// The headers did not arrive in time, or the server answered an error.
-    pub async fn follow(&self, since: &Seq, heartbeat: Duration, timeouts: FeedTimeouts) -> Result<ChangesStream> {
+    pub async fn follow(
+        &self,
+        since: &Seq,
+        heartbeat: Duration,
+        timeouts: FeedTimeouts,
+    ) -> Result<ChangesStream> {
         let url = self.feed_url(since, "continuous", heartbeat, None);
         let operation = self.op(&Method::GET, "_changes");
         let body = self.open_feed(url, &operation, timeouts).await?;
-        Ok(ChangesStream { body, buffer: Vec::new(), inactivity: timeouts.inactivity, operation })
+        Ok(ChangesStream {
+            body,
+            buffer: Vec::new(),
+            inactivity: timeouts.inactivity,
+            operation,
+        })
     }
 
     /// One `_changes?feed=longpoll` round: waits for changes after `since`
@@ -70,18 +80,32 @@ impl Db {
             while let Some(chunk) = next_chunk(&mut body, timeouts.inactivity, &operation).await? {
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() > MAX_LINE_BYTES {
-                    return Err(Error::new(ErrorKind::Fatal, operation.clone(), "the longpoll answer is too large"));
+                    return Err(Error::new(
+                        ErrorKind::Fatal,
+                        operation.clone(),
+                        "the longpoll answer is too large",
+                    ));
                 }
             }
-            rows::parse_page(&buffer).map_err(|why| Error::new(ErrorKind::Transient, operation.clone(), why))
+            rows::parse_page(&buffer)
+                .map_err(|why| Error::new(ErrorKind::Transient, operation.clone(), why))
         };
         match tokio::time::timeout(deadline, read).await {
             Ok(result) => result,
-            Err(_) => Err(Error::new(ErrorKind::Transient, operation.clone(), "the longpoll round reached its deadline")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Transient,
+                operation.clone(),
+                "the longpoll round reached its deadline",
+            )),
         }
     }
 
-    async fn open_feed(&self, url: reqwest::Url, operation: &str, timeouts: FeedTimeouts) -> Result<BodyStream> {
+    async fn open_feed(
+        &self,
+        url: reqwest::Url,
+        operation: &str,
+        timeouts: FeedTimeouts,
+    ) -> Result<BodyStream> {
         let request = self.client.request(Method::GET, url, true).send();
         let response = match tokio::time::timeout(timeouts.headers, request).await {
             Ok(Ok(response)) => response,
@@ -128,18 +152,27 @@ impl ChangesStream {
                 None => {
                     let rest = std::mem::take(&mut self.buffer);
                     let rest = rest.trim_ascii();
-                    return if rest.is_empty() { Ok(None) } else { self.parse(rest).map(Some) };
+                    return if rest.is_empty() {
+                        Ok(None)
+                    } else {
+                        self.parse(rest).map(Some)
+                    };
                 }
             }
         }
     }
 
     fn parse(&self, line: &[u8]) -> Result<Line> {
-        rows::parse_line(line).map_err(|why| Error::new(ErrorKind::Transient, self.operation.clone(), why))
+        rows::parse_line(line)
+            .map_err(|why| Error::new(ErrorKind::Transient, self.operation.clone(), why))
     }
 }
 
-async fn next_chunk(body: &mut BodyStream, inactivity: Duration, operation: &str) -> Result<Option<Bytes>> {
+async fn next_chunk(
+    body: &mut BodyStream,
+    inactivity: Duration,
+    operation: &str,
+) -> Result<Option<Bytes>> {
     match tokio::time::timeout(inactivity, body.next()).await {
         Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
         Ok(Some(Err(err))) => Err(Error::transport(operation.to_string(), &err)),

@@ -56,7 +56,12 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, operation: impl Into<String>, message: impl Into<String>) -> Error {
-        Error { kind, operation: operation.into(), status: None, message: message.into() }
+        Error {
+            kind,
+            operation: operation.into(),
+            status: None,
+            message: message.into(),
+        }
     }
 
     /// An answer with an error status; `body` is CouchDB's `{"error","reason"}`.
@@ -124,7 +129,10 @@ mod tests {
             StatusCode::CONFLICT,
             br#"{"error":"conflict","reason":"Document update conflict."}"#,
         );
-        assert_eq!(err.to_string(), "PUT db/doc: 409 Conflict: conflict: Document update conflict.");
+        assert_eq!(
+            err.to_string(),
+            "PUT db/doc: 409 Conflict: conflict: Document update conflict."
+        );
         assert!(err.is(ErrorKind::Conflict));
     }
 }

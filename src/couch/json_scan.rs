@@ -129,7 +129,8 @@ mod tests {
 
     #[test]
     fn members_of_an_object_with_nested_and_escaped_values() {
-        let text = br#" {"seq": 12, "id":"a\"}b", "doc": {"x": [1, {"y": "]}"}]}, "deleted": true } "#;
+        let text =
+            br#" {"seq": 12, "id":"a\"}b", "doc": {"x": [1, {"y": "]}"}]}, "deleted": true } "#;
         let found = members(text).unwrap();
         let keys: Vec<_> = found.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["seq", "id", "doc", "deleted"]);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -62,7 +62,9 @@ impl Client {
             if let Some(total) = total {
                 builder = builder.timeout(total);
             }
-            builder.build().map_err(|err| Error::transport("building the HTTP client".into(), &err))
+            builder
+                .build()
+                .map_err(|err| Error::transport("building the HTTP client".into(), &err))
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -75,7 +77,10 @@ impl Client {
     }
 
     pub fn db(&self, name: &str) -> Db {
-        Db { client: self.clone(), name: Arc::from(name) }
+        Db {
+            client: self.clone(),
+            name: Arc::from(name),
+        }
     }
 
     /// The server's URL, without credentials.
@@ -89,15 +94,24 @@ impl Client {
     /// The server cannot be reached or refuses the credentials.
     pub async fn server_info(&self) -> Result<Value> {
         let url = self.inner.base.clone();
-        let response = self.send(Method::GET, url, None, "GET /".into(), false).await?;
+        let response = self
+            .send(Method::GET, url, None, "GET /".into(), false)
+            .await?;
         parse_json(&response.body, "GET /")
     }
 
     fn request(&self, method: Method, url: Url, feed: bool) -> reqwest::RequestBuilder {
-        let http = if feed { &self.inner.feed_http } else { &self.inner.http };
-        let mut request = http.request(method, url).header(reqwest::header::ACCEPT, "application/json");
+        let http = if feed {
+            &self.inner.feed_http
+        } else {
+            &self.inner.http
+        };
+        let mut request = http
+            .request(method, url)
+            .header(reqwest::header::ACCEPT, "application/json");
         if let Some(credentials) = &self.inner.credentials {
-            request = request.basic_auth(&credentials.username, Some(credentials.password.expose()));
+            request =
+                request.basic_auth(&credentials.username, Some(credentials.password.expose()));
         }
         request
     }
@@ -112,15 +126,21 @@ impl Client {
     ) -> Result<Answer> {
         let mut request = self.request(method, url, feed);
         request = match body {
-            Some(RequestBody::Json(bytes)) => {
-                request.header(reqwest::header::CONTENT_TYPE, "application/json").body(bytes)
-            }
-            Some(RequestBody::Raw { content_type, bytes }) => {
-                request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes)
-            }
+            Some(RequestBody::Json(bytes)) => request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes),
+            Some(RequestBody::Raw {
+                content_type,
+                bytes,
+            }) => request
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes),
             None => request,
         };
-        let response = request.send().await.map_err(|err| Error::transport(operation.clone(), &err))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|err| Error::transport(operation.clone(), &err))?;
         let status = response.status();
         let content_type = response
             .headers()
@@ -128,11 +148,14 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_string();
-        let body = response.bytes().await.map_err(|err| Error::transport(operation.clone(), &err))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| Error::transport(operation.clone(), &err))?;
         if !status.is_success() {
             return Err(Error::from_response(operation, status, &body));
         }
-        Ok(Answer { status, content_type, body })
+        Ok(Answer { content_type, body })
     }
 }
 
@@ -142,7 +165,6 @@ enum RequestBody {
 }
 
 struct Answer {
-    status: StatusCode,
     content_type: String,
     body: Bytes,
 }
@@ -222,12 +244,23 @@ impl Db {
     }
 
     fn op(&self, method: &Method, what: &str) -> String {
-        if what.is_empty() { format!("{method} {}", self.name) } else { format!("{method} {}/{what}", self.name) }
+        if what.is_empty() {
+            format!("{method} {}", self.name)
+        } else {
+            format!("{method} {}/{what}", self.name)
+        }
     }
 
-    async fn json_call(&self, method: Method, url: Url, body: Option<&Value>, what: &str) -> Result<Answer> {
+    async fn json_call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Answer> {
         let operation = self.op(&method, what);
-        let body = body.map(|b| RequestBody::Json(serde_json::to_vec(b).expect("JSON values serialize")));
+        let body =
+            body.map(|b| RequestBody::Json(serde_json::to_vec(b).expect("JSON values serialize")));
         self.client.send(method, url, body, operation, false).await
     }
 
@@ -236,7 +269,10 @@ impl Db {
     /// # Errors
     /// Any failure other than 404.
     pub async fn info(&self) -> Result<Option<DbInfo>> {
-        match self.json_call(Method::GET, self.url(None, &[]), None, "").await {
+        match self
+            .json_call(Method::GET, self.url(None, &[]), None, "")
+            .await
+        {
             Ok(answer) => parse_json(&answer.body, &self.op(&Method::GET, "")).map(Some),
             Err(err) if err.is(ErrorKind::NotFound) => Ok(None),
             Err(err) => Err(err),
@@ -248,7 +284,10 @@ impl Db {
     /// # Errors
     /// Any failure other than "already exists".
     pub async fn create(&self) -> Result<bool> {
-        match self.json_call(Method::PUT, self.url(None, &[]), None, "").await {
+        match self
+            .json_call(Method::PUT, self.url(None, &[]), None, "")
+            .await
+        {
             Ok(_) => Ok(true),
             Err(err) if err.is(ErrorKind::Conflict) => Ok(false),
             Err(err) => Err(err),
@@ -260,7 +299,10 @@ impl Db {
     /// # Errors
     /// Any failure other than 404.
     pub async fn delete_db(&self) -> Result<bool> {
-        match self.json_call(Method::DELETE, self.url(None, &[]), None, "").await {
+        match self
+            .json_call(Method::DELETE, self.url(None, &[]), None, "")
+            .await
+        {
             Ok(_) => Ok(true),
             Err(err) if err.is(ErrorKind::NotFound) => Ok(false),
             Err(err) => Err(err),
@@ -272,7 +314,10 @@ impl Db {
     /// # Errors
     /// Any failure other than 404, or a body that is not JSON.
     pub async fn get(&self, id: &str) -> Result<Option<Value>> {
-        match self.json_call(Method::GET, self.url(Some(id), &[]), None, id).await {
+        match self
+            .json_call(Method::GET, self.url(Some(id), &[]), None, id)
+            .await
+        {
             Ok(answer) => parse_json(&answer.body, &self.op(&Method::GET, id)).map(Some),
             Err(err) if err.is(ErrorKind::NotFound) => Ok(None),
             Err(err) => Err(err),
@@ -286,9 +331,15 @@ impl Db {
     /// Conflict when `_rev` is stale; any other failure.
     pub async fn put(&self, doc: &Value) -> Result<String> {
         let id = doc.get("_id").and_then(Value::as_str).ok_or_else(|| {
-            Error::new(ErrorKind::Fatal, format!("PUT {}", self.name), "the document has no _id")
+            Error::new(
+                ErrorKind::Fatal,
+                format!("PUT {}", self.name),
+                "the document has no _id",
+            )
         })?;
-        let answer = self.json_call(Method::PUT, self.url(Some(id), &[]), Some(doc), id).await?;
+        let answer = self
+            .json_call(Method::PUT, self.url(Some(id), &[]), Some(doc), id)
+            .await?;
         rev_of(&answer.body, &self.op(&Method::PUT, id))
     }
 
@@ -310,7 +361,14 @@ impl Db {
     /// The request as a whole failed.
     pub async fn bulk_docs(&self, docs: &[Value]) -> Result<Vec<BulkResult>> {
         let body = json!({ "docs": docs });
-        let answer = self.json_call(Method::POST, self.url(Some("_bulk_docs"), &[]), Some(&body), "_bulk_docs").await?;
+        let answer = self
+            .json_call(
+                Method::POST,
+                self.url(Some("_bulk_docs"), &[]),
+                Some(&body),
+                "_bulk_docs",
+            )
+            .await?;
         parse_json(&answer.body, &self.op(&Method::POST, "_bulk_docs"))
     }
 
@@ -328,7 +386,9 @@ impl Db {
             url.query_pairs_mut().append_pair("include_docs", "true");
         }
         let body = json!({ "keys": keys });
-        let answer = self.json_call(Method::POST, url, Some(&body), "_all_docs").await?;
+        let answer = self
+            .json_call(Method::POST, url, Some(&body), "_all_docs")
+            .await?;
         parse_json::<Rows>(&answer.body, &self.op(&Method::POST, "_all_docs")).map(|r| r.rows)
     }
 
@@ -377,9 +437,15 @@ impl Db {
         if let Some(rev) = rev {
             url.query_pairs_mut().append_pair("rev", rev);
         }
-        let body = RequestBody::Raw { content_type: content_type.to_string(), bytes };
+        let body = RequestBody::Raw {
+            content_type: content_type.to_string(),
+            bytes,
+        };
         let operation = self.op(&Method::PUT, &format!("{id}/{name}"));
-        let answer = self.client.send(Method::PUT, url, Some(body), operation.clone(), false).await?;
+        let answer = self
+            .client
+            .send(Method::PUT, url, Some(body), operation.clone(), false)
+            .await?;
         rev_of(&answer.body, &operation)
     }
 
@@ -389,7 +455,17 @@ impl Db {
     /// Any failure other than 404.
     pub async fn get_attachment(&self, id: &str, name: &str) -> Result<Option<(String, Bytes)>> {
         let operation = self.op(&Method::GET, &format!("{id}/{name}"));
-        match self.client.send(Method::GET, self.url(Some(id), &[name]), None, operation, false).await {
+        match self
+            .client
+            .send(
+                Method::GET,
+                self.url(Some(id), &[name]),
+                None,
+                operation,
+                false,
+            )
+            .await
+        {
             Ok(answer) => Ok(Some((answer.content_type, answer.body))),
             Err(err) if err.is(ErrorKind::NotFound) => Ok(None),
             Err(err) => Err(err),
@@ -408,8 +484,12 @@ impl Db {
             .append_pair("since", &seq_param(since))
             .append_pair("limit", &limit.to_string());
         let operation = self.op(&Method::GET, "_changes");
-        let answer = self.client.send(Method::GET, url, None, operation.clone(), true).await?;
-        rows::parse_page(&answer.body).map_err(|why| Error::new(ErrorKind::Transient, operation, why))
+        let answer = self
+            .client
+            .send(Method::GET, url, None, operation.clone(), true)
+            .await?;
+        rows::parse_page(&answer.body)
+            .map_err(|why| Error::new(ErrorKind::Transient, operation, why))
     }
 
     /// The `_changes` URL of a live feed.
@@ -421,7 +501,8 @@ impl Db {
             .append_pair("heartbeat", &heartbeat.as_millis().to_string())
             .append_pair("since", &seq_param(since));
         if let Some(limit) = limit {
-            url.query_pairs_mut().append_pair("limit", &limit.to_string());
+            url.query_pairs_mut()
+                .append_pair("limit", &limit.to_string());
         }
         url
     }
@@ -440,12 +521,18 @@ pub fn seq_param(seq: &Seq) -> String {
 /// The generation (the number before the dash) of a revision, used only to
 /// order revisions of the same document that this process has seen.
 pub fn rev_generation(rev: &str) -> u64 {
-    rev.split_once('-').and_then(|(n, _)| n.parse().ok()).unwrap_or(0)
+    rev.split_once('-')
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], operation: &str) -> Result<T> {
     serde_json::from_slice(body).map_err(|err| {
-        Error::new(ErrorKind::Fatal, operation, format!("the answer is not the expected JSON: {err}"))
+        Error::new(
+            ErrorKind::Fatal,
+            operation,
+            format!("the answer is not the expected JSON: {err}"),
+        )
     })
 }
 
@@ -474,10 +561,22 @@ mod tests {
     #[test]
     fn urls_escape_names_but_keep_design_and_local_prefixes() {
         let db = db("http://h:5984/couch/");
-        assert_eq!(db.url(Some("a/b c"), &[]).as_str(), "http://h:5984/couch/edge%2Fconfig/a%2Fb%20c");
-        assert_eq!(db.url(Some("_local/cp"), &[]).as_str(), "http://h:5984/couch/edge%2Fconfig/_local/cp");
-        assert_eq!(db.url(Some("_design/v"), &[]).as_str(), "http://h:5984/couch/edge%2Fconfig/_design/v");
-        assert_eq!(db.url(Some("t"), &["file.txt"]).as_str(), "http://h:5984/couch/edge%2Fconfig/t/file.txt");
+        assert_eq!(
+            db.url(Some("a/b c"), &[]).as_str(),
+            "http://h:5984/couch/edge%2Fconfig/a%2Fb%20c"
+        );
+        assert_eq!(
+            db.url(Some("_local/cp"), &[]).as_str(),
+            "http://h:5984/couch/edge%2Fconfig/_local/cp"
+        );
+        assert_eq!(
+            db.url(Some("_design/v"), &[]).as_str(),
+            "http://h:5984/couch/edge%2Fconfig/_design/v"
+        );
+        assert_eq!(
+            db.url(Some("t"), &["file.txt"]).as_str(),
+            "http://h:5984/couch/edge%2Fconfig/t/file.txt"
+        );
     }
 
     #[test]

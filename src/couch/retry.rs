@@ -17,7 +17,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, step: initial }
+        Backoff {
+            initial,
+            max,
+            step: initial,
+        }
     }
 
     /// Forget past failures (call after progress was made).
@@ -55,10 +59,15 @@ mod tests {
     #[test]
     fn doubles_within_jitter_and_caps() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(700));
-        let steps: Vec<_> = (0..5).map(|_| backoff.next_delay(ErrorKind::Transient)).collect();
+        let steps: Vec<_> = (0..5)
+            .map(|_| backoff.next_delay(ErrorKind::Transient))
+            .collect();
         for (delay, step) in steps.iter().zip([100, 200, 400, 700, 700]) {
             let step = Duration::from_millis(step);
-            assert!(*delay >= step / 2 && *delay <= step, "{delay:?} not within {step:?}");
+            assert!(
+                *delay >= step / 2 && *delay <= step,
+                "{delay:?} not within {step:?}"
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay(ErrorKind::Transient) <= Duration::from_millis(100));

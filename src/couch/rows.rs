@@ -27,7 +27,9 @@ pub struct Row {
 pub enum Line {
     Row(Row),
     /// The server ended the feed; reconnect from this sequence.
-    End { last_seq: Seq },
+    End {
+        last_seq: Seq,
+    },
 }
 
 /// A parsed `feed=normal` or `feed=longpoll` answer.
@@ -59,7 +61,13 @@ struct RevOnly {
 /// The line is neither a change row nor a `last_seq` line.
 pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     if let Ok(row) = serde_json::from_slice::<FastRow>(line) {
-        return Ok(Line::Row(finish_row(row.seq, row.id, &row.changes, row.deleted, row.doc.map(Body::Json))));
+        return Ok(Line::Row(finish_row(
+            row.seq,
+            row.id,
+            &row.changes,
+            row.deleted,
+            row.doc.map(Body::Json),
+        )));
     }
     let members = json_scan::members(line).ok_or_else(|| garbage(line))?;
     if let Some((_, span)) = members.iter().find(|(k, _)| k == "last_seq") {
@@ -67,7 +75,10 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
         return Ok(Line::End { last_seq });
     }
     if let Some((_, span)) = members.iter().find(|(k, _)| k == "error") {
-        return Err(format!("the feed reported an error: {}", String::from_utf8_lossy(&line[span.clone()])));
+        return Err(format!(
+            "the feed reported an error: {}",
+            String::from_utf8_lossy(&line[span.clone()])
+        ));
     }
     slow_row(line, &members).map(Line::Row)
 }
@@ -89,24 +100,43 @@ pub fn parse_row(item: &[u8]) -> Result<Row, String> {
 /// The body is not a `{"results": [...], "last_seq": ...}` object.
 pub fn parse_page(body: &[u8]) -> Result<Page, String> {
     let members = json_scan::members(body).ok_or_else(|| garbage(body))?;
-    let span = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, s)| s.clone());
+    let span = |name: &str| {
+        members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, s)| s.clone())
+    };
     let results = span("results").ok_or_else(|| garbage(body))?;
     let last_seq = span("last_seq").ok_or_else(|| garbage(body))?;
     let last_seq = serde_json::from_slice(&body[last_seq]).map_err(|_| garbage(body))?;
     let results = &body[results];
     let items = json_scan::items(results).ok_or_else(|| garbage(body))?;
-    let rows = items.into_iter().map(|item| parse_row(&results[item])).collect::<Result<_, _>>()?;
+    let rows = items
+        .into_iter()
+        .map(|item| parse_row(&results[item]))
+        .collect::<Result<_, _>>()?;
     Ok(Page { rows, last_seq })
 }
 
 /// The row when the fast path failed: most likely its document is too deeply
 /// nested or holds an invalid escape.
 fn slow_row(line: &[u8], members: &[(String, std::ops::Range<usize>)]) -> Result<Row, String> {
-    let field = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, s)| &line[s.clone()]);
-    let id: String = field("id").and_then(|raw| serde_json::from_slice(raw).ok()).ok_or_else(|| garbage(line))?;
+    let field = |name: &str| {
+        members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, s)| &line[s.clone()])
+    };
+    let id: String = field("id")
+        .and_then(|raw| serde_json::from_slice(raw).ok())
+        .ok_or_else(|| garbage(line))?;
     let seq = field("seq").and_then(|raw| serde_json::from_slice(raw).ok());
-    let changes: Vec<RevOnly> = field("changes").and_then(|raw| serde_json::from_slice(raw).ok()).unwrap_or_default();
-    let deleted = field("deleted").and_then(|raw| serde_json::from_slice(raw).ok()).unwrap_or(false);
+    let changes: Vec<RevOnly> = field("changes")
+        .and_then(|raw| serde_json::from_slice(raw).ok())
+        .unwrap_or_default();
+    let deleted = field("deleted")
+        .and_then(|raw| serde_json::from_slice(raw).ok())
+        .unwrap_or(false);
     let body = field("doc").map(|raw| match serde_json::from_slice::<Value>(raw) {
         Ok(doc) => Body::Json(doc),
         Err(err) => Body::Malformed(format!("the document cannot be parsed: {err}")),
@@ -118,15 +148,29 @@ fn slow_row(line: &[u8], members: &[(String, std::ops::Range<usize>)]) -> Result
     Ok(row)
 }
 
-fn finish_row(seq: Option<Value>, id: String, changes: &[RevOnly], deleted: bool, body: Option<Body>) -> Row {
+fn finish_row(
+    seq: Option<Value>,
+    id: String,
+    changes: &[RevOnly],
+    deleted: bool,
+    body: Option<Body>,
+) -> Row {
     let doc_rev = match &body {
         Some(Body::Json(doc)) => doc.get("_rev").and_then(Value::as_str).map(str::to_string),
         _ => None,
     };
-    let rev = doc_rev.or_else(|| changes.first().map(|c| c.rev.clone())).unwrap_or_default();
+    let rev = doc_rev
+        .or_else(|| changes.first().map(|c| c.rev.clone()))
+        .unwrap_or_default();
     let deleted = deleted
         || matches!(&body, Some(Body::Json(doc)) if doc.get("_deleted") == Some(&Value::Bool(true)));
-    Row { seq: seq.unwrap_or(Value::Null), id, rev, deleted, body: if deleted { None } else { body } }
+    Row {
+        seq: seq.unwrap_or(Value::Null),
+        id,
+        rev,
+        deleted,
+        body: if deleted { None } else { body },
+    }
 }
 
 /// The `_rev` of a document that serde could not parse as a whole.
@@ -150,17 +194,26 @@ mod tests {
     #[test]
     fn a_row_with_its_document() {
         let line = br#"{"seq":"3-g1AAAA","id":"ecallmgr","changes":[{"rev":"2-b"}],"doc":{"_id":"ecallmgr","_rev":"2-b","default":{}}}"#;
-        let Line::Row(row) = parse_line(line).unwrap() else { panic!() };
+        let Line::Row(row) = parse_line(line).unwrap() else {
+            panic!()
+        };
         assert_eq!(row.seq, json!("3-g1AAAA"));
         assert_eq!(row.rev, "2-b");
         assert!(!row.deleted);
-        assert_eq!(row.body, Some(Body::Json(json!({"_id":"ecallmgr","_rev":"2-b","default":{}}))));
+        assert_eq!(
+            row.body,
+            Some(Body::Json(
+                json!({"_id":"ecallmgr","_rev":"2-b","default":{}})
+            ))
+        );
     }
 
     #[test]
     fn a_deletion_has_no_body() {
         let line = br#"{"seq":7,"id":"x","changes":[{"rev":"3-c"}],"deleted":true,"doc":{"_id":"x","_rev":"3-c","_deleted":true}}"#;
-        let Line::Row(row) = parse_line(line).unwrap() else { panic!() };
+        let Line::Row(row) = parse_line(line).unwrap() else {
+            panic!()
+        };
         assert!(row.deleted);
         assert_eq!(row.body, None);
         assert_eq!(row.seq, json!(7));
@@ -169,26 +222,43 @@ mod tests {
     #[test]
     fn a_too_deep_document_is_malformed_but_the_row_survives() {
         let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
-        let line = format!(r#"{{"seq":9,"id":"deep","changes":[{{"rev":"1-a"}}],"doc":{{"_id":"deep","_rev":"1-a","v":{deep}}}}}"#);
-        let Line::Row(row) = parse_line(line.as_bytes()).unwrap() else { panic!() };
+        let line = format!(
+            r#"{{"seq":9,"id":"deep","changes":[{{"rev":"1-a"}}],"doc":{{"_id":"deep","_rev":"1-a","v":{deep}}}}}"#
+        );
+        let Line::Row(row) = parse_line(line.as_bytes()).unwrap() else {
+            panic!()
+        };
         assert_eq!(row.id, "deep");
         assert_eq!(row.rev, "1-a");
         assert_eq!(row.seq, json!(9));
-        assert!(matches!(row.body, Some(Body::Malformed(ref why)) if why.contains("recursion limit")));
+        assert!(
+            matches!(row.body, Some(Body::Malformed(ref why)) if why.contains("recursion limit"))
+        );
     }
 
     #[test]
     fn a_lone_surrogate_makes_the_document_malformed() {
         let line = br#"{"seq":4,"id":"u","changes":[{"rev":"1-a"}],"doc":{"_id":"u","_rev":"1-a","v":"\ud800"}}"#;
-        let Line::Row(row) = parse_line(line).unwrap() else { panic!() };
+        let Line::Row(row) = parse_line(line).unwrap() else {
+            panic!()
+        };
         assert!(matches!(row.body, Some(Body::Malformed(_))));
     }
 
     #[test]
     fn end_of_feed_and_garbage() {
-        assert_eq!(parse_line(br#"{"last_seq":"5-x","pending":0}"#).unwrap(), Line::End { last_seq: json!("5-x") });
+        assert_eq!(
+            parse_line(br#"{"last_seq":"5-x","pending":0}"#).unwrap(),
+            Line::End {
+                last_seq: json!("5-x")
+            }
+        );
         assert!(parse_line(b"<html>").is_err());
-        assert!(parse_line(br#"{"error":"unauthorized","reason":"x"}"#).unwrap_err().contains("unauthorized"));
+        assert!(
+            parse_line(br#"{"error":"unauthorized","reason":"x"}"#)
+                .unwrap_err()
+                .contains("unauthorized")
+        );
     }
 
     #[test]

@@ -49,7 +49,11 @@ pub struct Issue {
 
 impl Issue {
     pub fn doc(source: &str, doc: &str, reason: impl Into<String>) -> Issue {
-        Issue { source: source.into(), doc: Some(doc.to_string()), reason: reason.into() }
+        Issue {
+            source: source.into(),
+            doc: Some(doc.to_string()),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -72,17 +76,12 @@ pub trait Builder: Send + Sync {
     /// The sources this domain reads (logical names, see `rebuild::sources`).
     fn sources(&self) -> &'static [&'static str];
 
-    /// Whether a document is input at all (client-side filtering by type;
-    /// design documents never reach builders).
-    fn keeps(&self, source: &str, doc: &SourceDoc) -> bool {
-        let _ = (source, doc);
-        true
-    }
-
     /// The outputs whose existence this document decides (a category
     /// document roots its sysconf output). Called with the old and the new
-    /// version of a changed document.
-    fn roots(&self, source: &str, doc: &SourceDoc) -> Vec<String>;
+    /// version of a changed document (`None` when there is none), so an
+    /// output appears when its root is created and goes when it is deleted.
+    /// Builders filter by document type here, client-side.
+    fn roots(&self, source: &str, id: &str, doc: Option<&SourceDoc>) -> Vec<String>;
 
     /// Every output of a from-scratch build.
     fn all_keys(&self, index: &Index) -> Vec<String>;

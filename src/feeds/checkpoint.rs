@@ -26,11 +26,13 @@ pub async fn marker(db: &Db) -> Result<String> {
     let token = uuid::Uuid::new_v4().simple().to_string();
     // On CouchDB a concurrent creator may overwrite ours (it does not check
     // `_rev` on `_local` documents), so adopt whatever is stored afterwards.
-    db.put_local(MARKER_DOC, &json!({ "marker": token })).await?;
+    db.put_local(MARKER_DOC, &json!({ "marker": token }))
+        .await?;
     Ok(read_marker(db).await?.unwrap_or(token))
 }
 
-async fn read_marker(db: &Db) -> Result<Option<String>> {
+/// The stored marker, if any (never creates one).
+pub async fn read_marker(db: &Db) -> Result<Option<String>> {
     let doc = db.get_local(MARKER_DOC).await?;
     Ok(doc.and_then(|d| d.get("marker").and_then(Value::as_str).map(str::to_string)))
 }
@@ -71,7 +73,10 @@ impl Checkpointer {
     /// When the pending checkpoint should be saved, if there is one.
     pub fn due_at(&self) -> Option<Instant> {
         self.pending.as_ref()?;
-        Some(self.saved_at.map_or_else(Instant::now, |at| at + self.interval))
+        Some(
+            self.saved_at
+                .map_or_else(Instant::now, |at| at + self.interval),
+        )
     }
 
     /// Saves the pending checkpoint; returns the saved sequence.

@@ -8,7 +8,7 @@
 //! the consumer reports a sequence durable.
 
 mod checkpoint;
-// mod follower;
+mod follower;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 
-// pub use follower::Follower;
+pub use follower::Follower;
 
 use crate::couch::{Body, Seq};
 use crate::rebuild::index::{SourceDoc, SourceId};
@@ -41,10 +41,23 @@ pub enum FeedEvent {
         checkpoint: Option<CheckpointTx>,
     },
     /// One change from the feed (`body: None` for a deletion).
-    Change { source: SourceId, id: String, rev: String, body: Option<Body>, seq: Seq, received: Instant },
+    Change {
+        source: SourceId,
+        id: String,
+        rev: String,
+        body: Option<Body>,
+        seq: Seq,
+        received: Instant,
+    },
     /// A document re-read out of band (a flush, a write through the API);
     /// `done` fires once the outputs depending on it are in the cache.
-    Refresh { source: SourceId, id: String, rev: String, body: Option<Body>, done: oneshot::Sender<()> },
+    Refresh {
+        source: SourceId,
+        id: String,
+        rev: String,
+        body: Option<Body>,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// What a follower is doing.
@@ -92,22 +105,26 @@ impl Board {
 
     fn update(&self, source: &str, db: &str, change: impl FnOnce(&mut FeedStatus)) {
         let mut feeds = self.lock();
-        let status = feeds.entry(source.to_string()).or_insert_with(|| FeedStatus {
-            source: source.to_string(),
-            db: db.to_string(),
-            state: FeedState::Starting,
-            since: None,
-            checkpoint: None,
-            last_error: None,
-            changes: 0,
-            reconnects: 0,
-            resets: 0,
-            loaded: false,
-        });
+        let status = feeds
+            .entry(source.to_string())
+            .or_insert_with(|| FeedStatus {
+                source: source.to_string(),
+                db: db.to_string(),
+                state: FeedState::Starting,
+                since: None,
+                checkpoint: None,
+                last_error: None,
+                changes: 0,
+                reconnects: 0,
+                resets: 0,
+                loaded: false,
+            });
         change(status);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, FeedStatus>> {
-        self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.feeds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -18,7 +18,10 @@ pub struct Readiness {
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness { components: Mutex::default(), ready: watch::channel(false).0 }
+        Readiness {
+            components: Mutex::default(),
+            ready: watch::channel(false).0,
+        }
     }
 }
 
@@ -30,20 +33,28 @@ impl Readiness {
 
     /// Reports a component's state: `Ok(())` ready, `Err(why)` not.
     pub fn set(&self, component: &str, state: Result<(), String>) {
-        let mut components = self.components.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         components.insert(component.to_string(), state.err());
         let ready = components.values().all(Option::is_none);
         drop(components);
-        self.ready.send_if_modified(|current| std::mem::replace(current, ready) != ready);
+        self.ready
+            .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
     /// Forgets a component (a feed that is no longer followed).
     pub fn remove(&self, component: &str) {
-        let mut components = self.components.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut components = self
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         components.remove(component);
         let ready = components.values().all(Option::is_none);
         drop(components);
-        self.ready.send_if_modified(|current| std::mem::replace(current, ready) != ready);
+        self.ready
+            .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -52,8 +63,14 @@ impl Readiness {
 
     /// `component: reason` for each component that is not ready.
     pub fn reasons(&self) -> Vec<String> {
-        let components = self.components.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        components.iter().filter_map(|(name, why)| why.as_ref().map(|why| format!("{name}: {why}"))).collect()
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        components
+            .iter()
+            .filter_map(|(name, why)| why.as_ref().map(|why| format!("{name}: {why}")))
+            .collect()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<bool> {

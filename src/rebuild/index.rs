@@ -57,7 +57,10 @@ impl Index {
 
     /// A source's documents in id order.
     pub fn docs<'a>(&'a self, source: &str) -> impl Iterator<Item = &'a Arc<SourceDoc>> + use<'a> {
-        self.sources.get(source).into_iter().flat_map(|docs| docs.values())
+        self.sources
+            .get(source)
+            .into_iter()
+            .flat_map(|docs| docs.values())
     }
 
     pub fn len(&self, source: &str) -> usize {
@@ -75,8 +78,14 @@ impl Index {
     }
 
     /// Swaps a whole source, returning what it held before.
-    pub fn replace(&mut self, source: &SourceId, docs: BTreeMap<String, Arc<SourceDoc>>) -> BTreeMap<String, Arc<SourceDoc>> {
-        self.sources.insert(source.clone(), docs).unwrap_or_default()
+    pub fn replace(
+        &mut self,
+        source: &SourceId,
+        docs: BTreeMap<String, Arc<SourceDoc>>,
+    ) -> BTreeMap<String, Arc<SourceDoc>> {
+        self.sources
+            .insert(source.clone(), docs)
+            .unwrap_or_default()
     }
 }
 
@@ -89,7 +98,11 @@ pub struct Reads<'a> {
 
 impl<'a> Reads<'a> {
     pub fn new(index: &'a Index) -> Reads<'a> {
-        Reads { index, deps: BTreeSet::new(), revs: BTreeMap::new() }
+        Reads {
+            index,
+            deps: BTreeSet::new(),
+            revs: BTreeMap::new(),
+        }
     }
 
     /// One document; a miss is recorded too, so its creation rebuilds.
@@ -97,7 +110,10 @@ impl<'a> Reads<'a> {
         let source = self.source_id(source);
         self.deps.insert(Dep::Doc(source.clone(), id.to_string()));
         let doc = self.index.get(&source, id)?;
-        self.revs.entry(source).or_default().insert(doc.id.clone(), doc.rev.clone());
+        self.revs
+            .entry(source)
+            .or_default()
+            .insert(doc.id.clone(), doc.rev.clone());
         Some(doc)
     }
 
@@ -119,7 +135,10 @@ impl<'a> Reads<'a> {
     }
 
     fn source_id(&self, name: &str) -> SourceId {
-        self.index.sources.get_key_value(name).map_or_else(|| Arc::from(name), |(k, _)| k.clone())
+        self.index
+            .sources
+            .get_key_value(name)
+            .map_or_else(|| Arc::from(name), |(k, _)| k.clone())
     }
 }
 
@@ -129,7 +148,11 @@ mod tests {
     use serde_json::json;
 
     fn doc(id: &str, rev: &str) -> SourceDoc {
-        SourceDoc { id: id.into(), rev: rev.into(), body: Body::Json(json!({"_id": id})) }
+        SourceDoc {
+            id: id.into(),
+            rev: rev.into(),
+            body: Body::Json(json!({"_id": id})),
+        }
     }
 
     #[test]
@@ -144,13 +167,22 @@ mod tests {
         let (deps, revs) = reads.finish();
         assert_eq!(
             deps.into_iter().collect::<Vec<_>>(),
-            [Dep::Doc(source.clone(), "a".into()), Dep::Doc(source.clone(), "missing".into())]
+            [
+                Dep::Doc(source.clone(), "a".into()),
+                Dep::Doc(source.clone(), "missing".into())
+            ]
         );
-        assert_eq!(revs[&source], BTreeMap::from([("a".to_string(), "1-x".to_string())]));
+        assert_eq!(
+            revs[&source],
+            BTreeMap::from([("a".to_string(), "1-x".to_string())])
+        );
 
         let mut reads = Reads::new(&index);
         let ids: Vec<_> = reads.all("system_config").map(|d| d.id.clone()).collect();
         assert_eq!(ids, ["a", "b"]);
-        assert_eq!(reads.finish().0.into_iter().collect::<Vec<_>>(), [Dep::Source(source)]);
+        assert_eq!(
+            reads.finish().0.into_iter().collect::<Vec<_>>(),
+            [Dep::Source(source)]
+        );
     }
 }

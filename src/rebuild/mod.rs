@@ -3,4 +3,6 @@
 //! read (`deps`), and the engine task that rebuilds exactly the affected
 //! outputs and hands them to the cache writer (`engine`).
 
+pub mod deps;
+pub mod engine;
 pub mod index;

@@ -102,31 +102,103 @@ impl Metrics {
         };
         let m = &metrics;
         let r = &mut registry;
-        r.register("feed_changes", "Changes received from a database's feed", m.feed_changes.clone());
-        r.register("feed_applied", "Changes whose outputs are durably in the cache database", m.feed_applied.clone());
-        r.register("feed_reconnects", "Times a feed was reopened after an error, a deadline or a rotation", m.feed_reconnects.clone());
-        r.register("feed_resets", "Times a database was found deleted or re-created and reloaded", m.feed_resets.clone());
-        r.register("feed_connected", "1 while the feed is open and delivering", m.feed_connected.clone());
-        r.register("feed_pending", "Changes received but not yet durably in the cache", m.feed_pending.clone());
-        r.register("feed_lag_seconds", "Age of the oldest change not yet durably in the cache", m.feed_lag_seconds.clone());
-        r.register("checkpoints", "Checkpoints saved to _local documents", m.checkpoints.clone());
-        r.register("change_to_cache_seconds", "From receiving a change to its outputs being durable", m.change_to_cache_seconds.clone());
+        r.register(
+            "feed_changes",
+            "Changes received from a database's feed",
+            m.feed_changes.clone(),
+        );
+        r.register(
+            "feed_applied",
+            "Changes whose outputs are durably in the cache database",
+            m.feed_applied.clone(),
+        );
+        r.register(
+            "feed_reconnects",
+            "Times a feed was reopened after an error, a deadline or a rotation",
+            m.feed_reconnects.clone(),
+        );
+        r.register(
+            "feed_resets",
+            "Times a database was found deleted or re-created and reloaded",
+            m.feed_resets.clone(),
+        );
+        r.register(
+            "feed_connected",
+            "1 while the feed is open and delivering",
+            m.feed_connected.clone(),
+        );
+        r.register(
+            "feed_pending",
+            "Changes received but not yet durably in the cache",
+            m.feed_pending.clone(),
+        );
+        r.register(
+            "feed_lag_seconds",
+            "Age of the oldest change not yet durably in the cache",
+            m.feed_lag_seconds.clone(),
+        );
+        r.register(
+            "checkpoints",
+            "Checkpoints saved to _local documents",
+            m.checkpoints.clone(),
+        );
+        r.register(
+            "change_to_cache_seconds",
+            "From receiving a change to its outputs being durable",
+            m.change_to_cache_seconds.clone(),
+        );
         r.register("rebuilds", "Outputs built", m.rebuilds.clone());
-        r.register("rebuild_errors", "Builds that reported problems or failed", m.rebuild_errors.clone());
-        r.register("rebuild_seconds", "Time to build one output", m.rebuild_seconds.clone());
-        r.register("cache_writes", "Cache document writes by outcome", m.cache_writes.clone());
-        r.register("cache_documents", "Cache documents in the mirror", m.cache_documents.clone());
-        r.register("cache_bytes", "Approximate bytes of cache documents in the mirror", m.cache_bytes.clone());
-        r.register("cache_documents_with_errors", "Cache documents that carry errors", m.cache_documents_with_errors.clone());
-        r.register("http_requests", "HTTP requests answered", m.http_requests.clone());
-        r.register("http_request_seconds", "HTTP request latency", m.http_seconds.clone());
-        Metrics { registry, ..metrics }
+        r.register(
+            "rebuild_errors",
+            "Builds that reported problems or failed",
+            m.rebuild_errors.clone(),
+        );
+        r.register(
+            "rebuild_seconds",
+            "Time to build one output",
+            m.rebuild_seconds.clone(),
+        );
+        r.register(
+            "cache_writes",
+            "Cache document writes by outcome",
+            m.cache_writes.clone(),
+        );
+        r.register(
+            "cache_documents",
+            "Cache documents in the mirror",
+            m.cache_documents.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Approximate bytes of cache documents in the mirror",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_documents_with_errors",
+            "Cache documents that carry errors",
+            m.cache_documents_with_errors.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP requests answered",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_seconds",
+            "HTTP request latency",
+            m.http_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 
@@ -135,11 +207,15 @@ impl Metrics {
     }
 
     pub fn domain(domain: &str) -> DomainLabel {
-        DomainLabel { domain: domain.to_string() }
+        DomainLabel {
+            domain: domain.to_string(),
+        }
     }
 
     pub fn outcome(outcome: &str) -> OutcomeLabel {
-        OutcomeLabel { outcome: outcome.to_string() }
+        OutcomeLabel {
+            outcome: outcome.to_string(),
+        }
     }
 }
 
@@ -150,10 +226,22 @@ mod tests {
     #[test]
     fn renders_prefixed_names() {
         let metrics = Metrics::new();
-        metrics.feed_changes.get_or_create(&Metrics::db("system_config")).inc();
-        metrics.rebuild_seconds.get_or_create(&Metrics::domain("sysconf")).observe(0.001);
+        metrics
+            .feed_changes
+            .get_or_create(&Metrics::db("system_config"))
+            .inc();
+        metrics
+            .rebuild_seconds
+            .get_or_create(&Metrics::domain("sysconf"))
+            .observe(0.001);
         let text = metrics.render();
-        assert!(text.contains("caldera_feed_changes_total{db=\"system_config\"} 1"), "{text}");
-        assert!(text.contains("caldera_rebuild_seconds_bucket{le="), "{text}");
+        assert!(
+            text.contains("caldera_feed_changes_total{db=\"system_config\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("caldera_rebuild_seconds_bucket{le="),
+            "{text}"
+        );
     }
 }

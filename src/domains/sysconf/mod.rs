@@ -7,7 +7,7 @@
 //! both front doors (HTTP, later AMQP) call.
 
 pub mod model;
-// pub mod service;
+pub mod service;
 
 use crate::couch::Body;
 use crate::domains::{Builder, Built, Domain, Issue};
@@ -27,8 +27,8 @@ impl Builder for SysconfBuilder {
         &[SOURCE]
     }
 
-    fn roots(&self, _source: &str, doc: &SourceDoc) -> Vec<String> {
-        vec![doc.id.clone()]
+    fn roots(&self, _source: &str, id: &str, _doc: Option<&SourceDoc>) -> Vec<String> {
+        vec![id.to_string()]
     }
 
     fn all_keys(&self, index: &Index) -> Vec<String> {
@@ -44,7 +44,9 @@ impl Builder for SysconfBuilder {
                 let (content, issues) = model::category_content(json, key);
                 Built::Content { content, issues }
             }
-            Body::Malformed(reason) => Built::Failed { issues: vec![Issue::doc(SOURCE, key, reason.clone())] },
+            Body::Malformed(reason) => Built::Failed {
+                issues: vec![Issue::doc(SOURCE, key, reason.clone())],
+            },
         }
     }
 }

@@ -16,7 +16,13 @@ pub const SOURCE: &str = "system_config";
 pub const DEFAULT_SECTION: &str = "default";
 
 /// Fields CouchDB manages that are not part of a category's content.
-const COUCH_FIELDS: [&str; 5] = ["_rev", "_conflicts", "_attachments", "_revisions", "_deleted_conflicts"];
+const COUCH_FIELDS: [&str; 5] = [
+    "_rev",
+    "_conflicts",
+    "_attachments",
+    "_revisions",
+    "_deleted_conflicts",
+];
 
 /// A lookup's answer and the section it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +75,12 @@ pub fn search_order<'a>(node: &'a str, zone: &'a str) -> Vec<&'a str> {
 
 /// The first section (in `search_order`) that defines `key`, taking its
 /// whole value; an explicit `null` counts as defined.
-pub fn lookup<'a>(content: &'a Value, key: &[String], node: &'a str, zone: &'a str) -> Option<Found<'a>> {
+pub fn lookup<'a>(
+    content: &'a Value,
+    key: &[String],
+    node: &'a str,
+    zone: &'a str,
+) -> Option<Found<'a>> {
     search_order(node, zone).into_iter().find_map(|section| {
         let value = get_path(content.get(section)?, key)?;
         Some(Found { section, value })
@@ -78,7 +89,8 @@ pub fn lookup<'a>(content: &'a Value, key: &[String], node: &'a str, zone: &'a s
 
 /// The value at `key` inside `value`; every step must be an object.
 pub fn get_path<'a>(value: &'a Value, key: &[String]) -> Option<&'a Value> {
-    key.iter().try_fold(value, |current, name| current.as_object()?.get(name))
+    key.iter()
+        .try_fold(value, |current, name| current.as_object()?.get(name))
 }
 
 /// Why a write cannot be applied.
@@ -93,20 +105,33 @@ pub enum WriteError {
 ///
 /// # Errors
 /// A step of the path exists but is not an object; nothing is overwritten.
-pub fn write_path(doc: &mut Value, section: &str, key: &[String], value: Option<&Value>) -> Result<bool, WriteError> {
+pub fn write_path(
+    doc: &mut Value,
+    section: &str,
+    key: &[String],
+    value: Option<&Value>,
+) -> Result<bool, WriteError> {
     let mut path: Vec<String> = Vec::with_capacity(key.len() + 1);
     path.push(section.to_string());
     path.extend(key.iter().cloned());
-    let (leaf, parents) = path.split_last().expect("the path holds at least the section");
+    let (leaf, parents) = path
+        .split_last()
+        .expect("the path holds at least the section");
     let mut current = doc;
     for (depth, name) in parents.iter().enumerate() {
-        let object = current.as_object_mut().ok_or_else(|| not_an_object(&path[..depth], &path))?;
+        let object = current
+            .as_object_mut()
+            .ok_or_else(|| not_an_object(&path[..depth], &path))?;
         if value.is_none() && !object.contains_key(name) {
             return Ok(false);
         }
-        current = object.entry(name.clone()).or_insert_with(|| Value::Object(Map::new()));
+        current = object
+            .entry(name.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
-    let object = current.as_object_mut().ok_or_else(|| not_an_object(parents, &path))?;
+    let object = current
+        .as_object_mut()
+        .ok_or_else(|| not_an_object(parents, &path))?;
     Ok(match value {
         Some(value) if object.get(leaf) == Some(value) => false,
         Some(value) => {
@@ -118,13 +143,17 @@ pub fn write_path(doc: &mut Value, section: &str, key: &[String], value: Option<
 }
 
 fn not_an_object(prefix: &[String], path: &[String]) -> WriteError {
-    WriteError::NotAnObject { path: prefix.join("."), key: path.join(".") }
+    WriteError::NotAnObject {
+        path: prefix.join("."),
+        key: path.join("."),
+    }
 }
 
 /// A new category document holding one value.
 pub fn new_category(id: &str, section: &str, key: &[String], value: &Value) -> Value {
     let mut doc = serde_json::json!({ "_id": id, "pvt_type": "config" });
-    write_path(&mut doc, section, key, Some(value)).expect("a fresh document has only objects on the path");
+    write_path(&mut doc, section, key, Some(value))
+        .expect("a fresh document has only objects on the path");
     doc
 }
 
@@ -150,38 +179,103 @@ mod tests {
     fn node_then_zone_then_default_whole_value() {
         let doc = doc();
         let found = |k: &[&str], node| lookup(&doc, &key(k), node, "local");
-        assert_eq!(found(&["fs_nodes"], "ecallmgr@kz1"), Some(Found { section: "ecallmgr@kz1", value: &json!(["node"]) }));
-        assert_eq!(found(&["fs_nodes"], "ecallmgr@kz2"), Some(Found { section: "local", value: &json!(["zone"]) }));
+        assert_eq!(
+            found(&["fs_nodes"], "ecallmgr@kz1"),
+            Some(Found {
+                section: "ecallmgr@kz1",
+                value: &json!(["node"])
+            })
+        );
+        assert_eq!(
+            found(&["fs_nodes"], "ecallmgr@kz2"),
+            Some(Found {
+                section: "local",
+                value: &json!(["zone"])
+            })
+        );
         // Whole-value precedence: the node's acls replace default's, no merge.
-        assert_eq!(found(&["acls"], "ecallmgr@kz1"), Some(Found { section: "ecallmgr@kz1", value: &json!({"y": 2}) }));
+        assert_eq!(
+            found(&["acls"], "ecallmgr@kz1"),
+            Some(Found {
+                section: "ecallmgr@kz1",
+                value: &json!({"y": 2})
+            })
+        );
         // An explicit null is a hit and shadows default.
-        assert_eq!(found(&["null_here"], "ecallmgr@kz1"), Some(Found { section: "ecallmgr@kz1", value: &Value::Null }));
-        assert_eq!(found(&["nested", "a", "b"], "x"), Some(Found { section: "default", value: &json!(2) }));
+        assert_eq!(
+            found(&["null_here"], "ecallmgr@kz1"),
+            Some(Found {
+                section: "ecallmgr@kz1",
+                value: &Value::Null
+            })
+        );
+        assert_eq!(
+            found(&["nested", "a", "b"], "x"),
+            Some(Found {
+                section: "default",
+                value: &json!(2)
+            })
+        );
         assert_eq!(found(&["nested", "a", "b", "c"], "x"), None);
         assert_eq!(found(&["missing"], "ecallmgr@kz1"), None);
         // Node "default" searches only the default section.
-        assert_eq!(found(&["fs_nodes"], "default"), Some(Found { section: "default", value: &json!(["a"]) }));
+        assert_eq!(
+            found(&["fs_nodes"], "default"),
+            Some(Found {
+                section: "default",
+                value: &json!(["a"])
+            })
+        );
     }
 
     #[test]
     fn writes_create_paths_delete_leaves_and_refuse_to_clobber() {
         let mut doc = doc();
-        assert_eq!(write_path(&mut doc, "default", &key(&["new", "deep"]), Some(&json!(5))), Ok(true));
+        assert_eq!(
+            write_path(&mut doc, "default", &key(&["new", "deep"]), Some(&json!(5))),
+            Ok(true)
+        );
         assert_eq!(doc["default"]["new"]["deep"], json!(5));
-        assert_eq!(write_path(&mut doc, "default", &key(&["new", "deep"]), Some(&json!(5))), Ok(false));
-        assert_eq!(write_path(&mut doc, "ecallmgr@kz1", &key(&["acls"]), None), Ok(true));
+        assert_eq!(
+            write_path(&mut doc, "default", &key(&["new", "deep"]), Some(&json!(5))),
+            Ok(false)
+        );
+        assert_eq!(
+            write_path(&mut doc, "ecallmgr@kz1", &key(&["acls"]), None),
+            Ok(true)
+        );
         assert!(doc["ecallmgr@kz1"].get("acls").is_none());
-        assert_eq!(write_path(&mut doc, "nowhere", &key(&["x"]), None), Ok(false));
-        assert!(doc.get("nowhere").is_none(), "deleting must not create sections");
-        let err = write_path(&mut doc, "default", &key(&["fs_nodes", "x"]), Some(&json!(1))).unwrap_err();
-        assert_eq!(err.to_string(), "default.fs_nodes is not an object, so default.fs_nodes.x cannot be set inside it");
+        assert_eq!(
+            write_path(&mut doc, "nowhere", &key(&["x"]), None),
+            Ok(false)
+        );
+        assert!(
+            doc.get("nowhere").is_none(),
+            "deleting must not create sections"
+        );
+        let err = write_path(
+            &mut doc,
+            "default",
+            &key(&["fs_nodes", "x"]),
+            Some(&json!(1)),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "default.fs_nodes is not an object, so default.fs_nodes.x cannot be set inside it"
+        );
     }
 
     #[test]
     fn content_drops_couch_fields_and_flags_bad_sections() {
-        let (content, issues) =
-            category_content(&json!({"_id": "c", "_rev": "3-x", "default": 5, "pvt_type": "config", "n": {}}), "c");
-        assert_eq!(content, json!({"_id": "c", "default": 5, "pvt_type": "config", "n": {}}));
+        let (content, issues) = category_content(
+            &json!({"_id": "c", "_rev": "3-x", "default": 5, "pvt_type": "config", "n": {}}),
+            "c",
+        );
+        assert_eq!(
+            content,
+            json!({"_id": "c", "default": 5, "pvt_type": "config", "n": {}})
+        );
         assert_eq!(issues.len(), 1);
         assert!(issues[0].reason.contains("\"default\" is not an object"));
     }

@@ -1,0 +1,448 @@
+//! The wiring: configuration → telemetry → listeners → followers, engine,
+//! mirror → signals. Owns start-up order and the shutdown sequence.
+//!
+//! Shutdown (SIGTERM/SIGINT): stop accepting HTTP and let requests finish,
+//! then stop the feeds; the engine writes what it already absorbed and lets
+//! go of the checkpoint channels, so followers save their last checkpoints;
+//! all within `shutdown.grace`, after which in-flight CouchDB retries are
+//! abandoned (nothing is lost: the next start reloads every source).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::CacheEntry;
+use crate::cache::mirror::{Mirror, update_from_doc};
+use crate::cache::writer::Writer;
+use crate::cli::{Cli, Command};
+use crate::config::{Config, LoadError};
+use crate::couch::retry::Backoff;
+use crate::couch::{Body, Client, Db};
+use crate::domains::Domain;
+use crate::domains::sysconf::service::{Settings, SysconfService};
+use crate::feeds::{Board, FeedEvent, Follower};
+use crate::http::AdminAuth;
+use crate::http::{self, Limits, api};
+use crate::lifecycle::readiness::Readiness;
+use crate::lifecycle::{Control, signals, systemd};
+use crate::rebuild::engine::{Engine, EngineHandle};
+use crate::rebuild::index::{SourceDoc, SourceId};
+use crate::telemetry::{self, LogHandle, metrics::Metrics};
+
+/// Exit status for an invalid configuration (sysexits' EX_CONFIG), which
+/// the systemd unit does not restart on.
+const EXIT_CONFIG: u8 = 78;
+
+/// Queue between followers and the engine (and the mirror).
+const EVENT_QUEUE: usize = 4096;
+
+pub fn main(cli: Cli) -> ExitCode {
+    let (path, explicit) = cli.config_path();
+    let loaded = match Config::load(&path, explicit) {
+        Ok(loaded) => loaded,
+        Err(err) => return config_failure(&path, &err),
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: the configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            let log = match telemetry::init(&loaded.config.log) {
+                Ok(log) => log,
+                Err(err) => {
+                    eprintln!("cannot start logging: {err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(loaded.config, path, log)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = format!("{err:#}"), "caldera stopped on an error");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_failure(path: &Path, err: &LoadError) -> ExitCode {
+    eprintln!(
+        "caldera: invalid configuration ({}):\n{err}",
+        path.display()
+    );
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Shared handles every part of the daemon reports to.
+struct Shared {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    board: Arc<Board>,
+    mirror: Arc<Mirror>,
+}
+
+async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let signals = signals::listen()?;
+    let shared = Shared {
+        metrics: Arc::new(Metrics::new()),
+        readiness: Arc::new(Readiness::default()),
+        board: Arc::new(Board::default()),
+        mirror: Arc::new(Mirror::default()),
+    };
+    let client = Client::new(&config.couchdb)?;
+    let api_listener = http::bind("api", config.http.api_listen).await?;
+    let phones_listener = http::bind("phones", config.http.phones_listen).await?;
+    tracing::info!(listener = "api", addr = %api_listener.local_addr()?, "listening");
+    tracing::info!(listener = "phones", addr = %phones_listener.local_addr()?, "listening");
+    tracing::info!(
+        node = config.node,
+        couchdb = %config.couchdb.url,
+        building = config.build.enabled,
+        "caldera {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let core = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let cache_db = client.db(&config.databases.cache);
+    start_mirror(&config, &shared, cache_db.clone(), &tasks, &core);
+    let engine = config
+        .build
+        .enabled
+        .then(|| start_building(&config, &shared, &client, &tasks, &core, &abort));
+
+    let sysconf = Arc::new(SysconfService::new(
+        shared.mirror.clone(),
+        client.db(&config.databases.system_config),
+        cache_db,
+        engine,
+        sysconf_settings(&config),
+    ));
+    let admin = Arc::new(AdminAuth::new(config.http.admin_token.clone()));
+    let api_state = Arc::new(api::ApiState {
+        node: config.node.clone(),
+        building: config.build.enabled,
+        started,
+        readiness: shared.readiness.clone(),
+        metrics: shared.metrics.clone(),
+        board: shared.board.clone(),
+        mirror: shared.mirror.clone(),
+        sysconf: sysconf.clone(),
+        admin: admin.clone(),
+        max_body_bytes: config.http.max_body_bytes,
+    });
+    let http_token = CancellationToken::new();
+    let http_tasks = TaskTracker::new();
+    let limits = Limits::from_config(&config.http);
+    let grace = config.shutdown.grace;
+    let api_router = api::router(api_state, config.http.request_timeout);
+    http_tasks.spawn(http::serve(
+        "api",
+        api_listener,
+        api_router,
+        limits,
+        http_token.clone(),
+        grace,
+    ));
+    let phones_router = http::phones::router(shared.metrics.clone(), config.http.request_timeout);
+    http_tasks.spawn(http::serve(
+        "phones",
+        phones_listener,
+        phones_router,
+        limits,
+        http_token.clone(),
+        grace,
+    ));
+    http_tasks.close();
+
+    systemd::ready("serving; catching up with CouchDB");
+    spawn_watchdog(&shared, &tasks, &core);
+    let reloader = Reloader {
+        path,
+        log,
+        admin,
+        sysconf,
+        current: config,
+    };
+    let grace = reloader.current.shutdown.grace;
+    wait_for_stop(signals, reloader).await;
+
+    systemd::stopping();
+    tracing::info!(
+        ?grace,
+        "stopping: draining requests, writing absorbed changes, saving checkpoints"
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    http_token.cancel();
+    let _ = tokio::time::timeout_at(deadline, http_tasks.wait()).await;
+    core.cancel();
+    tasks.close();
+    if tokio::time::timeout_at(deadline, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; abandoning unfinished CouchDB work");
+        abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn sysconf_settings(config: &Config) -> Settings {
+    Settings {
+        node: config.node.clone(),
+        zone: config.zone.clone(),
+        write_wait: config.sysconf.write_wait,
+        write_attempts: config.sysconf.write_attempts,
+    }
+}
+
+fn follower(
+    config: &Config,
+    shared: &Shared,
+    source: &str,
+    db: Db,
+    checkpoints: bool,
+    sink: mpsc::Sender<FeedEvent>,
+) -> Follower {
+    Follower {
+        source: SourceId::from(source),
+        db,
+        node: config.node.clone(),
+        config: config.feeds.clone(),
+        checkpoints,
+        sink,
+        board: shared.board.clone(),
+        readiness: shared.readiness.clone(),
+        metrics: shared.metrics.clone(),
+    }
+}
+
+/// Follows the cache database into the mirror.
+fn start_mirror(
+    config: &Config,
+    shared: &Shared,
+    cache_db: Db,
+    tasks: &TaskTracker,
+    core: &CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
+    let mirror = shared.mirror.clone();
+    let readiness = shared.readiness.clone();
+    readiness.register("mirror", "the cache database is not loaded yet");
+    tasks.spawn(follower(config, shared, "cache", cache_db, false, tx).run(core.clone()));
+    tasks.spawn(async move {
+        while let Some(event) = rx.recv().await {
+            match event {
+                FeedEvent::Replace { docs, .. } => {
+                    mirror.replace_all(docs.into_values().filter_map(cache_entry).collect());
+                    readiness.set("mirror", Ok(()));
+                }
+                FeedEvent::Change { id, rev, body, .. } => {
+                    let json = match &body {
+                        Some(Body::Json(json)) => Some(json),
+                        Some(Body::Malformed(why)) => {
+                            tracing::warn!(id, why, "unreadable document in the cache database");
+                            continue;
+                        }
+                        None => None,
+                    };
+                    let bytes = json.map_or(0, |j| serde_json::to_vec(j).map_or(0, |b| b.len()));
+                    match update_from_doc(&id, &rev, json, bytes) {
+                        Some(Ok(update)) => mirror.apply_feed(update),
+                        Some(Err(why)) => tracing::debug!(id, why, "ignoring a non-cache document"),
+                        None => {}
+                    }
+                }
+                FeedEvent::Refresh { .. } => {}
+            }
+        }
+    });
+}
+
+fn cache_entry(doc: SourceDoc) -> Option<CacheEntry> {
+    let Body::Json(json) = &doc.body else {
+        return None;
+    };
+    let bytes = serde_json::to_vec(json).map_or(0, |b| b.len());
+    CacheEntry::from_doc(json, bytes).ok()
+}
+
+/// Starts the engine and one follower per source it reads.
+fn start_building(
+    config: &Config,
+    shared: &Shared,
+    client: &Client,
+    tasks: &TaskTracker,
+    core: &CancellationToken,
+    abort: &CancellationToken,
+) -> EngineHandle {
+    let names: BTreeMap<String, String> = config
+        .databases
+        .all()
+        .iter()
+        .map(|(logical, physical)| (logical.to_string(), physical.to_string()))
+        .collect();
+    let cache_db = client.db(&config.databases.cache);
+    let backoff = Backoff::new(config.feeds.backoff_initial, config.feeds.backoff_max);
+    let writer = Writer::new(
+        cache_db.clone(),
+        shared.mirror.clone(),
+        &config.node,
+        names.clone(),
+        config.build.write_batch,
+        config.build.max_output_bytes,
+        backoff.clone(),
+        shared.metrics.clone(),
+        shared.readiness.clone(),
+    );
+    let engine = Engine::new(
+        Domain::ALL.to_vec(),
+        config.build.clone(),
+        writer,
+        shared.mirror.clone(),
+        shared.metrics.clone(),
+        shared.readiness.clone(),
+    );
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    for source in engine.sources() {
+        let physical = names
+            .get(&*source)
+            .cloned()
+            .unwrap_or_else(|| source.to_string());
+        tasks.spawn(
+            follower(
+                config,
+                shared,
+                &source,
+                client.db(&physical),
+                true,
+                tx.clone(),
+            )
+            .run(core.clone()),
+        );
+    }
+    tasks.spawn(engine.run(rx, core.clone(), abort.clone()));
+    tasks.spawn(install_design_docs(cache_db, backoff, core.clone()));
+    EngineHandle::new(tx)
+}
+
+/// Creates the cache database and installs its design documents, retrying
+/// until CouchDB answers.
+async fn install_design_docs(db: Db, mut backoff: Backoff, token: CancellationToken) {
+    loop {
+        match Writer::ensure_database(&db).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(db = db.name(), error = %err, "cannot prepare the cache database yet");
+                if !backoff.wait(err.kind, &token).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Pings the systemd watchdog while the runtime is responsive.
+fn spawn_watchdog(shared: &Shared, tasks: &TaskTracker, core: &CancellationToken) {
+    let Some(interval) = systemd::watchdog_interval() else {
+        return;
+    };
+    let readiness = shared.readiness.clone();
+    let token = core.clone();
+    tasks.spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        let mut was_ready = false;
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            systemd::watchdog();
+            let ready = readiness.is_ready();
+            if ready != was_ready {
+                systemd::status(if ready {
+                    "ready: caught up with CouchDB"
+                } else {
+                    "not ready: see /readyz"
+                });
+                was_ready = ready;
+            }
+        }
+    });
+}
+
+/// What SIGHUP may change while running.
+struct Reloader {
+    path: PathBuf,
+    log: LogHandle,
+    admin: Arc<AdminAuth>,
+    sysconf: Arc<SysconfService>,
+    current: Config,
+}
+
+impl Reloader {
+    fn reload(&mut self) {
+        systemd::reloading();
+        match Config::load(&self.path, true) {
+            Err(err) => {
+                tracing::error!(path = %self.path.display(), "reload refused, keeping the running configuration: {err}")
+            }
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    tracing::warn!("{warning}");
+                }
+                let new = loaded.config;
+                let restart = self.current.needs_restart(&new);
+                if !restart.is_empty() {
+                    tracing::warn!(keys = ?restart, "these changes take effect only after a restart");
+                }
+                if let Err(err) = self.log.set_level(&new.log.level) {
+                    tracing::error!(error = err, "cannot apply log.level");
+                }
+                self.admin.set(new.http.admin_token.clone());
+                let mut settings = sysconf_settings(&new);
+                settings.node = self.current.node.clone();
+                self.sysconf.reload(settings);
+                tracing::info!(path = %self.path.display(), "configuration reloaded");
+                self.current = new;
+            }
+        }
+        systemd::ready("serving");
+    }
+}
+
+async fn wait_for_stop(mut signals: mpsc::UnboundedReceiver<Control>, mut reloader: Reloader) {
+    while let Some(control) = signals.recv().await {
+        match control {
+            Control::Reload => reloader.reload(),
+            Control::Shutdown => return,
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The cache writer: turns built outputs into cache documents and stores the
+//! ones whose hash changed with `_bulk_docs`.
+//!
+//! Invariants:
+//! * `write` returns `Ok` only once every planned document is durably in the
+//!   cache database (or was refused by CouchDB for a reason retrying cannot
+//!   fix, which is logged and counted);
+//! * a document is sent only when its hash differs from the mirror's copy;
+//! * a `409` is never fatal: the current document is re-read, the mirror
+//!   updated, and the output re-planned against it (another builder may
+//!   already have written the same content);
+//! * every stored document is applied to the mirror at once (write-through).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::mirror::{Mirror, Update};
+use super::{CacheEntry, FORMAT, content_hash, doc_id};
+use crate::couch::retry::Backoff;
+use crate::couch::{BulkResult, Db, ErrorKind, Seq};
+use crate::domains::{Built, Domain, Issue};
+use crate::lifecycle::readiness::Readiness;
+use crate::rebuild::index::SourceId;
+use crate::telemetry::metrics::Metrics;
+
+/// The design documents installed into the cache database.
+const DESIGN_DOCS: [&str; 1] = [include_str!("../../design-docs/cache/caldera.json")];
+
+/// Rounds of "409 → re-read → re-plan" before a batch counts as failed.
+const CONFLICT_ROUNDS: usize = 5;
+
+/// One built output, ready to be stored.
+#[derive(Debug)]
+pub struct Output {
+    pub domain: Domain,
+    pub key: String,
+    pub built: Built,
+    /// The revision of every source document the build read, by source.
+    pub built_from: BTreeMap<SourceId, BTreeMap<String, String>>,
+}
+
+/// The shutdown token fired before everything was durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
+pub struct Writer {
+    db: Db,
+    mirror: Arc<Mirror>,
+    node: String,
+    /// Logical source name → physical database name, for `errors[].db`.
+    db_names: BTreeMap<String, String>,
+    batch: usize,
+    max_output_bytes: usize,
+    backoff: Backoff,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+}
+
+/// What one write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub stored: usize,
+    pub deleted: usize,
+    pub unchanged: usize,
+    pub refused: usize,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        mirror: Arc<Mirror>,
+        node: &str,
+        db_names: BTreeMap<String, String>,
+        batch: usize,
+        max_output_bytes: usize,
+        backoff: Backoff,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+    ) -> Writer {
+        readiness.set("cache_writes", Ok(()));
+        Writer {
+            db,
+            mirror,
+            node: node.to_string(),
+            db_names,
+            batch,
+            max_output_bytes,
+            backoff,
+            metrics,
+            readiness,
+        }
+    }
+
+    /// Creates the cache database when missing and installs the design
+    /// documents; idempotent.
+    ///
+    /// # Errors
+    /// CouchDB refused or could not be reached.
+    pub async fn ensure_database(db: &Db) -> crate::couch::Result<()> {
+        if db.create().await? {
+            tracing::info!(db = db.name(), "created the cache database");
+        }
+        for text in DESIGN_DOCS {
+            let wanted: Value =
+                serde_json::from_str(text).expect("design documents are valid JSON");
+            let id = wanted["_id"]
+                .as_str()
+                .expect("design documents have an _id");
+            let current = db.get(id).await?;
+            let mut doc = wanted.clone();
+            if let Some(current) = &current {
+                let mut without_rev = current.clone();
+                without_rev.as_object_mut().map(|o| o.remove("_rev"));
+                if without_rev == wanted {
+                    continue;
+                }
+                doc["_rev"] = current["_rev"].clone();
+            }
+            match db.put(&doc).await {
+                Ok(_) => tracing::info!(db = db.name(), id, "installed design document"),
+                // Another instance installed it at the same moment.
+                Err(err) if err.is(ErrorKind::Conflict) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores every output whose cache document must change.
+    ///
+    /// # Errors
+    /// `Cancelled` when shutdown came before everything was durable.
+    pub async fn write(
+        &mut self,
+        outputs: Vec<Output>,
+        seqs: &BTreeMap<SourceId, Seq>,
+        token: &CancellationToken,
+    ) -> Result<Written, Cancelled> {
+        let mut written = Written::default();
+        let mut pending: Vec<Output> = outputs;
+        let mut conflict_rounds = 0;
+        while !pending.is_empty() {
+            let (docs, unchanged) = self.plan(&pending, seqs);
+            written.unchanged += unchanged;
+            if docs.is_empty() {
+                break;
+            }
+            let mut conflicted = Vec::new();
+            for chunk in docs.chunks(self.batch) {
+                let outcome = self.store(chunk.to_vec(), token).await?;
+                written.stored += outcome.stored;
+                written.deleted += outcome.deleted;
+                written.refused += outcome.refused;
+                conflicted.extend(outcome.conflicted);
+            }
+            if conflicted.is_empty() {
+                break;
+            }
+            conflict_rounds += 1;
+            self.refresh(&conflicted, token).await?;
+            if conflict_rounds >= CONFLICT_ROUNDS {
+                // Another writer keeps changing these documents; back off
+                // before competing again rather than spinning.
+                tracing::warn!(ids = ?conflicted, "cache documents keep conflicting; backing off");
+                if !self.backoff.wait(ErrorKind::Conflict, token).await {
+                    return Err(Cancelled);
+                }
+                conflict_rounds = 0;
+            }
+            pending.retain(|o| conflicted.contains(&doc_id(o.domain, &o.key)));
+        }
+        self.backoff.reset();
+        Ok(written)
+    }
+
+    /// The cache documents to send (those whose hash changed) and how many
+    /// outputs need no write.
+    fn plan(&self, outputs: &[Output], seqs: &BTreeMap<SourceId, Seq>) -> (Vec<Value>, usize) {
+        let mut docs = Vec::new();
+        let mut unchanged = 0;
+        for output in outputs {
+            let id = doc_id(output.domain, &output.key);
+            let current = self.mirror.get(&id);
+            match self.document(output, &id, current.as_deref(), seqs) {
+                Some(doc) => docs.push(doc),
+                None => unchanged += 1,
+            }
+        }
+        (docs, unchanged)
+    }
+
+    /// The cache document for `output`, or `None` when nothing must change.
+    fn document(
+        &self,
+        output: &Output,
+        id: &str,
+        current: Option<&CacheEntry>,
+        seqs: &BTreeMap<SourceId, Seq>,
+    ) -> Option<Value> {
+        let (content, issues, stale) = match &output.built {
+            Built::Absent => {
+                let current = current?;
+                return Some(json!({ "_id": id, "_rev": current.rev, "_deleted": true }));
+            }
+            Built::Content { content, issues } => {
+                let size = serde_json::to_vec(content).map_or(usize::MAX, |b| b.len());
+                if size > self.max_output_bytes {
+                    let reason = format!(
+                        "the output is {size} bytes, over build.max_output_bytes ({})",
+                        self.max_output_bytes
+                    );
+                    let mut issues = issues.clone();
+                    issues.push(Issue {
+                        source: Arc::from(output.domain.name()),
+                        doc: None,
+                        reason,
+                    });
+                    last_good(current, issues)
+                } else {
+                    (content.clone(), issues.clone(), false)
+                }
+            }
+            Built::Failed { issues } => last_good(current, issues.clone()),
+        };
+        let errors = self.errors_json(&issues);
+        let hash = content_hash(&content, &errors, stale);
+        if current.is_some_and(|c| c.hash == hash) {
+            return None;
+        }
+        let mut doc = Map::new();
+        doc.insert("_id".into(), json!(id));
+        if let Some(current) = current {
+            doc.insert("_rev".into(), json!(current.rev));
+        }
+        doc.insert("caldera".into(), json!(FORMAT));
+        doc.insert("domain".into(), json!(output.domain.name()));
+        doc.insert("key".into(), json!(output.key));
+        doc.insert("hash".into(), json!(hash));
+        doc.insert("content".into(), content);
+        doc.insert("errors".into(), errors);
+        doc.insert("stale".into(), json!(stale));
+        doc.insert("built_from".into(), self.built_from(output));
+        doc.insert("seqs".into(), self.seqs(output, seqs));
+        doc.insert("built_by".into(), json!(self.node));
+        doc.insert(
+            "built_at".into(),
+            json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+        );
+        Some(Value::Object(doc))
+    }
+
+    fn physical(&self, source: &str) -> String {
+        self.db_names
+            .get(source)
+            .cloned()
+            .unwrap_or_else(|| source.to_string())
+    }
+
+    fn errors_json(&self, issues: &[Issue]) -> Value {
+        let mut issues = issues.to_vec();
+        issues.sort();
+        issues.dedup();
+        let list = issues
+            .iter()
+            .map(|i| json!({ "db": self.physical(&i.source), "doc": i.doc, "reason": i.reason }));
+        Value::Array(list.collect())
+    }
+
+    fn built_from(&self, output: &Output) -> Value {
+        let by_db = output
+            .built_from
+            .iter()
+            .map(|(source, revs)| (self.physical(source), json!(revs)));
+        Value::Object(by_db.collect())
+    }
+
+    fn seqs(&self, output: &Output, seqs: &BTreeMap<SourceId, Seq>) -> Value {
+        let by_db = output
+            .built_from
+            .keys()
+            .filter_map(|source| Some((self.physical(source), seqs.get(source)?.clone())));
+        Value::Object(by_db.collect())
+    }
+
+    /// Sends one batch until CouchDB answers it, splitting it when the
+    /// server finds it too large.
+    async fn store(
+        &mut self,
+        docs: Vec<Value>,
+        token: &CancellationToken,
+    ) -> Result<StoreOutcome, Cancelled> {
+        let mut queue = vec![docs];
+        let mut outcome = StoreOutcome::default();
+        while let Some(batch) = queue.pop() {
+            match self.db.bulk_docs(&batch).await {
+                Ok(results) => {
+                    self.readiness.set("cache_writes", Ok(()));
+                    self.backoff.reset();
+                    self.apply_results(&batch, results, &mut outcome);
+                }
+                Err(err) if err.is(ErrorKind::TooLarge) && batch.len() > 1 => {
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    queue.push(second);
+                    queue.push(first);
+                }
+                Err(err) if err.is(ErrorKind::TooLarge) => {
+                    let id = batch[0]["_id"].as_str().unwrap_or_default().to_string();
+                    tracing::error!(id, error = %err, "CouchDB refuses this cache document as too large");
+                    self.metrics
+                        .cache_writes
+                        .get_or_create(&Metrics::outcome("refused"))
+                        .inc();
+                    outcome.refused += 1;
+                }
+                Err(err) => {
+                    self.metrics
+                        .cache_writes
+                        .get_or_create(&Metrics::outcome("retried"))
+                        .inc();
+                    self.readiness.set(
+                        "cache_writes",
+                        Err(format!("cannot write the cache: {err}")),
+                    );
+                    tracing::warn!(db = self.db.name(), error = %err, "cache write failed; retrying");
+                    if err.is(ErrorKind::NotFound)
+                        && let Err(err) = Writer::ensure_database(&self.db).await
+                    {
+                        tracing::warn!(error = %err, "cannot create the cache database");
+                    }
+                    if !self.backoff.wait(err.kind, token).await {
+                        return Err(Cancelled);
+                    }
+                    queue.push(batch);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn apply_results(&self, batch: &[Value], results: Vec<BulkResult>, outcome: &mut StoreOutcome) {
+        let sent: BTreeMap<&str, &Value> = batch
+            .iter()
+            .filter_map(|d| Some((d["_id"].as_str()?, d)))
+            .collect();
+        for result in results {
+            let Some(doc) = sent.get(result.id.as_str()) else {
+                continue;
+            };
+            match (result.rev, result.error.as_deref()) {
+                (Some(rev), None) => {
+                    let deleted = doc
+                        .get("_deleted")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                    if deleted {
+                        self.mirror
+                            .apply_written(Update::Deleted { id: result.id, rev });
+                        outcome.deleted += 1;
+                        self.metrics
+                            .cache_writes
+                            .get_or_create(&Metrics::outcome("deleted"))
+                            .inc();
+                    } else {
+                        let mut stored = (*doc).clone();
+                        stored["_rev"] = json!(rev);
+                        let bytes = serde_json::to_vec(&stored).map_or(0, |b| b.len());
+                        if let Ok(entry) = CacheEntry::from_doc(&stored, bytes) {
+                            self.mirror.apply_written(Update::Live(entry));
+                        }
+                        outcome.stored += 1;
+                        self.metrics
+                            .cache_writes
+                            .get_or_create(&Metrics::outcome("stored"))
+                            .inc();
+                    }
+                }
+                (_, Some("conflict")) => {
+                    self.metrics
+                        .cache_writes
+                        .get_or_create(&Metrics::outcome("conflict"))
+                        .inc();
+                    outcome.conflicted.push(result.id);
+                }
+                (_, error) => {
+                    let reason = result.reason.as_deref().unwrap_or("");
+                    tracing::error!(
+                        id = result.id,
+                        error,
+                        reason,
+                        "CouchDB refused a cache document"
+                    );
+                    self.metrics
+                        .cache_writes
+                        .get_or_create(&Metrics::outcome("refused"))
+                        .inc();
+                    outcome.refused += 1;
+                }
+            }
+        }
+    }
+
+    /// Re-reads conflicting documents into the mirror so the next plan uses
+    /// their current `_rev` and content.
+    async fn refresh(
+        &mut self,
+        ids: &[String],
+        token: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        loop {
+            match self.db.all_docs(ids, true).await {
+                Ok(rows) => {
+                    for row in rows {
+                        apply_current(&self.mirror, row);
+                    }
+                    return Ok(());
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot re-read conflicting cache documents; retrying");
+                    if !self.backoff.wait(err.kind, token).await {
+                        return Err(Cancelled);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The last good content kept and flagged stale, with the new problems.
+fn last_good(current: Option<&CacheEntry>, issues: Vec<Issue>) -> (Value, Vec<Issue>, bool) {
+    match current {
+        Some(current) if !current.content.is_null() => (current.content.clone(), issues, true),
+        _ => (Value::Null, issues, false),
+    }
+}
+
+fn apply_current(mirror: &Mirror, row: crate::couch::AllDocsRow) {
+    match (row.value, row.doc) {
+        (Some(value), _) if value.deleted => mirror.apply_written(Update::Deleted {
+            id: row.key,
+            rev: value.rev,
+        }),
+        (Some(_), Some(doc)) => {
+            let bytes = serde_json::to_vec(&doc).map_or(0, |b| b.len());
+            match CacheEntry::from_doc(&doc, bytes) {
+                Ok(entry) => mirror.apply_written(Update::Live(entry)),
+                Err(why) => tracing::warn!(
+                    id = row.key,
+                    why,
+                    "a document in the cache database is not a cache document"
+                ),
+            }
+        }
+        // Not found: the document is gone without a tombstone we can see.
+        _ => mirror.apply_written(Update::Deleted {
+            id: row.key,
+            rev: "0-".into(),
+        }),
+    }
+}
+
+#[derive(Default)]
+struct StoreOutcome {
+    stored: usize,
+    deleted: usize,
+    refused: usize,
+    conflicted: Vec<String>,
+}

@@ -1,0 +1,65 @@
+//! The command line: `caldera [--config PATH] <run|check-config>`; the
+//! option works before or after the subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_PATH;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "caldera",
+    version,
+    about = "Precomputes and serves what VoIP phones, SIP servers and edge devices need, from CouchDB"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "CALDERA_CONFIG",
+        value_name = "PATH"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (under systemd: Type=notify).
+    Run,
+    /// Validate the configuration, report every problem, and exit
+    /// (0 when valid, 78 when not).
+    CheckConfig,
+}
+
+impl Cli {
+    /// The configuration path, and whether it was given explicitly (a
+    /// missing default file only means "use defaults").
+    pub fn config_path(&self) -> (PathBuf, bool) {
+        match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_goes_before_or_after_the_subcommand() {
+        let after = Cli::try_parse_from(["caldera", "run", "--config", "a.toml"]).unwrap();
+        let before =
+            Cli::try_parse_from(["caldera", "--config", "a.toml", "check-config"]).unwrap();
+        assert_eq!(after.config_path(), (PathBuf::from("a.toml"), true));
+        assert!(matches!(before.command, Command::CheckConfig));
+        assert_eq!(before.config_path().0, PathBuf::from("a.toml"));
+        assert!(Cli::try_parse_from(["caldera", "fly"]).is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! The api listener: `/healthz`, `/readyz`, `/metrics`, `/v1/status` and the
+//! system_config values API. Everything under `/v1` is an admin endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::middleware::{self, AdminAuth};
+use crate::cache::mirror::Mirror;
+use crate::domains::sysconf::service::SysconfService;
+use crate::feeds::Board;
+use crate::lifecycle::readiness::Readiness;
+use crate::telemetry::metrics::Metrics;
+
+/// What the api handlers read.
+pub struct ApiState {
+    pub node: String,
+    pub building: bool,
+    pub started: Instant,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub board: Arc<Board>,
+    pub mirror: Arc<Mirror>,
+    pub sysconf: Arc<SysconfService>,
+    pub admin: Arc<AdminAuth>,
+    pub max_body_bytes: usize,
+}
+
+type Shared = State<Arc<ApiState>>;
+
+const SYSCONF_PREFIX: &str = "/v1/sysconf/";
+
+pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
+    let admin = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/sysconf/{category}", any(sysconf_category))
+        .route("/v1/sysconf/{category}/{*key}", any(sysconf_key))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.admin.clone(),
+            middleware::require_admin,
+        ));
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    let router = middleware::json_fallbacks(open.merge(admin).with_state(state.clone()));
+    middleware::common(router, "api", state.metrics.clone(), timeout)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): Shared) -> Response {
+    if state.readiness.is_ready() {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        let body = json!({ "ready": false, "reasons": state.readiness.reasons() });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    for (domain, stats) in state.mirror.stats() {
+        let label = Metrics::domain(&domain);
+        state
+            .metrics
+            .cache_documents
+            .get_or_create(&label)
+            .set(stats.documents as i64);
+        state
+            .metrics
+            .cache_bytes
+            .get_or_create(&label)
+            .set(stats.bytes as i64);
+        state
+            .metrics
+            .cache_documents_with_errors
+            .get_or_create(&label)
+            .set(stats.with_errors as i64);
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(state): Shared) -> Json<Value> {
+    let cache: BTreeMap<_, _> = state
+        .mirror
+        .stats()
+        .into_iter()
+        .map(|(domain, s)| {
+            (domain, json!({ "documents": s.documents, "bytes": s.bytes, "with_errors": s.with_errors, "stale": s.stale }))
+        })
+        .collect();
+    let errors: Vec<Value> = state
+        .mirror
+        .with_errors(100)
+        .iter()
+        .map(|e| json!({ "id": e.id, "domain": e.domain, "key": e.key, "stale": e.stale, "errors": e.errors }))
+        .collect();
+    Json(json!({
+        "node": state.node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "building": state.building,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "ready": state.readiness.is_ready(),
+        "reasons": state.readiness.reasons(),
+        "feeds": state.board.snapshot(),
+        "cache": cache,
+        "errors": errors,
+    }))
+}
+
+/// The raw path after `/v1/sysconf/`, split on `/` and percent-decoded per
+/// segment, so `a/b` is a nested key and `a%2Fb` one key containing a slash.
+fn sysconf_path(request: &Request) -> Result<Vec<String>, ApiError> {
+    let raw = request
+        .uri()
+        .path()
+        .strip_prefix(SYSCONF_PREFIX)
+        .unwrap_or_default();
+    raw.split('/')
+        .map(|segment| {
+            percent_decode_str(segment)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| ApiError::bad_request("the path is not valid UTF-8 once decoded"))
+        })
+        .collect()
+}
+
+async fn sysconf_category(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return Err(method_not_allowed("GET"));
+    }
+    let path = sysconf_path(&request)?;
+    let entry = state.sysconf.document(&path[0])?;
+    let body = json!({ "category": path[0], "document": entry.content, "errors": entry.errors, "stale": entry.stale });
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    node: Option<String>,
+    default: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    value: Value,
+    #[serde(default)]
+    node_specific: bool,
+    node: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FlushBody {
+    #[allow(dead_code)] // Accepted for Kazoo compatibility: a flush re-reads the whole category.
+    key: Option<Value>,
+}
+
+async fn sysconf_key(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let path = sysconf_path(&request)?;
+    let (category, key) = path.split_first().expect("the route has a category");
+    let method = request.method().clone();
+    match method {
+        Method::POST if key == ["flush"] => {
+            let body = read_body(request, state.max_body_bytes).await?;
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                parse_json::<FlushBody>(&body)?;
+            }
+            state.sysconf.flush(category).await?;
+            Ok(Json(json!({ "category": category, "flushed": true })).into_response())
+        }
+        Method::GET | Method::HEAD => {
+            let Query(query) = Query::<GetQuery>::try_from_uri(request.uri()).map_err(|err| {
+                ApiError::bad_request(format!("bad query string: {}", err.body_text()))
+            })?;
+            let default = query
+                .default
+                .map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text)));
+            let answer = state
+                .sysconf
+                .get(category, key, query.node.as_deref(), default)
+                .await?;
+            Ok(Json(answer).into_response())
+        }
+        Method::PUT => {
+            let body = read_body(request, state.max_body_bytes).await?;
+            let body: SetBody = parse_json(&body)?;
+            let answer = state
+                .sysconf
+                .set(
+                    category,
+                    key,
+                    body.value,
+                    body.node_specific,
+                    body.node.as_deref(),
+                )
+                .await?;
+            Ok(Json(answer).into_response())
+        }
+        _ if key == ["flush"] => Err(method_not_allowed("GET, PUT, POST")),
+        _ => Err(method_not_allowed("GET, PUT")),
+    }
+}
+
+async fn read_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let body: Body = request.into_body();
+    to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::bad_request(format!("the body is not the expected JSON: {err}")))
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("allowed: {allow}"),
+    )
+}

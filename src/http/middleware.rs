@@ -1,0 +1,175 @@
+//! Layers shared by both listeners: request metrics by matched route, the
+//! admin check, a JSON answer for panics, timeouts and unknown routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use super::ApiError;
+use crate::config::Secret;
+use crate::telemetry::metrics::{Metrics, RequestLabels, RouteLabels};
+
+/// JSON answers for unknown routes and methods.
+pub fn json_fallbacks(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::not_found("no such resource") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this resource does not accept that method",
+            )
+        })
+}
+
+/// Wraps a listener's router (fallbacks already set, so they are wrapped
+/// too) with metrics, timeout and panic catching.
+pub fn common(
+    router: Router,
+    listener: &'static str,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+) -> Router {
+    router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request failed unexpectedly",
+            )
+            .into_response()
+        }))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| record(listener, metrics.clone(), request, next),
+        ))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
+}
+
+async fn record(
+    listener: &'static str,
+    metrics: Arc<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    // Unmatched paths share one label so scanners cannot inflate cardinality.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = RequestLabels {
+        listener: listener.to_string(),
+        route: route.clone(),
+        method,
+        status,
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
+    let route_labels = RouteLabels {
+        listener: listener.to_string(),
+        route,
+    };
+    metrics
+        .http_seconds
+        .get_or_create(&route_labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The admin credential: a bearer token when configured, else loopback only.
+#[derive(Default)]
+pub struct AdminAuth {
+    token: ArcSwapOption<Secret>,
+}
+
+impl AdminAuth {
+    pub fn new(token: Option<Secret>) -> AdminAuth {
+        AdminAuth {
+            token: ArcSwapOption::from(token.map(Arc::new)),
+        }
+    }
+
+    pub fn set(&self, token: Option<Secret>) {
+        self.token.store(token.map(Arc::new));
+    }
+
+    fn check(&self, request: &Request) -> Result<(), ApiError> {
+        match self.token.load().as_deref() {
+            Some(token) => {
+                let given = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                // Comparing digests keeps the comparison time independent of
+                // where the strings differ.
+                if Sha256::digest(given.as_bytes()) == Sha256::digest(token.expose().as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "a valid admin bearer token is required",
+                    ))
+                }
+            }
+            None => {
+                let peer = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0);
+                if peer.is_some_and(|p| p.ip().is_loopback()) {
+                    Ok(())
+                } else {
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "admin endpoints answer loopback clients only unless http.api.admin_token is set",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Middleware: admin endpoints require `AdminAuth`.
+pub async fn require_admin(
+    State(auth): State<Arc<AdminAuth>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match auth.check(&request) {
+        Ok(()) => next.run(request).await,
+        Err(err) => {
+            let mut response = err.clone().into_response();
+            if err.status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"caldera\""),
+                );
+            }
+            response
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The two HTTP listeners. Both serve from memory (the mirror, the status
+//! board), never from CouchDB.
+//!
+//! * `api`: health, readiness, metrics, status and the admin/`/v1` API;
+//! * `phones`: what devices fetch (phone files come with the phones domain).
+//!
+//! Connections are served by hyper directly (not `axum::serve`) so the
+//! header limits and the header read timeout apply per connection, and
+//! shutdown is graceful: stop accepting, let in-flight requests finish.
+
+pub mod api;
+mod error;
+mod middleware;
+pub mod phones;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub use error::ApiError;
+pub use middleware::AdminAuth;
+
+use crate::config::HttpConfig;
+
+/// Per-connection limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(config: &HttpConfig) -> Limits {
+        Limits {
+            max_headers: config.max_headers,
+            max_header_bytes: config.max_header_bytes,
+            header_read_timeout: config.header_read_timeout,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `token` fires, then waits up to
+/// `grace` for in-flight requests.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    token: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes)
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Usually EMFILE: pause instead of spinning.
+                    tracing::warn!(listener = name, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    router
+                        .oneshot(request)
+                        .await
+                        .unwrap_or_else(|never| match never {}),
+                )
+            }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(listener = name, %peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!(listener = name, "requests still running after the grace period"),
+    }
+}
+
+/// Binds a listener, naming the address in the error.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {addr} ({name} listener): {err}"))
+}

@@ -1,0 +1,564 @@
+//! The rebuild engine: one task that owns the index and the dependency map,
+//! takes feed events in debounced batches, rebuilds exactly the outputs the
+//! batch affects, hands them to the cache writer, and then reports the
+//! batch's sequences durable (which lets followers checkpoint them).
+//!
+//! Start-up: nothing is built until every source this instance reads has
+//! been loaded and the mirror of the cache database is warm; then one full
+//! build covers every output a from-scratch build has, plus every output
+//! the cache holds (so orphans are deleted), and only differences are
+//! written. The same full pass runs again whenever the cache database is
+//! re-created underneath us.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::deps::{DepGraph, OutputId};
+use super::index::{Dep, Index, Reads, SourceDoc, SourceId};
+use crate::cache::mirror::Mirror;
+use crate::cache::writer::{Cancelled, Output, Writer};
+use crate::config::BuildConfig;
+use crate::couch::{Seq, rev_generation};
+use crate::domains::{Built, Domain, Issue};
+use crate::feeds::{CheckpointTx, FeedEvent};
+use crate::lifecycle::readiness::Readiness;
+use crate::telemetry::metrics::Metrics;
+
+/// Below this many outputs a batch is built on the engine's own thread.
+const PARALLEL_THRESHOLD: usize = 256;
+
+const COMPONENT: &str = "engine";
+
+#[derive(Default)]
+struct SourceState {
+    loaded: bool,
+    /// The sequence the index reflects.
+    seq: Option<Seq>,
+    checkpoint: Option<CheckpointTx>,
+    /// Changes absorbed but not yet durable, and when the oldest arrived.
+    unapplied: u64,
+    oldest: Option<Instant>,
+}
+
+/// What the events absorbed since the last write require.
+#[derive(Default)]
+struct Batch {
+    events: usize,
+    dirty: BTreeSet<OutputId>,
+    done: Vec<oneshot::Sender<()>>,
+    received: Vec<Instant>,
+}
+
+pub struct Engine {
+    domains: Vec<Domain>,
+    config: BuildConfig,
+    index: Index,
+    deps: DepGraph,
+    sources: BTreeMap<SourceId, SourceState>,
+    writer: Writer,
+    mirror: Arc<Mirror>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    /// A full pass is due (start-up, cache database re-created).
+    full_build: bool,
+    built_once: bool,
+}
+
+impl Engine {
+    pub fn new(
+        domains: Vec<Domain>,
+        config: BuildConfig,
+        writer: Writer,
+        mirror: Arc<Mirror>,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+    ) -> Engine {
+        let sources = domains
+            .iter()
+            .flat_map(|d| d.builder().sources().iter())
+            .map(|name| (SourceId::from(*name), SourceState::default()))
+            .collect();
+        readiness.register(COMPONENT, "initial build not done");
+        Engine {
+            domains,
+            config,
+            index: Index::default(),
+            deps: DepGraph::default(),
+            sources,
+            writer,
+            mirror,
+            metrics,
+            readiness,
+            full_build: true,
+            built_once: false,
+        }
+    }
+
+    /// The logical sources the engine needs followers for.
+    pub fn sources(&self) -> Vec<SourceId> {
+        self.sources.keys().cloned().collect()
+    }
+
+    /// Runs until `stop` fires, then writes what it already absorbed (unless
+    /// `abort` fires first) and returns; dropping the checkpoint channels
+    /// tells the followers to save their last checkpoints.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<FeedEvent>,
+        stop: CancellationToken,
+        abort: CancellationToken,
+    ) {
+        let mut reloads = self.mirror.subscribe_reloads();
+        let mut mirror_loaded = self.mirror.subscribe_loaded();
+        let mut batch = Batch::default();
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                event = events.recv() => match event {
+                    Some(event) => self.absorb(event, &mut batch),
+                    None => break,
+                },
+                changed = reloads.changed() => {
+                    if changed.is_err() { break; }
+                    self.full_build = true;
+                }
+                changed = mirror_loaded.changed() => if changed.is_err() { break; },
+            }
+            self.collect(&mut events, &mut batch, &stop).await;
+            if self.can_build() && self.flush(&mut batch, &abort).await.is_err() {
+                return;
+            }
+        }
+        // Shutdown: whatever the followers already handed over gets written.
+        while let Ok(event) = events.try_recv() {
+            self.absorb(event, &mut batch);
+        }
+        if self.can_build() && (batch.events > 0 || !batch.dirty.is_empty()) {
+            let _ = self.flush(&mut batch, &abort).await;
+        }
+    }
+
+    /// Debounce: keeps absorbing events for `build.debounce` or until the
+    /// batch is full.
+    async fn collect(
+        &mut self,
+        events: &mut mpsc::Receiver<FeedEvent>,
+        batch: &mut Batch,
+        stop: &CancellationToken,
+    ) {
+        let deadline = tokio::time::Instant::now() + self.config.debounce;
+        while batch.events < self.config.max_batch {
+            // Whatever is already queued is taken without waiting.
+            match events.try_recv() {
+                Ok(event) => {
+                    self.absorb(event, batch);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(deadline) => return,
+                event = events.recv() => match event {
+                    Some(event) => self.absorb(event, batch),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn can_build(&self) -> bool {
+        self.mirror.is_loaded() && self.sources.values().all(|s| s.loaded)
+    }
+
+    /// Applies one event to the index and notes what it makes dirty.
+    fn absorb(&mut self, event: FeedEvent, batch: &mut Batch) {
+        batch.events += 1;
+        match event {
+            FeedEvent::Replace {
+                source,
+                docs,
+                seq,
+                checkpoint,
+            } => self.replace(source, docs, seq, checkpoint, batch),
+            FeedEvent::Change {
+                source,
+                id,
+                rev,
+                body,
+                seq,
+                received,
+            } => {
+                let Some(state) = self.sources.get_mut(&source) else {
+                    return;
+                };
+                state.seq = Some(seq);
+                state.unapplied += 1;
+                state.oldest.get_or_insert(received);
+                batch.received.push(received);
+                let new = body.map(|body| SourceDoc {
+                    id: id.clone(),
+                    rev,
+                    body,
+                });
+                self.put(&source, &id, new, batch);
+                self.note_pending(&source);
+            }
+            FeedEvent::Refresh {
+                source,
+                id,
+                rev,
+                body,
+                done,
+            } => {
+                batch.done.push(done);
+                if !self.sources.contains_key(&source) {
+                    return;
+                }
+                let current = self
+                    .index
+                    .get(&source, &id)
+                    .map(|d| (rev_generation(&d.rev), d.rev.clone()));
+                let incoming = (rev_generation(&rev), rev.clone());
+                if current.as_ref().is_none_or(|current| incoming > *current) {
+                    let new = body.map(|body| SourceDoc {
+                        id: id.clone(),
+                        rev,
+                        body,
+                    });
+                    self.put(&source, &id, new, batch);
+                } else {
+                    // Nothing newer: still rebuild, so a flush repairs the cache.
+                    let doc = self.index.get(&source, &id).cloned();
+                    self.mark_roots(&source, &id, doc.as_deref(), batch);
+                }
+            }
+        }
+    }
+
+    fn replace(
+        &mut self,
+        source: SourceId,
+        docs: BTreeMap<String, SourceDoc>,
+        seq: Option<Seq>,
+        checkpoint: Option<CheckpointTx>,
+        batch: &mut Batch,
+    ) {
+        let Some(state) = self.sources.get_mut(&source) else {
+            return;
+        };
+        state.loaded = true;
+        state.seq = seq;
+        state.checkpoint = checkpoint;
+        state.unapplied = 0;
+        state.oldest = None;
+        let new: BTreeMap<String, Arc<SourceDoc>> = docs
+            .into_iter()
+            .map(|(id, doc)| (id, Arc::new(doc)))
+            .collect();
+        let old = self.index.replace(&source, new);
+        if self.full_build {
+            return;
+        }
+        let mut changed: Vec<(String, Option<Arc<SourceDoc>>)> = Vec::new();
+        for (id, doc) in &old {
+            if self
+                .index
+                .get(&source, id)
+                .is_none_or(|new| new.rev != doc.rev)
+            {
+                changed.push((id.clone(), Some(doc.clone())));
+            }
+        }
+        for doc in self.index.docs(&source) {
+            if old.get(&doc.id).is_none_or(|old| old.rev != doc.rev) {
+                changed.push((doc.id.clone(), None));
+            }
+        }
+        for (id, old_doc) in &changed {
+            self.touch(&Dep::Doc(source.clone(), id.clone()), batch);
+            self.mark_roots(&source, id, old_doc.as_deref(), batch);
+            let new_doc = self.index.get(&source, id).cloned();
+            self.mark_roots(&source, id, new_doc.as_deref(), batch);
+        }
+        if !changed.is_empty() {
+            self.touch(&Dep::Source(source), batch);
+        }
+    }
+
+    /// Stores (or removes) one document and marks what depends on it.
+    fn put(&mut self, source: &SourceId, id: &str, new: Option<SourceDoc>, batch: &mut Batch) {
+        let old = match new {
+            Some(doc) => self.index.upsert(source, doc),
+            None => self.index.remove(source, id),
+        };
+        if self.full_build {
+            return;
+        }
+        self.mark_roots(source, id, old.as_deref(), batch);
+        let current = self.index.get(source, id).cloned();
+        self.mark_roots(source, id, current.as_deref(), batch);
+        self.touch(&Dep::Doc(source.clone(), id.to_string()), batch);
+        self.touch(&Dep::Source(source.clone()), batch);
+    }
+
+    fn touch(&self, dep: &Dep, batch: &mut Batch) {
+        batch.dirty.extend(self.deps.dependents(dep).cloned());
+    }
+
+    fn mark_roots(&self, source: &str, id: &str, doc: Option<&SourceDoc>, batch: &mut Batch) {
+        for domain in &self.domains {
+            let builder = domain.builder();
+            if builder.sources().contains(&source) {
+                batch.dirty.extend(
+                    builder
+                        .roots(source, id, doc)
+                        .into_iter()
+                        .map(|key| (*domain, key)),
+                );
+            }
+        }
+    }
+
+    fn note_pending(&self, source: &SourceId) {
+        if let Some(state) = self.sources.get(source) {
+            let label = Metrics::db(source);
+            self.metrics
+                .feed_pending
+                .get_or_create(&label)
+                .set(state.unapplied as i64);
+            let lag = state.oldest.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            self.metrics.feed_lag_seconds.get_or_create(&label).set(lag);
+        }
+    }
+
+    /// Builds and writes the batch; on success the batch's sequences become
+    /// durable.
+    async fn flush(
+        &mut self,
+        batch: &mut Batch,
+        abort: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let keys: Vec<OutputId> = if self.full_build {
+            self.every_output()
+        } else {
+            std::mem::take(&mut batch.dirty).into_iter().collect()
+        };
+        let started = Instant::now();
+        let outputs = self.build(&keys);
+        let built = outputs.len();
+        let seqs: BTreeMap<SourceId, Seq> = self
+            .sources
+            .iter()
+            .filter_map(|(id, s)| Some((id.clone(), s.seq.clone()?)))
+            .collect();
+        let written = self.writer.write(outputs, &seqs, abort).await?;
+        if self.full_build || built > 0 {
+            tracing::debug!(built, ?written, elapsed = ?started.elapsed(), full = self.full_build, "batch written");
+        }
+        if self.full_build {
+            tracing::info!(outputs = built, ?written, elapsed = ?started.elapsed(), "full build written");
+        }
+        self.full_build = false;
+        batch.dirty.clear();
+        self.durable(std::mem::take(batch));
+        if !self.built_once {
+            self.built_once = true;
+            self.readiness.set(COMPONENT, Ok(()));
+        }
+        Ok(())
+    }
+
+    /// Every output a from-scratch build has, every output the cache holds,
+    /// and every output with recorded dependencies.
+    fn every_output(&self) -> Vec<OutputId> {
+        let mut keys: BTreeSet<OutputId> = self.deps.outputs().cloned().collect();
+        for domain in &self.domains {
+            keys.extend(
+                domain
+                    .builder()
+                    .all_keys(&self.index)
+                    .into_iter()
+                    .map(|k| (*domain, k)),
+            );
+            let prefix = format!("{}:", domain.name());
+            let cached = self.mirror.ids_of(domain.name());
+            keys.extend(
+                cached
+                    .iter()
+                    .filter_map(|id| Some((*domain, id.strip_prefix(&prefix)?.to_string()))),
+            );
+        }
+        keys.into_iter().collect()
+    }
+
+    /// Builds `keys` (in parallel when there are many) and records their
+    /// dependencies.
+    fn build(&mut self, keys: &[OutputId]) -> Vec<Output> {
+        let index = &self.index;
+        let metrics = &self.metrics;
+        let results: Vec<BuildResult> = if keys.len() < PARALLEL_THRESHOLD || self.config.workers < 2 {
+            keys.iter()
+                .map(|key| build_one(index, metrics, key))
+                .collect()
+        } else {
+            let chunk = keys.len().div_ceil(self.config.workers);
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = keys
+                        .chunks(chunk)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                part.iter()
+                                    .map(|k| build_one(index, metrics, k))
+                                    .collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("build_one catches panics"))
+                        .collect()
+                })
+            })
+        };
+        let mut outputs = Vec::with_capacity(results.len());
+        for (id, built, deps, built_from) in results {
+            if built == Built::Absent {
+                self.deps.remove(&id);
+            } else {
+                self.deps.set(id.clone(), deps);
+            }
+            outputs.push(Output {
+                domain: id.0,
+                key: id.1,
+                built,
+                built_from,
+            });
+        }
+        outputs
+    }
+
+    /// Reports everything absorbed so far as durable.
+    fn durable(&mut self, batch: Batch) {
+        for time in &batch.received {
+            self.metrics
+                .change_to_cache_seconds
+                .observe(time.elapsed().as_secs_f64());
+        }
+        for (source, state) in &mut self.sources {
+            let label = Metrics::db(source);
+            if state.unapplied > 0 {
+                self.metrics
+                    .feed_applied
+                    .get_or_create(&label)
+                    .inc_by(state.unapplied);
+            }
+            state.unapplied = 0;
+            state.oldest = None;
+            self.metrics.feed_pending.get_or_create(&label).set(0);
+            self.metrics.feed_lag_seconds.get_or_create(&label).set(0.0);
+            if let (Some(tx), Some(seq)) = (&state.checkpoint, &state.seq) {
+                tx.send_replace(Some(seq.clone()));
+            }
+        }
+        for done in batch.done {
+            let _ = done.send(());
+        }
+    }
+}
+
+type BuildResult = (
+    OutputId,
+    Built,
+    BTreeSet<Dep>,
+    BTreeMap<SourceId, BTreeMap<String, String>>,
+);
+
+/// Builds one output; a panicking builder becomes a failed output, never a
+/// dead engine.
+fn build_one(index: &Index, metrics: &Metrics, id: &OutputId) -> BuildResult {
+    let (domain, key) = id;
+    let started = Instant::now();
+    let mut reads = Reads::new(index);
+    let built =
+        std::panic::catch_unwind(AssertUnwindSafe(|| domain.builder().build(key, &mut reads)));
+    let (deps, revs) = reads.finish();
+    let built = built.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        tracing::error!(domain = domain.name(), key, what, "builder panicked");
+        Built::Failed {
+            issues: vec![Issue {
+                source: Arc::from(domain.name()),
+                doc: None,
+                reason: format!("internal error while building: {what}"),
+            }],
+        }
+    });
+    let label = Metrics::domain(domain.name());
+    metrics.rebuilds.get_or_create(&label).inc();
+    metrics
+        .rebuild_seconds
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    if has_issues(&built) {
+        metrics.rebuild_errors.get_or_create(&label).inc();
+    }
+    (id.clone(), built, deps, revs)
+}
+
+fn has_issues(built: &Built) -> bool {
+    match built {
+        Built::Absent => false,
+        Built::Content { issues, .. } => !issues.is_empty(),
+        Built::Failed { .. } => true,
+    }
+}
+
+/// A handle for out-of-band refreshes (flush, writes through the API).
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<FeedEvent>,
+}
+
+impl EngineHandle {
+    pub fn new(tx: mpsc::Sender<FeedEvent>) -> EngineHandle {
+        EngineHandle { tx }
+    }
+
+    /// Hands the engine a freshly read document and waits until the outputs
+    /// depending on it are in the cache. Returns false on timeout/shutdown.
+    pub async fn refresh(
+        &self,
+        source: &str,
+        id: &str,
+        rev: String,
+        body: Option<crate::couch::Body>,
+        wait: Duration,
+    ) -> bool {
+        let (done, finished) = oneshot::channel();
+        let event = FeedEvent::Refresh {
+            source: Arc::from(source),
+            id: id.to_string(),
+            rev,
+            body,
+            done,
+        };
+        if self.tx.send(event).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(wait, finished).await, Ok(Ok(())))
+    }
+}
