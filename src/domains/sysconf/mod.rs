@@ -8,6 +8,8 @@
 
 pub mod model;
 pub mod service;
+#[cfg(test)]
+mod tests;
 
 use crate::couch::Body;
 use crate::domains::{Builder, Built, Domain, Issue};
@@ -40,6 +42,11 @@ impl Builder for SysconfBuilder {
             return Built::Absent;
         };
         match &doc.body {
+            // Not a category at all: like an unparsable document, it must
+            // not wipe the last good content.
+            Body::Json(json) if !json.is_object() => {
+                Built::Failed { issues: vec![Issue::doc(SOURCE, key, "the document is not a JSON object")] }
+            }
             Body::Json(json) => {
                 let (content, issues) = model::category_content(json, key);
                 Built::Content { content, issues }
