@@ -33,3 +33,6 @@ pub mod domains;
 pub mod feeds;
 pub mod http;
 pub mod rebuild;
+
+#[cfg(test)]
+mod tidy;
