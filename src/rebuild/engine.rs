@@ -405,31 +405,32 @@ impl Engine {
     fn build(&mut self, keys: &[OutputId]) -> Vec<Output> {
         let index = &self.index;
         let metrics = &self.metrics;
-        let results: Vec<BuildResult> = if keys.len() < PARALLEL_THRESHOLD || self.config.workers < 2 {
-            keys.iter()
-                .map(|key| build_one(index, metrics, key))
-                .collect()
-        } else {
-            let chunk = keys.len().div_ceil(self.config.workers);
-            tokio::task::block_in_place(|| {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = keys
-                        .chunks(chunk)
-                        .map(|part| {
-                            scope.spawn(move || {
-                                part.iter()
-                                    .map(|k| build_one(index, metrics, k))
-                                    .collect::<Vec<_>>()
+        let results: Vec<BuildResult> =
+            if keys.len() < PARALLEL_THRESHOLD || self.config.workers < 2 {
+                keys.iter()
+                    .map(|key| build_one(index, metrics, key))
+                    .collect()
+            } else {
+                let chunk = keys.len().div_ceil(self.config.workers);
+                tokio::task::block_in_place(|| {
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = keys
+                            .chunks(chunk)
+                            .map(|part| {
+                                scope.spawn(move || {
+                                    part.iter()
+                                        .map(|k| build_one(index, metrics, k))
+                                        .collect::<Vec<_>>()
+                                })
                             })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .flat_map(|h| h.join().expect("build_one catches panics"))
-                        .collect()
+                            .collect();
+                        handles
+                            .into_iter()
+                            .flat_map(|h| h.join().expect("build_one catches panics"))
+                            .collect()
+                    })
                 })
-            })
-        };
+            };
         let mut outputs = Vec::with_capacity(results.len());
         for (id, built, deps, built_from) in results {
             if built == Built::Absent {

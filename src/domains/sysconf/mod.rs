@@ -44,9 +44,9 @@ impl Builder for SysconfBuilder {
         match &doc.body {
             // Not a category at all: like an unparsable document, it must
             // not wipe the last good content.
-            Body::Json(json) if !json.is_object() => {
-                Built::Failed { issues: vec![Issue::doc(SOURCE, key, "the document is not a JSON object")] }
-            }
+            Body::Json(json) if !json.is_object() => Built::Failed {
+                issues: vec![Issue::doc(SOURCE, key, "the document is not a JSON object")],
+            },
             Body::Json(json) => {
                 let (content, issues) = model::category_content(json, key);
                 Built::Content { content, issues }

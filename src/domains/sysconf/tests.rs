@@ -27,23 +27,43 @@ fn read_json(path: &Path) -> Value {
 fn build(id: &str, body: Body) -> (Built, Value) {
     let mut index = Index::default();
     let source: SourceId = Arc::from(SOURCE);
-    index.upsert(&source, SourceDoc { id: id.to_string(), rev: "1-x".into(), body });
+    index.upsert(
+        &source,
+        SourceDoc {
+            id: id.to_string(),
+            rev: "1-x".into(),
+            body,
+        },
+    );
     let mut reads = Reads::new(&index);
     let built = SysconfBuilder.build(id, &mut reads);
     let (deps, _) = reads.finish();
-    (built, json!(deps.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>()))
+    (
+        built,
+        json!(deps.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>()),
+    )
 }
 
 fn describe(built: &Built, deps: Value) -> Value {
     let issues = |issues: &[crate::domains::Issue]| {
-        json!(issues.iter().map(|i| json!({ "doc": i.doc, "reason": i.reason })).collect::<Vec<_>>())
+        json!(
+            issues
+                .iter()
+                .map(|i| json!({ "doc": i.doc, "reason": i.reason }))
+                .collect::<Vec<_>>()
+        )
     };
     match built {
         Built::Absent => json!({ "built": "absent", "deps": deps }),
-        Built::Content { content, issues: found } => {
+        Built::Content {
+            content,
+            issues: found,
+        } => {
             json!({ "built": "content", "content": content, "issues": issues(found), "deps": deps })
         }
-        Built::Failed { issues: found } => json!({ "built": "failed", "issues": issues(found), "deps": deps }),
+        Built::Failed { issues: found } => {
+            json!({ "built": "failed", "issues": issues(found), "deps": deps })
+        }
     }
 }
 
@@ -58,9 +78,17 @@ fn golden_builds() {
     cases.sort();
     assert!(cases.len() >= 4, "the golden cases are missing");
     for input in cases {
-        let name = input.file_name().unwrap().to_string_lossy().replace(".input.json", "");
+        let name = input
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".input.json", "");
         let doc = read_json(&input);
-        let id = doc.get("_id").and_then(Value::as_str).unwrap_or(&name).to_string();
+        let id = doc
+            .get("_id")
+            .and_then(Value::as_str)
+            .unwrap_or(&name)
+            .to_string();
         let (built, deps) = build(&id, Body::Json(doc));
         let actual = serde_json::to_string_pretty(&describe(&built, deps)).unwrap() + "\n";
         expect_test::expect_file![dir.join(format!("{name}.expected.json"))].assert_eq(&actual);
@@ -69,8 +97,13 @@ fn golden_builds() {
 
 #[test]
 fn a_malformed_document_fails_its_output_only() {
-    let (built, _) = build("broken", Body::Malformed("nesting deeper than 128 levels".into()));
-    let Built::Failed { issues } = built else { panic!("expected a failed build, got {built:?}") };
+    let (built, _) = build(
+        "broken",
+        Body::Malformed("nesting deeper than 128 levels".into()),
+    );
+    let Built::Failed { issues } = built else {
+        panic!("expected a failed build, got {built:?}")
+    };
     assert_eq!(issues[0].doc.as_deref(), Some("broken"));
     assert!(issues[0].reason.contains("nesting"));
 }
@@ -80,7 +113,11 @@ fn a_missing_document_is_absent_but_still_a_dependency() {
     let index = Index::default();
     let mut reads = Reads::new(&index);
     assert_eq!(SysconfBuilder.build("gone", &mut reads), Built::Absent);
-    assert_eq!(reads.finish().0.len(), 1, "creating the document must rebuild the output");
+    assert_eq!(
+        reads.finish().0.len(),
+        1,
+        "creating the document must rebuild the output"
+    );
 }
 
 #[test]
@@ -95,7 +132,9 @@ fn lookup_table() {
         let zone = case["zone"].as_str().unwrap();
         let found = model::lookup(&content, &key, node, zone);
         let actual = found.map(|f| (f.section.to_string(), f.value.clone()));
-        let expected = case["section"].as_str().map(|s| (s.to_string(), case["value"].clone()));
+        let expected = case["section"]
+            .as_str()
+            .map(|s| (s.to_string(), case["value"].clone()));
         assert_eq!(actual, expected, "{}", case["why"]);
     }
 }
