@@ -166,7 +166,17 @@ impl Follower {
             }
         }
         let current = session.as_mut().expect("loaded above");
-        match self.follow(current, token).await? {
+        let ended = match self.follow(current, token).await {
+            // The server rejects our position (it should not, as it came from
+            // its own feed): the only safe move is a fresh load.
+            Err(err) if err.status == Some(400) => {
+                tracing::warn!(db = self.db.name(), error = %err, "the feed position was refused; reloading");
+                *session = None;
+                return Err(err);
+            }
+            other => other?,
+        };
+        match ended {
             Ended::Reconnect => {
                 self.metrics
                     .feed_reconnects
@@ -341,7 +351,10 @@ impl Follower {
                 }
                 line = feed.next() => match line? {
                     Some(Line::Row(row)) => {
-                        session.since = row.seq.clone();
+                        // `seq: null` (CouchDB's seq_interval) is not a position.
+                        if !row.seq.is_null() {
+                            session.since = row.seq.clone();
+                        }
                         self.deliver(row, token).await;
                     }
                     Some(Line::End { last_seq }) => {

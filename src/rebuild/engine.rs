@@ -200,7 +200,9 @@ impl Engine {
                 let Some(state) = self.sources.get_mut(&source) else {
                     return;
                 };
-                state.seq = Some(seq);
+                if !seq.is_null() {
+                    state.seq = Some(seq);
+                }
                 state.unapplied += 1;
                 state.oldest.get_or_insert(received);
                 batch.received.push(received);
