@@ -55,6 +55,7 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub sysconf: SysconfConfig,
+    pub acls: AclsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,6 +177,22 @@ pub struct SysconfConfig {
     pub write_attempts: u32,
 }
 
+/// The ACL domain's DNS resolver (`acls.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AclsConfig {
+    /// Hard deadline of one DNS query.
+    pub dns_timeout: Duration,
+    /// Hostnames resolved at once.
+    pub dns_concurrency: usize,
+    /// Name servers (`ip:port`) to ask instead of /etc/resolv.conf's.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Answers are kept at least this long (also the retry delay after a
+    /// failed lookup) …
+    pub dns_min_ttl: Duration,
+    /// … and at most this long, whatever their TTL says.
+    pub dns_max_ttl: Duration,
+}
+
 /// What went wrong loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -276,8 +293,9 @@ impl Config {
         check(self.node != new.node, "node");
         check(self.couchdb != new.couchdb, "couchdb.*");
         check(self.databases != new.databases, "databases.*");
-        check(self.build.enabled != new.build.enabled, "build.enabled");
-        check(self.build.workers != new.build.workers, "build.workers");
+        check(self.build != new.build, "build.*");
+        check(self.feeds != new.feeds, "feeds.*");
+        check(self.shutdown != new.shutdown, "shutdown.grace_ms");
         check(
             self.http.phones_listen != new.http.phones_listen,
             "http.phones.listen",
@@ -300,6 +318,7 @@ impl Config {
             "http limits and timeouts",
         );
         check(self.log.format != new.log.format, "log.format");
+        check(self.acls != new.acls, "acls.*");
         keys
     }
 }
@@ -327,6 +346,28 @@ fn read(r: &mut Reader<'_>) -> Config {
             write_wait: r.millis("sysconf.write_wait_ms", 3_000, 0, 60_000),
             write_attempts: r.int("sysconf.write_attempts", 10, 1, 100) as u32,
         },
+        acls: read_acls(r),
+    }
+}
+
+fn read_acls(r: &mut Reader<'_>) -> AclsConfig {
+    let servers = r.opt_string("acls.dns_servers").unwrap_or_default();
+    let mut dns_servers = Vec::new();
+    for part in servers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<SocketAddr>() {
+            Ok(addr) => dns_servers.push(addr),
+            Err(_) => r.error(
+                "acls.dns_servers",
+                format!("{part:?} is not an ip:port address (IPv6: [addr]:port)"),
+            ),
+        }
+    }
+    AclsConfig {
+        dns_timeout: r.millis("acls.dns_timeout_ms", 500, 10, 30_000),
+        dns_concurrency: r.int("acls.dns_concurrency", 32, 1, 1_024) as usize,
+        dns_servers,
+        dns_min_ttl: Duration::from_secs(r.int("acls.dns_min_ttl_secs", 5, 1, 86_400)),
+        dns_max_ttl: Duration::from_secs(r.int("acls.dns_max_ttl_secs", 3_600, 1, 604_800)),
     }
 }
 
@@ -516,6 +557,12 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
             format!("{:?} is not a log filter: {err}", config.log.level),
         );
     }
+    if config.acls.dns_min_ttl > config.acls.dns_max_ttl {
+        push(
+            "acls.dns_min_ttl_secs",
+            "is larger than acls.dns_max_ttl_secs".to_string(),
+        );
+    }
     if config.http.phones_listen == config.http.api_listen && config.http.api_listen.port() != 0 {
         push(
             "http.api.listen",
@@ -646,6 +693,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.needs_restart(&new), ["http.api.listen"]);
+    }
+
+    #[test]
+    fn acls_dns_settings_are_read_and_checked() {
+        let config = Config::from_toml("", &no_env).unwrap();
+        assert_eq!(config.acls.dns_timeout, Duration::from_millis(500));
+        assert!(config.acls.dns_servers.is_empty());
+        let config = Config::from_toml(
+            "[acls]\ndns_servers = \"127.0.0.1:5353, [::1]:53\"\ndns_timeout_ms = 200\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            config.acls.dns_servers,
+            [
+                "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(config.acls.dns_timeout, Duration::from_millis(200));
+        let env = |name: &str| (name == "CALDERA_ACLS_DNS_CONCURRENCY").then(|| "0".to_string());
+        let text = "[acls]\ndns_servers = \"resolver.example:53\"\ndns_min_ttl_secs = 100\ndns_max_ttl_secs = 10\nttl = 3\n";
+        let Err(LoadError::Invalid(errors)) = Config::from_toml(text, &env) else {
+            panic!("expected errors");
+        };
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "acls.dns_servers",
+            "acls.dns_min_ttl_secs",
+            "acls.dns_concurrency",
+            "acls.ttl",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
     }
 
     #[test]
