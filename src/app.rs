@@ -25,7 +25,10 @@ use crate::config::{Config, LoadError};
 use crate::couch::retry::Backoff;
 use crate::couch::{Body, Client, Db};
 use crate::domains::Domain;
+use crate::domains::acls::{self, service::AclsService};
+use crate::domains::routing::service::RoutingService;
 use crate::domains::sysconf::service::{Settings, SysconfService};
+use crate::feeds::dynamic::{DynamicFeeds, StartFeed};
 use crate::feeds::{Board, FeedEvent, Follower};
 use crate::http::AdminAuth;
 use crate::http::{self, Limits, api};
@@ -56,6 +59,18 @@ pub fn main(cli: Cli) -> ExitCode {
             println!("{}: the configuration is valid", path.display());
             ExitCode::SUCCESS
         }
+        Command::Route {
+            sip_domain_name,
+            groupid,
+            number,
+            host,
+        } => route(
+            &loaded.config,
+            &sip_domain_name,
+            &groupid,
+            &number,
+            host.as_deref(),
+        ),
         Command::Run => {
             let log = match telemetry::init(&loaded.config.log) {
                 Ok(log) => log,
@@ -88,6 +103,54 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// `caldera route`: one lookup built straight from CouchDB, printed as JSON.
+fn route(config: &Config, sdn: &str, groupid: &str, number: &str, host: Option<&str>) -> ExitCode {
+    use crate::domains::routing::service::{RouteError, route_offline};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let client = Client::new(&config.couchdb).map_err(RouteError::from)?;
+        route_offline(
+            &client,
+            &config.databases.provisioning,
+            sdn,
+            groupid,
+            number,
+            host,
+        )
+        .await
+    });
+    let (body, code) = match answer {
+        Ok(answer) => (answer, 0),
+        Err(err) => {
+            let (kind, code) = match &err {
+                RouteError::InvalidNumber(_) => ("invalid_number", 64),
+                RouteError::UnknownRuleset(_) => ("unknown_ruleset", 1),
+                RouteError::NoRoute { .. } => ("no_route", 1),
+                RouteError::Unavailable(_) | RouteError::NotReady => ("couchdb_unavailable", 69),
+                RouteError::Broken(_) => ("broken_table", 1),
+            };
+            (
+                serde_json::json!({ "error": kind, "reason": err.to_string() }),
+                code,
+            )
+        }
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&body).unwrap_or_else(|_| body.to_string())
+    );
+    ExitCode::from(code)
+}
+
 fn config_failure(path: &Path, err: &LoadError) -> ExitCode {
     eprintln!(
         "caldera: invalid configuration ({}):\n{err}",
@@ -97,6 +160,7 @@ fn config_failure(path: &Path, err: &LoadError) -> ExitCode {
 }
 
 /// Shared handles every part of the daemon reports to.
+#[derive(Clone)]
 struct Shared {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -136,13 +200,24 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         .enabled
         .then(|| start_building(&config, &shared, &client, &tasks, &core, &abort));
 
-    let sysconf = Arc::new(SysconfService::new(
+    let acls = Arc::new(AclsService::new(
         shared.mirror.clone(),
-        client.db(&config.databases.system_config),
-        cache_db,
-        engine,
-        sysconf_settings(&config),
+        config.node.clone(),
+        config.zone.clone(),
     ));
+    let acls_hook = acls.clone();
+    let sysconf = Arc::new(
+        SysconfService::new(
+            shared.mirror.clone(),
+            client.db(&config.databases.system_config),
+            cache_db,
+            engine,
+            sysconf_settings(&config),
+        )
+        .with_special_key(Box::new(move |category, key, node| {
+            acls_hook.sysconf_value(category, key, node)
+        })),
+    );
     let admin = Arc::new(AdminAuth::new(config.http.admin_token.clone()));
     let api_state = Arc::new(api::ApiState {
         node: config.node.clone(),
@@ -153,6 +228,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         board: shared.board.clone(),
         mirror: shared.mirror.clone(),
         sysconf: sysconf.clone(),
+        acls: acls.clone(),
+        routing: Arc::new(RoutingService::new(shared.mirror.clone())),
         admin: admin.clone(),
         max_body_bytes: config.http.max_body_bytes,
     });
@@ -187,6 +264,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         log,
         admin,
         sysconf,
+        acls,
         current: config,
     };
     let grace = reloader.current.shutdown.grace;
@@ -258,9 +336,15 @@ fn start_mirror(
     readiness.register("mirror", "the cache database is not loaded yet");
     tasks.spawn(follower(config, shared, "cache", cache_db, false, tx).run(core.clone()));
     tasks.spawn(async move {
+        // The follower ends a feed whose checkpoint channel its consumer
+        // dropped ("moved on"): hold the current incarnation's channel.
+        let mut _incarnation = None;
         while let Some(event) = rx.recv().await {
             match event {
-                FeedEvent::Replace { docs, .. } => {
+                FeedEvent::Replace {
+                    docs, checkpoint, ..
+                } => {
+                    _incarnation = checkpoint;
                     mirror.replace_all(docs.into_values().filter_map(cache_entry).collect());
                     readiness.set("mirror", Ok(()));
                 }
@@ -332,6 +416,9 @@ fn start_building(
     );
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     for source in engine.sources() {
+        if acls::SYNTHETIC_SOURCES.contains(&&*source) {
+            continue;
+        }
         let physical = names
             .get(&*source)
             .cloned()
@@ -348,9 +435,53 @@ fn start_building(
             .run(core.clone()),
         );
     }
+    let wanted = engine.wanted_feeds();
+    let dynamic = DynamicFeeds::new(
+        dynamic_follower(config, shared, client, tx.clone()),
+        tasks.clone(),
+        core.clone(),
+    );
+    tasks.spawn(dynamic.run(wanted));
     tasks.spawn(engine.run(rx, core.clone(), abort.clone()));
+    tasks.spawn(
+        acls::resolver::Task::new(
+            &config.acls,
+            shared.mirror.clone(),
+            tx.clone(),
+            shared.metrics.clone(),
+        )
+        .run(core.clone()),
+    );
     tasks.spawn(install_design_docs(cache_db, backoff, core.clone()));
     EngineHandle::new(tx)
+}
+
+/// Starts followers of dynamic sources (ruleset databases); a stopped one
+/// forgets its readiness and status.
+fn dynamic_follower(
+    config: &Config,
+    shared: &Shared,
+    client: &Client,
+    sink: mpsc::Sender<FeedEvent>,
+) -> StartFeed {
+    let (config, shared, client) = (config.clone(), shared.clone(), client.clone());
+    Arc::new(move |source: SourceId, db: String, token| {
+        let follower = follower(
+            &config,
+            &shared,
+            &source,
+            client.db(&db),
+            true,
+            sink.clone(),
+        );
+        let (readiness, board) = (shared.readiness.clone(), shared.board.clone());
+        Box::pin(async move {
+            let component = follower.component();
+            follower.run(token).await;
+            readiness.remove(&component);
+            board.remove(&source);
+        })
+    })
 }
 
 /// Creates the cache database and installs its design documents, retrying
@@ -404,6 +535,7 @@ struct Reloader {
     log: LogHandle,
     admin: Arc<AdminAuth>,
     sysconf: Arc<SysconfService>,
+    acls: Arc<AclsService>,
     current: Config,
 }
 
@@ -430,6 +562,7 @@ impl Reloader {
                 let mut settings = sysconf_settings(&new);
                 settings.node = self.current.node.clone();
                 self.sysconf.reload(settings);
+                self.acls.set_zone(new.zone.clone());
                 tracing::info!(path = %self.path.display(), "configuration reloaded");
                 self.current = new;
             }

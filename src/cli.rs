@@ -35,6 +35,20 @@ pub enum Command {
     /// Validate the configuration, report every problem, and exit
     /// (0 when valid, 78 when not).
     CheckConfig,
+    /// Look up a route from CouchDB data (no daemon needed) and print the
+    /// answer as JSON (exit 0 routed, 1 no route or unknown ruleset,
+    /// 64 bad number, 69 CouchDB unavailable).
+    Route {
+        /// The ruleset's sip_domain_name.
+        sip_domain_name: String,
+        /// The ruleset's groupid.
+        groupid: String,
+        /// The called number.
+        number: String,
+        /// The asking host (its local gateways get their priority bonus).
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 impl Cli {
@@ -61,5 +75,20 @@ mod tests {
         assert!(matches!(before.command, Command::CheckConfig));
         assert_eq!(before.config_path().0, PathBuf::from("a.toml"));
         assert!(Cli::try_parse_from(["caldera", "fly"]).is_err());
+        let route = Cli::try_parse_from([
+            "caldera",
+            "route",
+            "--config",
+            "a.toml",
+            "example.net",
+            "default",
+            "33123",
+            "--host",
+            "sbc1",
+        ])
+        .unwrap();
+        assert!(
+            matches!(route.command, Command::Route { ref number, ref host, .. } if number == "33123" && host.as_deref() == Some("sbc1"))
+        );
     }
 }

@@ -254,6 +254,12 @@ impl Writer {
         Some(Value::Object(doc))
     }
 
+    /// Names the physical database of a source registered after start-up
+    /// (a dynamic source), for `errors[].db`, `built_from` and `seqs`.
+    pub fn set_db_name(&mut self, source: &str, db: &str) {
+        self.db_names.insert(source.to_string(), db.to_string());
+    }
+
     fn physical(&self, source: &str) -> String {
         self.db_names
             .get(source)

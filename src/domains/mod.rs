@@ -3,7 +3,11 @@
 //! is pure: documents in, output out, no IO, no clock. Domains never import
 //! each other; anything they share lives in this file.
 
+pub mod acls;
+pub mod routing;
 pub mod sysconf;
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
@@ -13,15 +17,19 @@ use crate::rebuild::index::{Index, Reads, SourceDoc, SourceId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Domain {
     Sysconf,
+    Acls,
+    Routing,
 }
 
 impl Domain {
-    pub const ALL: [Domain; 1] = [Domain::Sysconf];
+    pub const ALL: [Domain; 3] = [Domain::Sysconf, Domain::Acls, Domain::Routing];
 
     /// The name used in cache document ids (`sysconf:ecallmgr`), metrics and logs.
     pub fn name(self) -> &'static str {
         match self {
             Domain::Sysconf => "sysconf",
+            Domain::Acls => "acls",
+            Domain::Routing => "routing",
         }
     }
 
@@ -33,6 +41,8 @@ impl Domain {
     pub fn builder(self) -> &'static dyn Builder {
         match self {
             Domain::Sysconf => &sysconf::SysconfBuilder,
+            Domain::Acls => &acls::AclsBuilder,
+            Domain::Routing => &routing::RoutingBuilder,
         }
     }
 }
@@ -88,4 +98,20 @@ pub trait Builder: Send + Sync {
 
     /// Builds one output; everything read through `reads` becomes a dependency.
     fn build(&self, key: &str, reads: &mut Reads<'_>) -> Built;
+
+    /// The view keys this document is filed under in `source` (see
+    /// `rebuild::index`), for `Reads::view`. Pure; keys are namespaced by
+    /// domain (`routing:carrier:…`). Default: none.
+    fn view_keys(&self, _source: &str, _doc: &SourceDoc) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Databases this domain wants followed beyond its static `sources`,
+    /// given the current documents: logical source id (`ruleset_db:<db>`) →
+    /// physical database name. The engine follows exactly the union of what
+    /// every builder wants, starting and stopping feeds as it changes; a
+    /// source read before it has loaded defers the output. Default: none.
+    fn dynamic_sources(&self, _index: &Index) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
 }

@@ -64,7 +64,8 @@ enum Ended {
 }
 
 impl Follower {
-    fn component(&self) -> String {
+    /// The readiness component of this feed (`feed:<source>`).
+    pub fn component(&self) -> String {
         format!("feed:{}", self.source)
     }
 
@@ -137,6 +138,14 @@ impl Follower {
             if session.take().is_some() || !*announced_missing {
                 self.reset_to_missing(token).await;
                 *announced_missing = true;
+            } else {
+                // Back after an error (an outage) and still missing: a
+                // missing database counts as caught up again.
+                self.readiness.set(&self.component(), Ok(()));
+                self.board.update(&self.source, self.db.name(), |s| {
+                    s.state = FeedState::Missing;
+                    s.last_error = None;
+                });
             }
             tokio::select! {
                 () = token.cancelled() => {}

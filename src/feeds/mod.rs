@@ -8,6 +8,7 @@
 //! the consumer reports a sequence durable.
 
 mod checkpoint;
+pub mod dynamic;
 mod follower;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,18 @@ use crate::rebuild::index::{SourceDoc, SourceId};
 /// `Replace`, so a sequence of a database's earlier incarnation can never be
 /// saved into the new one.
 pub type CheckpointTx = watch::Sender<Option<Seq>>;
+
+/// A database the engine wants followed beyond the configured ones (see
+/// `dynamic`). A new `incarnation` means "start a fresh follower", even for
+/// the same database (the engine dropped and re-registered the source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedFeed {
+    pub db: String,
+    pub incarnation: u64,
+}
+
+/// Every dynamic source to follow, by logical source id.
+pub type WantedFeeds = BTreeMap<SourceId, WantedFeed>;
 
 /// What a follower tells its consumer.
 #[derive(Debug)]
@@ -101,6 +114,11 @@ pub struct Board {
 impl Board {
     pub fn snapshot(&self) -> Vec<FeedStatus> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Forgets a feed that is no longer followed.
+    pub fn remove(&self, source: &str) {
+        self.lock().remove(source);
     }
 
     fn update(&self, source: &str, db: &str, change: impl FnOnce(&mut FeedStatus)) {

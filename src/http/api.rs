@@ -1,5 +1,8 @@
-//! The api listener: `/healthz`, `/readyz`, `/metrics`, `/v1/status` and the
-//! system_config values API. Everything under `/v1` is an admin endpoint.
+//! The api listener: `/healthz`, `/readyz`, `/metrics`, `/v1/status`, the
+//! system_config values API, the ACLs (`/v1/acls…`) and the routing tables
+//! (`/v1/routes…`). Everything under `/v1` is an admin endpoint (the ACL
+//! and route readers, SIP servers and FreeSWITCH, run on trusted hosts and
+//! are given the admin token, or ask over loopback when none is set).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::middleware::{self, AdminAuth};
 use crate::cache::mirror::Mirror;
+use crate::domains::acls::service::{AclsError, AclsService};
+use crate::domains::routing::service::{RouteError, RoutingService};
 use crate::domains::sysconf::service::SysconfService;
 use crate::feeds::Board;
 use crate::lifecycle::readiness::Readiness;
@@ -33,6 +38,8 @@ pub struct ApiState {
     pub board: Arc<Board>,
     pub mirror: Arc<Mirror>,
     pub sysconf: Arc<SysconfService>,
+    pub acls: Arc<AclsService>,
+    pub routing: Arc<RoutingService>,
     pub admin: Arc<AdminAuth>,
     pub max_body_bytes: usize,
 }
@@ -46,6 +53,14 @@ pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/sysconf/{category}", any(sysconf_category))
         .route("/v1/sysconf/{category}/{*key}", any(sysconf_key))
+        .route("/v1/acls", get(acls_all))
+        .route("/v1/acls/freeswitch.xml", get(acls_freeswitch))
+        .route("/v1/acls/{list}", get(acls_list))
+        .route("/v1/routes/{sip_domain_name}/{groupid}", get(routes_table))
+        .route(
+            "/v1/routes/{sip_domain_name}/{groupid}/{number}",
+            get(routes_lookup),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.admin.clone(),
             middleware::require_admin,
@@ -221,6 +236,139 @@ async fn sysconf_key(State(state): Shared, request: Request) -> Result<Response,
         _ if key == ["flush"] => Err(method_not_allowed("GET, PUT, POST")),
         _ => Err(method_not_allowed("GET, PUT")),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclsQuery {
+    node: Option<String>,
+}
+
+/// The ACLs for `?node=` (default: this daemon's node).
+fn acls_view(
+    state: &ApiState,
+    query: Result<Query<AclsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Arc<crate::domains::acls::service::Served>, ApiError> {
+    let Query(query) = query
+        .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
+    state
+        .acls
+        .view(query.node.as_deref())
+        .map_err(|err| match err {
+            AclsError::NotReady => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                err.to_string(),
+            ),
+        })
+}
+
+/// Every list: `{"node", "lists": {list: {name or address: entry}}, "errors", "stale"}`.
+async fn acls_all(
+    State(state): Shared,
+    query: Result<Query<AclsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let served = acls_view(&state, query)?;
+    let body = format!(
+        r#"{{"node":{},"lists":{},"errors":{},"stale":{}}}"#,
+        Value::String(served.node.clone()),
+        served.lists_json(),
+        served.errors,
+        served.stale
+    );
+    Ok(json_text(body))
+}
+
+/// One list: `{"node", "list", "entries": {name or address: entry}}`.
+async fn acls_list(
+    State(state): Shared,
+    axum::extract::Path(list): axum::extract::Path<String>,
+    query: Result<Query<AclsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let served = acls_view(&state, query)?;
+    let Some(entries) = served.list_json(&list) else {
+        return Err(ApiError::not_found(format!("no ACL list named {list:?}")));
+    };
+    let body = format!(
+        r#"{{"node":{},"list":{},"entries":{entries}}}"#,
+        Value::String(served.node.clone()),
+        Value::String(list.clone())
+    );
+    Ok(json_text(body))
+}
+
+/// FreeSWITCH's `acl.conf`.
+async fn acls_freeswitch(
+    State(state): Shared,
+    query: Result<Query<AclsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let served = acls_view(&state, query)?;
+    let content_type = "text/xml; charset=utf-8";
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        served.xml_bytes().clone(),
+    )
+        .into_response())
+}
+
+/// A response whose body is already JSON text.
+fn json_text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteQuery {
+    host: Option<String>,
+}
+
+impl From<RouteError> for ApiError {
+    fn from(err: RouteError) -> ApiError {
+        let reason = err.to_string();
+        match err {
+            RouteError::NotReady => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)
+            }
+            RouteError::InvalidNumber(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_number", reason)
+            }
+            RouteError::UnknownRuleset(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_ruleset", reason)
+            }
+            RouteError::NoRoute { .. } => ApiError::new(StatusCode::NOT_FOUND, "no_route", reason),
+            RouteError::Broken(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "broken_table", reason)
+            }
+            RouteError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "couchdb_unavailable",
+                reason,
+            ),
+        }
+    }
+}
+
+/// The route of one called number (`?host=` names the asking host, whose
+/// local gateways get their bonus).
+async fn routes_lookup(
+    State(state): Shared,
+    axum::extract::Path((sdn, groupid, number)): axum::extract::Path<(String, String, String)>,
+    query: Result<Query<RouteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query
+        .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
+    let answer = state
+        .routing
+        .lookup(&sdn, &groupid, &number, query.host.as_deref())?;
+    Ok(Json(answer).into_response())
+}
+
+/// A whole ruleset table, for export to a SIP proxy.
+async fn routes_table(
+    State(state): Shared,
+    axum::extract::Path((sdn, groupid)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.routing.export(&sdn, &groupid)?).into_response())
 }
 
 async fn read_body(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {

@@ -9,23 +9,31 @@
 //! the cache holds (so orphans are deleted), and only differences are
 //! written. The same full pass runs again whenever the cache database is
 //! re-created underneath us.
+//!
+//! Dynamic sources: after every batch the engine asks each builder which
+//! extra databases it wants followed (`Builder::dynamic_sources`, e.g. the
+//! ruleset databases the routing domain reads), registers new ones as not
+//! loaded, drops the documents of those no longer wanted (so their readers
+//! rebuild), and publishes the set on a `watch` channel for
+//! `feeds::dynamic`. An output that read a registered source which has not
+//! loaded yet is deferred, not written, until that source loads or goes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::deps::{DepGraph, OutputId};
-use super::index::{Dep, Index, Reads, SourceDoc, SourceId};
+use super::index::{Dep, Index, Keyer, Reads, SourceDoc, SourceId};
 use crate::cache::mirror::Mirror;
 use crate::cache::writer::{Cancelled, Output, Writer};
 use crate::config::BuildConfig;
 use crate::couch::{Seq, rev_generation};
 use crate::domains::{Built, Domain, Issue};
-use crate::feeds::{CheckpointTx, FeedEvent};
+use crate::feeds::{CheckpointTx, FeedEvent, WantedFeed, WantedFeeds};
 use crate::lifecycle::readiness::Readiness;
 use crate::telemetry::metrics::Metrics;
 
@@ -67,6 +75,12 @@ pub struct Engine {
     /// A full pass is due (start-up, cache database re-created).
     full_build: bool,
     built_once: bool,
+    /// The dynamic sources followed now, with the domains that want them.
+    dynamic: BTreeMap<SourceId, (WantedFeed, BTreeSet<Domain>)>,
+    incarnations: u64,
+    wanted: watch::Sender<WantedFeeds>,
+    /// Outputs that read a dynamic source not loaded yet.
+    deferred: BTreeSet<OutputId>,
 }
 
 impl Engine {
@@ -84,10 +98,17 @@ impl Engine {
             .map(|name| (SourceId::from(*name), SourceState::default()))
             .collect();
         readiness.register(COMPONENT, "initial build not done");
+        let keyer_domains = domains.clone();
+        let keyer: Keyer = Arc::new(move |source: &str, doc: &SourceDoc| {
+            keyer_domains
+                .iter()
+                .flat_map(|d| d.builder().view_keys(source, doc))
+                .collect()
+        });
         Engine {
             domains,
             config,
-            index: Index::default(),
+            index: Index::with_keyer(keyer),
             deps: DepGraph::default(),
             sources,
             writer,
@@ -96,7 +117,17 @@ impl Engine {
             readiness,
             full_build: true,
             built_once: false,
+            dynamic: BTreeMap::new(),
+            incarnations: 0,
+            wanted: watch::channel(WantedFeeds::new()).0,
+            deferred: BTreeSet::new(),
         }
+    }
+
+    /// The dynamic sources to follow, updated after every batch (for
+    /// `feeds::dynamic`).
+    pub fn wanted_feeds(&self) -> watch::Receiver<WantedFeeds> {
+        self.wanted.subscribe()
     }
 
     /// The logical sources the engine needs followers for.
@@ -131,6 +162,7 @@ impl Engine {
                 changed = mirror_loaded.changed() => if changed.is_err() { break; },
             }
             self.collect(&mut events, &mut batch, &stop).await;
+            self.sync_dynamic(&mut batch);
             if self.can_build() && self.flush(&mut batch, &abort).await.is_err() {
                 return;
             }
@@ -175,8 +207,82 @@ impl Engine {
         }
     }
 
+    /// Static sources must all be loaded; dynamic ones defer their readers.
     fn can_build(&self) -> bool {
-        self.mirror.is_loaded() && self.sources.values().all(|s| s.loaded)
+        self.mirror.is_loaded()
+            && self
+                .sources
+                .iter()
+                .all(|(id, s)| s.loaded || self.dynamic.contains_key(id))
+    }
+
+    /// Follows what the builders want now: registers new dynamic sources,
+    /// drops the ones no longer wanted, publishes the set.
+    fn sync_dynamic(&mut self, batch: &mut Batch) {
+        let mut wanted: BTreeMap<SourceId, (String, BTreeSet<Domain>)> = BTreeMap::new();
+        for domain in &self.domains {
+            for (source, db) in domain.builder().dynamic_sources(&self.index) {
+                let entry = wanted
+                    .entry(SourceId::from(source))
+                    .or_insert_with(|| (db, BTreeSet::new()));
+                entry.1.insert(*domain);
+            }
+        }
+        let gone: Vec<SourceId> = self
+            .dynamic
+            .iter()
+            .filter(|(id, (feed, _))| wanted.get(*id).is_none_or(|(db, _)| *db != feed.db))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut changed = !gone.is_empty();
+        for source in gone {
+            tracing::info!(%source, "no longer following a dynamic source");
+            self.dynamic.remove(&source);
+            // Dropping the state drops its checkpoint channel: the follower
+            // saves its last checkpoint and ends.
+            self.sources.remove(&source);
+            let old = self.index.drop_source(&source);
+            self.touch_replaced(&source, &old, batch);
+            self.release_deferred(batch);
+        }
+        for (source, (db, domains)) in wanted {
+            if let Some((_, current)) = self.dynamic.get_mut(&source) {
+                *current = domains;
+                continue;
+            }
+            tracing::info!(%source, db, "following a dynamic source");
+            self.writer.set_db_name(&source, &db);
+            self.incarnations += 1;
+            let feed = WantedFeed {
+                db,
+                incarnation: self.incarnations,
+            };
+            self.dynamic.insert(source.clone(), (feed, domains));
+            self.sources.insert(source, SourceState::default());
+            changed = true;
+        }
+        if changed {
+            let feeds = self
+                .dynamic
+                .iter()
+                .map(|(id, (feed, _))| (id.clone(), feed.clone()))
+                .collect();
+            self.wanted.send_replace(feeds);
+        }
+    }
+
+    /// Deferred outputs are built again (and deferred again if they still
+    /// wait for a source).
+    fn release_deferred(&mut self, batch: &mut Batch) {
+        batch.dirty.append(&mut self.deferred);
+    }
+
+    /// Whether a build read a dynamic source that has not loaded yet.
+    fn waits_for_source(&self, deps: &BTreeSet<Dep>) -> bool {
+        deps.iter().any(|dep| {
+            let (Dep::Doc(source, _) | Dep::Source(source) | Dep::View(source, _)) = dep;
+            self.dynamic.contains_key(source) && self.sources.get(source).is_none_or(|s| !s.loaded)
+        })
     }
 
     /// Applies one event to the index and notes what it makes dirty.
@@ -257,6 +363,7 @@ impl Engine {
         let Some(state) = self.sources.get_mut(&source) else {
             return;
         };
+        let first_load = !state.loaded;
         state.loaded = true;
         state.seq = seq;
         state.checkpoint = checkpoint;
@@ -267,11 +374,26 @@ impl Engine {
             .map(|(id, doc)| (id, Arc::new(doc)))
             .collect();
         let old = self.index.replace(&source, new);
+        if first_load && self.dynamic.contains_key(&source) {
+            self.release_deferred(batch);
+        }
+        self.touch_replaced(&source, &old, batch);
+    }
+
+    /// Marks what depends on a source whose documents were swapped (`old`
+    /// is what it held before; the index holds the new content).
+    fn touch_replaced(
+        &mut self,
+        source: &SourceId,
+        old: &BTreeMap<String, Arc<SourceDoc>>,
+        batch: &mut Batch,
+    ) {
+        let source = source.clone();
         if self.full_build {
             return;
         }
         let mut changed: Vec<(String, Option<Arc<SourceDoc>>)> = Vec::new();
-        for (id, doc) in &old {
+        for (id, doc) in old {
             if self
                 .index
                 .get(&source, id)
@@ -290,6 +412,8 @@ impl Engine {
             self.mark_roots(&source, id, old_doc.as_deref(), batch);
             let new_doc = self.index.get(&source, id).cloned();
             self.mark_roots(&source, id, new_doc.as_deref(), batch);
+            let old_doc = old_doc.clone().or_else(|| old.get(id).cloned());
+            self.touch_views(&source, old_doc.as_deref(), new_doc.as_deref(), batch);
         }
         if !changed.is_empty() {
             self.touch(&Dep::Source(source), batch);
@@ -310,16 +434,38 @@ impl Engine {
         self.mark_roots(source, id, current.as_deref(), batch);
         self.touch(&Dep::Doc(source.clone(), id.to_string()), batch);
         self.touch(&Dep::Source(source.clone()), batch);
+        self.touch_views(source, old.as_deref(), current.as_deref(), batch);
     }
 
     fn touch(&self, dep: &Dep, batch: &mut Batch) {
         batch.dirty.extend(self.deps.dependents(dep).cloned());
     }
 
+    /// Touches every view key the document was or is filed under.
+    fn touch_views(
+        &self,
+        source: &SourceId,
+        old: Option<&SourceDoc>,
+        new: Option<&SourceDoc>,
+        batch: &mut Batch,
+    ) {
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        for doc in [old, new].into_iter().flatten() {
+            keys.extend(self.index.view_keys(source, doc));
+        }
+        for key in keys {
+            self.touch(&Dep::View(source.clone(), key), batch);
+        }
+    }
+
     fn mark_roots(&self, source: &str, id: &str, doc: Option<&SourceDoc>, batch: &mut Batch) {
         for domain in &self.domains {
             let builder = domain.builder();
-            if builder.sources().contains(&source) {
+            let dynamic = self
+                .dynamic
+                .get(source)
+                .is_some_and(|(_, domains)| domains.contains(domain));
+            if dynamic || builder.sources().contains(&source) {
                 batch.dirty.extend(
                     builder
                         .roots(source, id, doc)
@@ -435,6 +581,12 @@ impl Engine {
             };
         let mut outputs = Vec::with_capacity(results.len());
         for (id, built, deps, built_from) in results {
+            if self.waits_for_source(&deps) {
+                // Written once every dynamic source it read has loaded.
+                self.deps.set(id.clone(), deps);
+                self.deferred.insert(id);
+                continue;
+            }
             if built == Built::Absent {
                 self.deps.remove(&id);
             } else {

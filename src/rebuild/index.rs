@@ -5,6 +5,12 @@
 //! which records what was read. Those records are the dependency map, so a
 //! change rebuilds exactly the outputs that read the changed document (or a
 //! whole source they listed).
+//!
+//! Views: an index built with a `Keyer` also files every document under the
+//! keys the keyer gives it (like the keys a CouchDB map function emits), so a
+//! builder can ask "every gateway of carrier C" without reading, and thus
+//! depending on, a whole source. Reading a view records `Dep::View`; the
+//! engine touches a key whenever a document enters, leaves or changes under it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -42,15 +48,89 @@ pub enum Dep {
     Doc(SourceId, String),
     /// Every document of a source.
     Source(SourceId),
+    /// Every document of a source filed under a view key.
+    View(SourceId, String),
 }
 
+/// The view keys of a document (pure; namespaced by the domain that reads
+/// them, e.g. `routing:carrier:…`).
+pub type Keyer = Arc<dyn Fn(&str, &SourceDoc) -> Vec<String> + Send + Sync>;
+
 /// Every followed source's current documents.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Index {
     sources: HashMap<SourceId, BTreeMap<String, Arc<SourceDoc>>>,
+    /// source → view key → ids filed under it.
+    views: HashMap<SourceId, HashMap<String, BTreeSet<String>>>,
+    keyer: Option<Keyer>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("sources", &self.sources)
+            .field("views", &self.views)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Index {
+    /// An index that files documents into views with `keyer`.
+    pub fn with_keyer(keyer: Keyer) -> Index {
+        Index {
+            keyer: Some(keyer),
+            ..Index::default()
+        }
+    }
+
+    /// The view keys `doc` is filed under in `source`.
+    pub fn view_keys(&self, source: &str, doc: &SourceDoc) -> Vec<String> {
+        self.keyer
+            .as_ref()
+            .map_or_else(Vec::new, |k| k(source, doc))
+    }
+
+    /// The documents of `source` filed under `key`, in id order.
+    pub fn view<'a>(
+        &'a self,
+        source: &str,
+        key: &str,
+    ) -> impl Iterator<Item = &'a Arc<SourceDoc>> + use<'a> {
+        let ids = self.views.get(source).and_then(|v| v.get(key));
+        let docs = self.sources.get(source);
+        ids.into_iter()
+            .flatten()
+            .filter_map(move |id| docs?.get(id))
+    }
+
+    /// Forgets a source entirely (a dynamic source no longer followed),
+    /// returning what it held.
+    pub fn drop_source(&mut self, source: &str) -> BTreeMap<String, Arc<SourceDoc>> {
+        self.views.remove(source);
+        self.sources.remove(source).unwrap_or_default()
+    }
+
+    fn file(&mut self, source: &SourceId, doc: &SourceDoc, add: bool) {
+        let Some(keyer) = &self.keyer else {
+            return;
+        };
+        let keys = keyer(source, doc);
+        if keys.is_empty() {
+            return;
+        }
+        let views = self.views.entry(source.clone()).or_default();
+        for key in keys {
+            if add {
+                views.entry(key).or_default().insert(doc.id.clone());
+            } else if let Some(ids) = views.get_mut(&key) {
+                ids.remove(&doc.id);
+                if ids.is_empty() {
+                    views.remove(&key);
+                }
+            }
+        }
+    }
+
     pub fn get(&self, source: &str, id: &str) -> Option<&Arc<SourceDoc>> {
         self.sources.get(source)?.get(id)
     }
@@ -69,12 +149,46 @@ impl Index {
 
     /// Stores `doc`, returning the previous version.
     pub fn upsert(&mut self, source: &SourceId, doc: SourceDoc) -> Option<Arc<SourceDoc>> {
+        self.file(source, &doc, true);
         let docs = self.sources.entry(source.clone()).or_default();
-        docs.insert(doc.id.clone(), Arc::new(doc))
+        let old = docs.insert(doc.id.clone(), Arc::new(doc));
+        if let Some(old) = &old {
+            self.unfile_replaced(source, old);
+        }
+        old
     }
 
     pub fn remove(&mut self, source: &str, id: &str) -> Option<Arc<SourceDoc>> {
-        self.sources.get_mut(source)?.remove(id)
+        let old = self.sources.get_mut(source)?.remove(id)?;
+        let (source, _) = self.sources.get_key_value(source)?;
+        let source = source.clone();
+        self.file(&source, &old, false);
+        Some(old)
+    }
+
+    /// Removes the view entries of a replaced version that the current
+    /// version is not filed under.
+    fn unfile_replaced(&mut self, source: &SourceId, old: &SourceDoc) {
+        let Some(keyer) = &self.keyer else {
+            return;
+        };
+        let stale = keyer(source, old);
+        if stale.is_empty() {
+            return;
+        }
+        let current = self.sources.get(source).and_then(|d| d.get(&old.id));
+        let keep = current.map_or_else(Vec::new, |doc| keyer(source, doc));
+        let Some(views) = self.views.get_mut(source) else {
+            return;
+        };
+        for key in stale.into_iter().filter(|k| !keep.contains(k)) {
+            if let Some(ids) = views.get_mut(&key) {
+                ids.remove(&old.id);
+                if ids.is_empty() {
+                    views.remove(&key);
+                }
+            }
+        }
     }
 
     /// Swaps a whole source, returning what it held before.
@@ -83,6 +197,10 @@ impl Index {
         source: &SourceId,
         docs: BTreeMap<String, Arc<SourceDoc>>,
     ) -> BTreeMap<String, Arc<SourceDoc>> {
+        self.views.remove(source);
+        for doc in docs.values() {
+            self.file(source, doc, true);
+        }
         self.sources
             .insert(source.clone(), docs)
             .unwrap_or_default()
@@ -127,6 +245,23 @@ impl<'a> Reads<'a> {
             revs.insert(doc.id.clone(), doc.rev.clone());
         }
         self.index.docs(&source)
+    }
+
+    /// The documents of `source` filed under view `key`, in id order; a
+    /// document entering, leaving or changing under the key rebuilds the
+    /// reader.
+    pub fn view(
+        &mut self,
+        source: &str,
+        key: &str,
+    ) -> impl Iterator<Item = &'a Arc<SourceDoc>> + use<'a> {
+        let source = self.source_id(source);
+        self.deps.insert(Dep::View(source.clone(), key.to_string()));
+        let revs = self.revs.entry(source.clone()).or_default();
+        for doc in self.index.view(&source, key) {
+            revs.insert(doc.id.clone(), doc.rev.clone());
+        }
+        self.index.view(&source, key)
     }
 
     /// What was read: the dependencies, and the revision of each document seen.

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub cache_documents_with_errors: Family<DomainLabel, Gauge>,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// ACL hostname resolutions by outcome (ok, nxdomain, no_records, timeout, error).
+    pub dns_lookups: Family<OutcomeLabel, Counter>,
+    /// ACL hostnames whose last resolution failed.
+    pub dns_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,6 +102,8 @@ impl Metrics {
             cache_documents_with_errors: Family::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(latency_histogram),
+            dns_lookups: Family::default(),
+            dns_failing: Gauge::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -187,6 +193,16 @@ impl Metrics {
             "http_request_seconds",
             "HTTP request latency",
             m.http_seconds.clone(),
+        );
+        r.register(
+            "acls_dns_lookups",
+            "ACL hostname resolutions by outcome",
+            m.dns_lookups.clone(),
+        );
+        r.register(
+            "acls_dns_failing",
+            "ACL hostnames whose last resolution failed",
+            m.dns_failing.clone(),
         );
         Metrics {
             registry,

@@ -64,12 +64,19 @@ pub struct Answer {
     pub section: String,
 }
 
+/// A key answered by another part of caldera instead of the category
+/// document: `(category, key, node) → Some((value, section))`. Kazoo 4.2
+/// answers `ecallmgr`/`acls` with the built ACLs; app.rs installs that hook
+/// (so this domain never imports the ACL domain).
+pub type SpecialKey = Box<dyn Fn(&str, &[String], &str) -> Option<(Value, String)> + Send + Sync>;
+
 pub struct SysconfService {
     mirror: Arc<Mirror>,
     source: Db,
     cache: Db,
     engine: Option<EngineHandle>,
     settings: ArcSwap<Settings>,
+    special: Option<SpecialKey>,
 }
 
 impl SysconfService {
@@ -86,7 +93,14 @@ impl SysconfService {
             cache,
             engine,
             settings: ArcSwap::from_pointee(settings),
+            special: None,
         }
+    }
+
+    /// Installs the special-key hook consulted first by `get`.
+    pub fn with_special_key(mut self, hook: SpecialKey) -> SysconfService {
+        self.special = Some(hook);
+        self
     }
 
     pub fn reload(&self, settings: Settings) {
@@ -125,6 +139,13 @@ impl SysconfService {
         }
         let settings = self.settings.load();
         let node = node.unwrap_or(&settings.node);
+        if let Some((value, section)) = self
+            .special
+            .as_ref()
+            .and_then(|hook| hook(category, key, node))
+        {
+            return Ok(answer(category, key, value, &section));
+        }
         if let Some(entry) = self.mirror.get(&doc_id(Domain::Sysconf, category))
             && let Some(found) = model::lookup(&entry.content, key, node, &settings.zone)
         {

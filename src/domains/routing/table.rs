@@ -1,0 +1,465 @@
+//! A ruleset table compiled for lookups (pure: no IO, no clock).
+//!
+//! Built from a routing cache document's content. A lookup finds the
+//! longest prefix of the called number among the table's (non-disabled)
+//! rules by probing a hash map from the longest candidate length down to
+//! the catch-all, then per request: carrier entries select `try` of their
+//! gateways by smooth weighted round-robin, gateways local to the asking
+//! host get their `local_gateway_extra_priority`, the gateways are grouped
+//! by priority (highest first) and each group is ordered by smooth weighted
+//! round-robin.
+//!
+//! Round-robin state lives in the table, per (host, rule, group), so a new
+//! table (the cache document changed) starts from zero. The state is
+//! bounded: past `MAX_STATES` groups it is reset, so unbounded `host`
+//! values cannot grow memory.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value, json};
+
+use super::model::number as json_number;
+use super::wrr::Smooth;
+
+/// Round-robin groups kept per table before the state is reset.
+pub const MAX_STATES: usize = 100_000;
+
+/// One resolved gateway of the table.
+#[derive(Debug)]
+struct Gateway {
+    /// The answer fields that do not depend on the request.
+    fields: Map<String, Value>,
+    host: Option<String>,
+    weight: u64,
+    local_extra: f64,
+}
+
+/// A resolved gwlist entry, shared by every rule that resolves it alike.
+#[derive(Debug)]
+struct Expansion {
+    /// `(gateway, priority)` in gwlist order.
+    candidates: Vec<(usize, f64)>,
+    /// A carrier entry selecting fewer than all of its gateways.
+    tries: Option<usize>,
+    carrierid: Value,
+    rejected: Vec<Value>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    prefix: String,
+    id: String,
+    destination: Value,
+    /// `(entry index in the gwlist, expansion)`.
+    entries: Vec<(usize, usize)>,
+    /// Entries rejected before expansion (with their entry index).
+    rejected: Vec<Value>,
+    warnings: Value,
+}
+
+/// One candidate of a rule for a request.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    gateway: usize,
+    entry: usize,
+    priority: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Group {
+    /// The `try` selection of a carrier entry.
+    Select(usize),
+    /// A priority group (by the bits of its priority).
+    Order(u64),
+}
+
+type States = HashMap<Box<str>, HashMap<(usize, Group), Smooth>>;
+
+/// A compiled table.
+#[derive(Debug)]
+pub struct Table {
+    ruleset: Value,
+    sip_domain_name: Value,
+    groupid: Value,
+    database: Value,
+    gateways: Vec<Gateway>,
+    expansions: Vec<Expansion>,
+    rules: Vec<Rule>,
+    by_prefix: HashMap<String, usize>,
+    longest: usize,
+    disabled_rules: Value,
+    states: Mutex<States>,
+}
+
+fn field<'a>(value: &'a Value, name: &str) -> Result<&'a Value, String> {
+    value.get(name).ok_or_else(|| format!("no field {name:?}"))
+}
+
+fn index(value: &Value, what: &str) -> Result<usize, String> {
+    value
+        .as_u64()
+        .map(|n| n as usize)
+        .ok_or_else(|| format!("{what} is not an index"))
+}
+
+impl Table {
+    /// Compiles a routing cache document's content.
+    ///
+    /// # Errors
+    /// The content does not have the shape the builder writes.
+    pub fn compile(content: &Value) -> Result<Table, String> {
+        let gateways = field(content, "gateways")?
+            .as_array()
+            .ok_or("gateways is not a list")?
+            .iter()
+            .map(compile_gateway)
+            .collect::<Result<Vec<_>, _>>()?;
+        let expansions = field(content, "entries")?
+            .as_array()
+            .ok_or("entries is not a list")?
+            .iter()
+            .map(|e| compile_expansion(e, gateways.len()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rules = Vec::new();
+        let mut by_prefix = HashMap::new();
+        let mut longest = 0;
+        for (prefix, rule) in field(content, "rules")?
+            .as_object()
+            .ok_or("rules is not an object")?
+        {
+            let rule = compile_rule(prefix, rule, expansions.len())?;
+            longest = longest.max(prefix.len());
+            by_prefix.insert(prefix.clone(), rules.len());
+            rules.push(rule);
+        }
+        Ok(Table {
+            ruleset: field(content, "ruleset")?.clone(),
+            sip_domain_name: field(content, "sip_domain_name")?.clone(),
+            groupid: field(content, "groupid")?.clone(),
+            database: content.get("database").cloned().unwrap_or(Value::Null),
+            gateways,
+            expansions,
+            rules,
+            by_prefix,
+            longest,
+            disabled_rules: content
+                .get("disabled_rules")
+                .cloned()
+                .unwrap_or_else(|| json!([])),
+            states: Mutex::default(),
+        })
+    }
+
+    /// The number of rules (disabled ones excluded).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rule the number routes by (decision 9), if any.
+    fn find(&self, number: &str) -> Option<usize> {
+        let longest = self.longest.min(number.len());
+        (0..=longest)
+            .rev()
+            .filter(|len| number.is_char_boundary(*len))
+            .find_map(|len| self.by_prefix.get(&number[..len]).copied())
+    }
+
+    /// A rule's candidates in gwlist order (slots are stable per rule).
+    fn candidates(&self, rule: &Rule) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for (entry, expansion) in &rule.entries {
+            for (gateway, priority) in &self.expansions[*expansion].candidates {
+                out.push(Candidate {
+                    gateway: *gateway,
+                    entry: *entry,
+                    priority: *priority,
+                });
+            }
+        }
+        out
+    }
+
+    /// Every rejection of a rule, with its entry index, in gwlist order.
+    fn rejected(&self, rule: &Rule) -> Value {
+        let mut all: Vec<(i64, Value)> = rule
+            .rejected
+            .iter()
+            .map(|r| (r["entry"].as_i64().unwrap_or(-1), r.clone()))
+            .collect();
+        for (entry, expansion) in &rule.entries {
+            for rejected in &self.expansions[*expansion].rejected {
+                let mut rejected = rejected.clone();
+                rejected["entry"] = json!(entry);
+                all.push((*entry as i64, rejected));
+            }
+        }
+        all.sort_by_key(|(entry, _)| *entry);
+        Value::Array(all.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The answer for `number` asked by `host`; `None` when no rule matches.
+    /// The caller validates the number (decision 15).
+    pub fn lookup(&self, number: &str, host: Option<&str>) -> Option<Value> {
+        let index = self.find(number)?;
+        let rule = &self.rules[index];
+        let host = host.filter(|h| !h.is_empty());
+        let candidates = self.candidates(rule);
+        let ordered = {
+            let mut states = self
+                .states
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if states.values().map(HashMap::len).sum::<usize>() >= MAX_STATES {
+                states.clear();
+            }
+            let host_key = host.unwrap_or("");
+            if !states.contains_key(host_key) {
+                states.insert(host_key.into(), HashMap::new());
+            }
+            let groups = states.get_mut(host_key).expect("inserted above");
+            self.order(index, rule, &candidates, host, groups)
+        };
+        let gateways: Vec<Value> = ordered
+            .into_iter()
+            .map(|(slot, priority, local)| {
+                let gateway = &self.gateways[candidates[slot].gateway];
+                let mut fields = gateway.fields.clone();
+                fields.insert("priority".into(), json_number(priority));
+                fields.insert("local".into(), json!(local));
+                Value::Object(fields)
+            })
+            .collect();
+        Some(json!({
+            "ruleset": self.ruleset,
+            "sip_domain_name": self.sip_domain_name,
+            "groupid": self.groupid,
+            "number": number,
+            "host": host,
+            "rule": rule.id,
+            "prefix": rule.prefix,
+            "destination": rule.destination,
+            "gateways": gateways,
+            "rejected": self.rejected(rule),
+            "warnings": rule.warnings,
+        }))
+    }
+
+    /// The rule's candidates for this request, in answer order:
+    /// `(slot, priority with the host bonus, local)`.
+    fn order(
+        &self,
+        index: usize,
+        rule: &Rule,
+        candidates: &[Candidate],
+        host: Option<&str>,
+        states: &mut HashMap<(usize, Group), Smooth>,
+    ) -> Vec<(usize, f64, bool)> {
+        let mut kept = vec![true; candidates.len()];
+        for (entry, expansion) in &rule.entries {
+            let Some(tries) = self.expansions[*expansion].tries else {
+                continue;
+            };
+            let members: Vec<(usize, u64)> = candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.entry == *entry)
+                .map(|(slot, c)| (slot, self.gateways[c.gateway].weight))
+                .collect();
+            let state = states.entry((index, Group::Select(*entry))).or_default();
+            for position in state.order(&members).into_iter().skip(tries) {
+                kept[members[position].0] = false;
+            }
+        }
+        let mut groups: Vec<(f64, Vec<(usize, bool)>)> = Vec::new();
+        for (slot, candidate) in candidates.iter().enumerate().filter(|(s, _)| kept[*s]) {
+            let gateway = &self.gateways[candidate.gateway];
+            let local = host.is_some() && gateway.host.as_deref() == host;
+            let priority = candidate.priority + if local { gateway.local_extra } else { 0.0 };
+            match groups
+                .iter_mut()
+                .find(|(p, _)| p.total_cmp(&priority).is_eq())
+            {
+                Some((_, members)) => members.push((slot, local)),
+                None => groups.push((priority, vec![(slot, local)])),
+            }
+        }
+        groups.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut ordered = Vec::with_capacity(candidates.len());
+        for (priority, members) in groups {
+            if members.len() == 1 {
+                ordered.push((members[0].0, priority, members[0].1));
+                continue;
+            }
+            let weights: Vec<(usize, u64)> = members
+                .iter()
+                .map(|(slot, _)| (*slot, self.gateways[candidates[*slot].gateway].weight))
+                .collect();
+            let state = states
+                .entry((index, Group::Order(priority.to_bits())))
+                .or_default();
+            for position in state.order(&weights) {
+                let (slot, local) = members[position];
+                ordered.push((slot, priority, local));
+            }
+        }
+        ordered
+    }
+
+    /// The whole table for export to a SIP proxy: per rule its gateways
+    /// grouped by priority (before the host bonus and round-robin), the
+    /// carrier entries that select `try` of theirs, and the rejections.
+    pub fn export(&self) -> Value {
+        let mut rules = Map::new();
+        for rule in &self.rules {
+            let mut groups: Vec<(f64, Vec<Value>)> = Vec::new();
+            for candidate in self.candidates(rule) {
+                let mut fields = self.gateways[candidate.gateway].fields.clone();
+                fields.insert("priority".into(), json_number(candidate.priority));
+                fields.insert("entry".into(), json!(candidate.entry));
+                match groups
+                    .iter_mut()
+                    .find(|(p, _)| p.total_cmp(&candidate.priority).is_eq())
+                {
+                    Some((_, members)) => members.push(Value::Object(fields)),
+                    None => groups.push((candidate.priority, vec![Value::Object(fields)])),
+                }
+            }
+            groups.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|(p, gateways)| json!({ "priority": json_number(p), "gateways": gateways }))
+                .collect();
+            let select: Vec<Value> = rule
+                .entries
+                .iter()
+                .filter_map(|(entry, expansion)| {
+                    let expansion = &self.expansions[*expansion];
+                    let tries = expansion.tries?;
+                    Some(json!({ "entry": entry, "carrierid": expansion.carrierid, "try": tries }))
+                })
+                .collect();
+            rules.insert(
+                rule.prefix.clone(),
+                json!({
+                    "rule": rule.id,
+                    "destination": rule.destination,
+                    "groups": groups,
+                    "select": select,
+                    "rejected": self.rejected(rule),
+                    "warnings": rule.warnings,
+                }),
+            );
+        }
+        json!({
+            "ruleset": self.ruleset,
+            "sip_domain_name": self.sip_domain_name,
+            "groupid": self.groupid,
+            "database": self.database,
+            "rules": rules,
+            "disabled_rules": self.disabled_rules,
+        })
+    }
+}
+
+fn compile_gateway(variant: &Value) -> Result<Gateway, String> {
+    let object = variant.as_object().ok_or("a gateway is not an object")?;
+    let mut fields = Map::new();
+    for name in [
+        "gwid",
+        "carrierid",
+        "address",
+        "weight",
+        "response_timeout",
+        "progress_timeout",
+        "answer_timeout",
+        "dialog_timeout",
+        "attrs",
+    ] {
+        fields.insert(
+            name.into(),
+            object.get(name).cloned().unwrap_or(Value::Null),
+        );
+    }
+    fields.insert("disabled".into(), json!(false));
+    Ok(Gateway {
+        host: object
+            .get("host")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        weight: object
+            .get("weight")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1),
+        local_extra: object
+            .get("local_gateway_extra_priority")
+            .and_then(Value::as_f64)
+            .unwrap_or(super::model::DEFAULT_LOCAL_EXTRA_PRIORITY),
+        fields,
+    })
+}
+
+fn compile_expansion(expansion: &Value, gateways: usize) -> Result<Expansion, String> {
+    let mut candidates = Vec::new();
+    for member in field(expansion, "gateways")?
+        .as_array()
+        .ok_or("an entry's gateways is not a list")?
+    {
+        let gateway = index(&member[0], "a gateway reference")?;
+        if gateway >= gateways {
+            return Err(format!("gateway {gateway} is out of range"));
+        }
+        let priority = member[1].as_f64().ok_or("a priority is not a number")?;
+        candidates.push((gateway, priority));
+    }
+    Ok(Expansion {
+        candidates,
+        tries: match expansion.get("try") {
+            Some(tries) => Some(index(tries, "try")?),
+            None => None,
+        },
+        carrierid: expansion.get("carrierid").cloned().unwrap_or(Value::Null),
+        rejected: expansion
+            .get("rejected")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+fn compile_rule(prefix: &str, rule: &Value, expansions: usize) -> Result<Rule, String> {
+    let mut entries = Vec::new();
+    for pair in field(rule, "entries")?
+        .as_array()
+        .ok_or("a rule's entries is not a list")?
+    {
+        let entry = index(&pair[0], "an entry index")?;
+        let expansion = index(&pair[1], "an entry reference")?;
+        if expansion >= expansions {
+            return Err(format!(
+                "rule {prefix:?} refers to entry {expansion}, out of range"
+            ));
+        }
+        entries.push((entry, expansion));
+    }
+    Ok(Rule {
+        prefix: prefix.to_string(),
+        id: rule
+            .get("rule")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("rule:{prefix}"), str::to_string),
+        destination: rule.get("destination").cloned().unwrap_or(Value::Null),
+        entries,
+        rejected: rule
+            .get("rejected")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        warnings: rule.get("warnings").cloned().unwrap_or_else(|| json!([])),
+    })
+}
