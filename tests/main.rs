@@ -1,1 +1,13 @@
+//! Integration tests: the real `caldera` binary against a real
+//! CouchDB-compatible server (pouchdb-server started by the harness, or the
+//! server `COUCHDB_URL` points at). Run with `cargo test --test integration`.
 
+mod acls;
+mod common;
+mod feeds;
+mod incremental;
+mod lifecycle;
+mod robustness;
+mod routing;
+mod support;
+mod sysconf_http;

@@ -1,0 +1,136 @@
+//! A tiny TCP fault proxy between the daemon and CouchDB: it forwards bytes
+//! both ways until `cut()`, which closes every open connection and refuses
+//! new ones (accepted, then dropped at once) until `restore()`. This is how
+//! an outage is simulated against a server the tests cannot stop.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use reqwest::Url;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct State {
+    cut: AtomicBool,
+    /// Bumped by `cut()`: every connection opened before ends.
+    generation: watch::Sender<u64>,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+pub struct FaultProxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    state: Arc<State>,
+    accept: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `target`.
+    pub async fn start(target: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fault proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let state = Arc::new(State {
+            cut: AtomicBool::new(false),
+            generation: watch::channel(0).0,
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        });
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut generation = shared.generation.subscribe();
+                if shared.cut.load(Ordering::SeqCst) {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    drop(client);
+                    continue;
+                }
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = generation.changed() => {}
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            target,
+            state,
+            accept,
+        }
+    }
+
+    /// A proxy in front of the server at `url` (host and port taken from it).
+    pub async fn in_front_of(url: &str) -> FaultProxy {
+        let parsed = Url::parse(url).expect("a server URL");
+        let host = parsed.host_str().expect("the URL has a host");
+        let port = parsed.port_or_known_default().expect("the URL has a port");
+        let target = (host, port)
+            .to_socket_addrs()
+            .expect("resolve the server")
+            .next()
+            .expect("the server has an address");
+        FaultProxy::start(target).await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// `url` (credentials and path kept) with its host and port replaced by
+    /// the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let mut parsed = Url::parse(url).expect("a server URL");
+        parsed
+            .set_host(Some(&self.addr.ip().to_string()))
+            .expect("set the host");
+        parsed
+            .set_port(Some(self.addr.port()))
+            .expect("set the port");
+        parsed.as_str().trim_end_matches('/').to_string()
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+        self.state.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections forwarded so far.
+    pub fn accepted(&self) -> u64 {
+        self.state.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused while cut.
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.state.generation.send_modify(|g| *g += 1);
+    }
+}
