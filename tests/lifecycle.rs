@@ -450,3 +450,80 @@ async fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_invalid() {
     assert_eq!(daemon.readyz().await, Ok(StatusCode::OK));
     stop_cleanly(&mut daemon).await;
 }
+
+/// Collects sd_notify datagrams sent to a socket we own.
+fn notify_listener(path: &std::path::Path) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("set a read timeout");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        // Ends with the test process; the socket lives in a temp dir.
+        loop {
+            if let Ok(n) = socket.recv(&mut buffer) {
+                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                sink.lock().unwrap().push(text);
+            }
+        }
+    });
+    seen
+}
+
+fn count(seen: &std::sync::Mutex<Vec<String>>, state: &str) -> usize {
+    let messages = seen.lock().unwrap();
+    messages
+        .iter()
+        .filter(|m| m.lines().any(|l| l == state))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_watchdog_reloading_and_stopping() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let socket = dir.path().join("notify.sock");
+    let seen = notify_listener(&socket);
+    let mut config = env.config("n1");
+    config.env = vec![
+        ("NOTIFY_SOCKET".into(), socket.display().to_string()),
+        ("WATCHDOG_USEC".into(), "200000".into()),
+    ];
+    let mut daemon = Daemon::start_ready(&config).await;
+    eventually(
+        "READY=1 and watchdog pings",
+        Duration::from_secs(10),
+        async || {
+            let ok = count(&seen, "READY=1") >= 1 && count(&seen, "WATCHDOG=1") >= 2;
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{:?}", seen.lock().unwrap()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(count(&seen, "STOPPING=1"), 0);
+
+    daemon.sighup();
+    eventually(
+        "RELOADING=1 then READY=1 again",
+        Duration::from_secs(10),
+        async || {
+            let ok = count(&seen, "RELOADING=1") == 1 && count(&seen, "READY=1") >= 2;
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{:?}", seen.lock().unwrap()))
+            }
+        },
+    )
+    .await;
+
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(count(&seen, "STOPPING=1"), 1, "{:?}", seen.lock().unwrap());
+}

@@ -4,6 +4,7 @@
 
 mod acls;
 mod common;
+mod couch_client;
 mod feeds;
 mod incremental;
 mod lifecycle;

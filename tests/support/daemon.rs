@@ -53,6 +53,8 @@ pub struct DaemonConfig {
     pub option_first: bool,
     /// A name for log output.
     pub label: String,
+    /// Extra environment variables for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -61,6 +63,7 @@ impl DaemonConfig {
             table: toml::Table::new(),
             option_first: false,
             label: node.to_string(),
+            env: Vec::new(),
         };
         config
             .set("node", node)
@@ -219,6 +222,7 @@ impl Daemon {
             command.arg("run").arg("--config").arg(&config_path);
         }
         scrub_env(&mut command);
+        command.envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
