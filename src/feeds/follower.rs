@@ -159,12 +159,7 @@ impl Follower {
                 db = self.db.name(),
                 "the database was re-created; reloading it from scratch"
             );
-            self.metrics
-                .feed_resets
-                .get_or_create(&Metrics::db(self.db.name()))
-                .inc();
-            self.board
-                .update(&self.source, self.db.name(), |s| s.resets += 1);
+            self.count_reset();
             *session = None;
         }
         if session.is_none() {
@@ -195,12 +190,7 @@ impl Follower {
                     .update(&self.source, self.db.name(), |s| s.reconnects += 1);
             }
             Ended::Reset => {
-                self.metrics
-                    .feed_resets
-                    .get_or_create(&Metrics::db(self.db.name()))
-                    .inc();
-                self.board
-                    .update(&self.source, self.db.name(), |s| s.resets += 1);
+                self.count_reset();
                 tracing::warn!(
                     db = self.db.name(),
                     "the database was deleted or re-created; starting over"
@@ -210,6 +200,15 @@ impl Follower {
             Ended::Cancelled => {}
         }
         Ok(true)
+    }
+
+    fn count_reset(&self) {
+        self.metrics
+            .feed_resets
+            .get_or_create(&Metrics::db(self.db.name()))
+            .inc();
+        self.board
+            .update(&self.source, self.db.name(), |s| s.resets += 1);
     }
 
     /// Tells the consumer the database is empty (missing): its outputs go.
