@@ -4,6 +4,7 @@
 //! each other; anything they share lives in this file.
 
 pub mod acls;
+pub mod phones;
 pub mod routing;
 pub mod sysconf;
 
