@@ -26,6 +26,7 @@ use crate::couch::retry::Backoff;
 use crate::couch::{Body, Client, Db};
 use crate::domains::Domain;
 use crate::domains::acls::{self, service::AclsService};
+use crate::domains::phones;
 use crate::domains::routing::service::RoutingService;
 use crate::domains::sysconf::service::{Settings, SysconfService};
 use crate::feeds::dynamic::{DynamicFeeds, StartFeed};
@@ -416,7 +417,9 @@ fn start_building(
     );
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     for source in engine.sources() {
-        if acls::SYNTHETIC_SOURCES.contains(&&*source) {
+        if acls::SYNTHETIC_SOURCES.contains(&&*source)
+            || phones::SYNTHETIC_SOURCES.contains(&&*source)
+        {
             continue;
         }
         let physical = names

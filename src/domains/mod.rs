@@ -20,10 +20,16 @@ pub enum Domain {
     Sysconf,
     Acls,
     Routing,
+    Phones,
 }
 
 impl Domain {
-    pub const ALL: [Domain; 3] = [Domain::Sysconf, Domain::Acls, Domain::Routing];
+    pub const ALL: [Domain; 4] = [
+        Domain::Sysconf,
+        Domain::Acls,
+        Domain::Routing,
+        Domain::Phones,
+    ];
 
     /// The name used in cache document ids (`sysconf:ecallmgr`), metrics and logs.
     pub fn name(self) -> &'static str {
@@ -31,6 +37,7 @@ impl Domain {
             Domain::Sysconf => "sysconf",
             Domain::Acls => "acls",
             Domain::Routing => "routing",
+            Domain::Phones => "phones",
         }
     }
 
@@ -44,6 +51,7 @@ impl Domain {
             Domain::Sysconf => &sysconf::SysconfBuilder,
             Domain::Acls => &acls::AclsBuilder,
             Domain::Routing => &routing::RoutingBuilder,
+            Domain::Phones => &phones::PhonesBuilder,
         }
     }
 }
