@@ -526,17 +526,23 @@ pub fn build_common(
     if !wanted {
         return Built::Absent;
     }
-    // The units report these problems; without an account or a model
-    // there is nothing common to serve.
+    // Without an account, vendor or model there is nothing to serve; the
+    // output still exists (with what it read as dependencies), so the
+    // document that fixes it rebuilds it. The units report the problem.
+    let unserved = |reason: &str| Built::Content {
+        content: json!({"account_id": account_id, "brand": brand, "model": model_name,
+                        "served": false, "reason": reason, "files": {}}),
+        issues: Vec::new(),
+    };
     let Ok(account) = docs.account(account_id) else {
-        return Built::Absent;
+        return unserved("no_account");
     };
     docs.issues.clear();
     let Some(vendor) = vendors::by_brand(brand) else {
-        return Built::Absent;
+        return unserved("unknown_model");
     };
     let Ok(m) = docs.effective_model(brand, None, model_name) else {
-        return Built::Absent;
+        return unserved("unknown_model");
     };
     let chain = docs.chain_configs(&account.chain());
     let (mut layers, strong) = account_layers(&m, &chain);
@@ -571,6 +577,7 @@ pub fn build_common(
     };
     let content = json!({
         "account_id": account_id, "brand": brand, "family": m.family, "model": model_name,
+        "served": true, "reason": null,
         "config": merged.config, "provenance": merged.provenance_json(), "files": files,
     });
     Built::Content {

@@ -190,7 +190,7 @@ fn filter_locks(
             dropped.push(Dropped {
                 origin: origin.clone(),
                 path: child,
-                reason: format!("is locked by account {account}; ignored"),
+                reason: format!("locked by account {account}; ignored"),
             });
             continue;
         }
@@ -410,32 +410,32 @@ mod tests {
                 (
                     "pc-customer".into(),
                     "/net/vlan".into(),
-                    "is locked by account provider; ignored".into()
+                    "locked by account provider; ignored".into()
                 ),
                 (
                     "unit".into(),
                     "/codecs".into(),
-                    "is locked by account provider; ignored".into()
+                    "locked by account provider; ignored".into()
                 ),
                 (
                     "unit".into(),
                     "/net".into(),
-                    "is locked by account provider; ignored".into()
+                    "locked by account provider; ignored".into()
                 ),
                 (
                     "unit".into(),
                     "/ring".into(),
-                    "is locked by account customer; ignored".into()
+                    "locked by account customer; ignored".into()
                 ),
                 (
                     "pc-customer".into(),
                     "/codecs".into(),
-                    "is locked by account provider; ignored".into()
+                    "locked by account provider; ignored".into()
                 ),
                 (
                     "pc-customer".into(),
                     "/net".into(),
-                    "is locked by account provider; ignored".into()
+                    "locked by account provider; ignored".into()
                 ),
             ]
         );

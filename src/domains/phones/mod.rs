@@ -35,10 +35,15 @@ pub mod render;
 pub mod schema;
 pub mod vendors;
 
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::domains::{Builder, Built, Domain};
-use crate::rebuild::index::{Index, Reads, SourceDoc};
+use crate::rebuild::index::{Index, Keyer, Reads, SourceDoc};
 
 use catalogue::NodeKey;
 use model::{DocType, SIP_AUTH, TEMPLATE_BODIES, TemplateScope, UNITS, normalise_name};
@@ -48,6 +53,14 @@ pub const SYNTHETIC_SOURCES: [&str; 1] = [TEMPLATE_BODIES];
 
 /// Builds the phones outputs.
 pub struct PhonesBuilder;
+
+/// An index filing documents under the phones views (for builds outside
+/// the engine: `caldera render`, tests, benchmarks).
+pub fn phones_index() -> Index {
+    let keyer: Keyer =
+        Arc::new(|source: &str, doc: &SourceDoc| PhonesBuilder.view_keys(source, doc));
+    Index::with_keyer(keyer)
+}
 
 /// A normalised brand/model/family field of a document.
 fn name_field(json: &Value, field: &str) -> Option<String> {
