@@ -26,7 +26,10 @@ use crate::couch::retry::Backoff;
 use crate::couch::{Body, Client, Db};
 use crate::domains::Domain;
 use crate::domains::acls::{self, service::AclsService};
-use crate::domains::phones;
+use crate::domains::phones::{
+    self,
+    service::{PhonesService, Settings as PhonesSettings},
+};
 use crate::domains::routing::service::RoutingService;
 use crate::domains::sysconf::service::{Settings, SysconfService};
 use crate::feeds::dynamic::{DynamicFeeds, StartFeed};
@@ -201,6 +204,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         .enabled
         .then(|| start_building(&config, &shared, &client, &tasks, &core, &abort));
 
+    let phone_sources =
+        start_phone_sources(&config, &shared, &client, &tasks, &core, engine.as_ref());
     let acls = Arc::new(AclsService::new(
         shared.mirror.clone(),
         config.node.clone(),
@@ -247,7 +252,16 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         http_token.clone(),
         grace,
     ));
-    let phones_router = http::phones::router(shared.metrics.clone(), config.http.request_timeout);
+    let phones = Arc::new(PhonesService::new(
+        shared.mirror.clone(),
+        PhonesSettings::from_config(&config.phones),
+        phones::service::nonce_key(config.phones.nonce_secret.as_ref().map(|s| s.expose())),
+    ));
+    let phones_router = http::phones::router(
+        phones.clone(),
+        shared.metrics.clone(),
+        config.http.request_timeout,
+    );
     http_tasks.spawn(http::serve(
         "phones",
         phones_listener,
@@ -266,6 +280,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         admin,
         sysconf,
         acls,
+        phones,
         current: config,
     };
     let grace = reloader.current.shutdown.grace;
@@ -377,6 +392,47 @@ fn cache_entry(doc: SourceDoc) -> Option<CacheEntry> {
     };
     let bytes = serde_json::to_vec(json).map_or(0, |b| b.len());
     CacheEntry::from_doc(json, bytes).ok()
+}
+
+/// The phones shell's copy of `units` and `sip_auth` (two followers, no
+/// checkpoints) and, on a building instance, the template fetcher feeding
+/// the synthetic source `phones_templates`.
+fn start_phone_sources(
+    config: &Config,
+    shared: &Shared,
+    client: &Client,
+    tasks: &TaskTracker,
+    core: &CancellationToken,
+    engine: Option<&EngineHandle>,
+) -> Arc<phones::sources::Sources> {
+    use phones::sources::{Sources, TemplateFetcher, Which, consume};
+    let sources = Arc::new(Sources::default());
+    for (which, source, db) in [
+        (
+            Which::Units,
+            "phones_sources:units",
+            &config.databases.units,
+        ),
+        (
+            Which::SipAuth,
+            "phones_sources:sip_auth",
+            &config.databases.sip_auth,
+        ),
+    ] {
+        let (tx, rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
+        tasks.spawn(follower(config, shared, source, client.db(db), false, tx).run(core.clone()));
+        tasks.spawn(consume(sources.clone(), which, rx));
+    }
+    if let Some(engine) = engine {
+        let fetcher = TemplateFetcher {
+            sources: sources.clone(),
+            db: client.db(&config.databases.units),
+            engine: engine.sender(),
+            backoff: Backoff::new(config.feeds.backoff_initial, config.feeds.backoff_max),
+        };
+        tasks.spawn(fetcher.run(core.clone()));
+    }
+    sources
 }
 
 /// Starts the engine and one follower per source it reads.
@@ -539,6 +595,7 @@ struct Reloader {
     admin: Arc<AdminAuth>,
     sysconf: Arc<SysconfService>,
     acls: Arc<AclsService>,
+    phones: Arc<PhonesService>,
     current: Config,
 }
 
@@ -566,6 +623,7 @@ impl Reloader {
                 settings.node = self.current.node.clone();
                 self.sysconf.reload(settings);
                 self.acls.set_zone(new.zone.clone());
+                self.phones.reload(PhonesSettings::from_config(&new.phones));
                 tracing::info!(path = %self.path.display(), "configuration reloaded");
                 self.current = new;
             }

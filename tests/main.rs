@@ -8,6 +8,7 @@ mod couch_client;
 mod feeds;
 mod incremental;
 mod lifecycle;
+mod phones;
 mod robustness;
 mod routing;
 mod support;

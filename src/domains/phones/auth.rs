@@ -376,6 +376,30 @@ fn verify_digest(
     }
 }
 
+/// The `Authorization` a phone sends with Digest (`qop=auth`, `nc=1`) in
+/// answer to a challenge's nonce: the client side, for the integration
+/// tests and the benchmark.
+#[allow(clippy::too_many_arguments)]
+pub fn client_authorization(
+    algorithm: Algorithm,
+    username: &str,
+    password: &str,
+    realm: &str,
+    nonce: &str,
+    method: &str,
+    uri: &str,
+    cnonce: &str,
+) -> String {
+    let ha1 = ha1(algorithm, username, realm, password);
+    let ha2 = algorithm.hash(&format!("{method}:{uri}"));
+    let response = algorithm.hash(&format!("{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{username}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         algorithm={}, qop=auth, nc=00000001, cnonce=\"{cnonce}\", response=\"{response}\"",
+        algorithm.name()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,8 +408,7 @@ mod tests {
         Stored::new("phone-1", "acme.example.net", "s3cret", true)
     }
 
-    /// The Authorization a client computes (what a phone does).
-    pub fn client_digest(
+    fn client_digest(
         algorithm: Algorithm,
         user: &str,
         password: &str,
@@ -394,13 +417,8 @@ mod tests {
         method: &str,
         uri: &str,
     ) -> String {
-        let ha1 = ha1(algorithm, user, realm, password);
-        let ha2 = algorithm.hash(&format!("{method}:{uri}"));
-        let response = algorithm.hash(&format!("{ha1}:{nonce}:00000001:abcdef:auth:{ha2}"));
-        format!(
-            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
-             algorithm={}, qop=auth, nc=00000001, cnonce=\"abcdef\", response=\"{response}\"",
-            algorithm.name()
+        client_authorization(
+            algorithm, user, password, realm, nonce, method, uri, "abcdef",
         )
     }
 

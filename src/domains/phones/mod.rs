@@ -28,11 +28,16 @@
 pub mod auth;
 pub mod build;
 pub mod catalogue;
+pub mod limiter;
 pub mod mac;
 pub mod merge;
 pub mod model;
 pub mod render;
+pub mod request;
 pub mod schema;
+pub mod service;
+pub mod serving;
+pub mod sources;
 pub mod vendors;
 
 #[cfg(test)]
