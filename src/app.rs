@@ -75,6 +75,9 @@ pub fn main(cli: Cli) -> ExitCode {
             &number,
             host.as_deref(),
         ),
+        Command::Render { realm, mac, file } => {
+            render(&loaded.config, &realm, &mac, file.as_deref())
+        }
         Command::Run => {
             let log = match telemetry::init(&loaded.config.log) {
                 Ok(log) => log,
@@ -155,6 +158,48 @@ fn route(config: &Config, sdn: &str, groupid: &str, number: &str, host: Option<&
     ExitCode::from(code)
 }
 
+/// `caldera render`: one phone's files built straight from CouchDB.
+fn render(config: &Config, realm: &str, mac: &str, file: Option<&str>) -> ExitCode {
+    use crate::domains::phones::offline::{RenderError, Rendered, render_offline};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let client = Client::new(&config.couchdb).map_err(RenderError::from)?;
+        let dbs = &config.databases;
+        render_offline(&client, &dbs.units, &dbs.sip_auth, realm, mac, file).await
+    });
+    match answer {
+        Ok(Rendered::File { body, .. }) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok(Rendered::All(all)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&all).unwrap_or_else(|_| all.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let code = match err {
+                RenderError::BadMac(_) => 64,
+                RenderError::Unavailable(_) => 69,
+                _ => 1,
+            };
+            eprintln!("caldera render: {err}");
+            ExitCode::from(code)
+        }
+    }
+}
+
 fn config_failure(path: &Path, err: &LoadError) -> ExitCode {
     eprintln!(
         "caldera: invalid configuration ({}):\n{err}",
@@ -206,6 +251,12 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
 
     let phone_sources =
         start_phone_sources(&config, &shared, &client, &tasks, &core, engine.as_ref());
+    let phones_engine = engine.clone();
+    let phones = Arc::new(PhonesService::new(
+        shared.mirror.clone(),
+        PhonesSettings::from_config(&config.phones),
+        phones::service::nonce_key(config.phones.nonce_secret.as_ref().map(|s| s.expose())),
+    ));
     let acls = Arc::new(AclsService::new(
         shared.mirror.clone(),
         config.node.clone(),
@@ -243,7 +294,21 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let http_tasks = TaskTracker::new();
     let limits = Limits::from_config(&config.http);
     let grace = config.shutdown.grace;
-    let api_router = api::router(api_state, config.http.request_timeout);
+    let phones_api = Arc::new(phones::api::PhonesApi {
+        sources: phone_sources,
+        db: client.db(&config.databases.units),
+        engine: phones_engine,
+        service: phones.clone(),
+        write_wait: config.phones.write_wait,
+    });
+    let api_router =
+        api::router(api_state, config.http.request_timeout).merge(http::phones_api::router(
+            phones_api,
+            admin.clone(),
+            config.http.max_body_bytes,
+            shared.metrics.clone(),
+            config.http.request_timeout,
+        ));
     http_tasks.spawn(http::serve(
         "api",
         api_listener,
@@ -251,11 +316,6 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         limits,
         http_token.clone(),
         grace,
-    ));
-    let phones = Arc::new(PhonesService::new(
-        shared.mirror.clone(),
-        PhonesSettings::from_config(&config.phones),
-        phones::service::nonce_key(config.phones.nonce_secret.as_ref().map(|s| s.expose())),
     ));
     let phones_router = http::phones::router(
         phones.clone(),

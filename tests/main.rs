@@ -9,6 +9,7 @@ mod feeds;
 mod incremental;
 mod lifecycle;
 mod phones;
+mod phones_api;
 mod robustness;
 mod routing;
 mod support;

@@ -39,7 +39,7 @@ fn uniform_not_found() -> Response {
         .into_response()
 }
 
-fn text_header<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn text_header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

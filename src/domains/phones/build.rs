@@ -701,7 +701,7 @@ pub fn build_unit(id: &str, reads: &mut Reads<'_>) -> Built {
     let lines = lines(&mut docs, &unit, &account);
     content["config"] = Value::Object(merged.config.clone());
     content["provenance"] = merged.provenance_json();
-    content["lines"] = Value::Array(lines.iter().map(|l| without_secret(l)).collect());
+    content["lines"] = Value::Array(lines.iter().map(without_secret).collect());
     let mac = unit.mac.unwrap_or_else(no_mac);
     let all = vendor.files(
         &ModelRef {

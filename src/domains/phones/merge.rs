@@ -91,6 +91,8 @@ pub struct Dropped {
     /// JSON pointer into the configuration.
     pub path: String,
     pub reason: String,
+    /// The account whose lock refused it (`None`: the schema did).
+    pub locked_by: Option<String>,
 }
 
 /// The merged configuration.
@@ -128,6 +130,7 @@ pub fn merge(layers: &[Layer], schema: &Value, locks: &[(String, LockTree)]) -> 
                 origin: layer.origin.clone(),
                 path: violation.path,
                 reason: format!("{}; ignored (the weaker value stands)", violation.reason),
+                locked_by: None,
             });
         }
         let binding: Vec<(&str, &LockTree)> = locks
@@ -145,6 +148,32 @@ pub fn merge(layers: &[Layer], schema: &Value, locks: &[(String, LockTree)]) -> 
         );
     }
     merged
+}
+
+/// The paths of `value` that the first `rank` chain accounts' locks forbid,
+/// with the locking account (what the configuration API refuses with 409).
+pub fn locked_paths(
+    value: &Map<String, Value>,
+    locks: &[(String, LockTree)],
+    rank: usize,
+) -> Vec<(String, String)> {
+    let binding: Vec<(&str, &LockTree)> = locks
+        .iter()
+        .take(rank)
+        .map(|(account, tree)| (account.as_str(), tree))
+        .collect();
+    let origin = Origin {
+        layer: LayerKind::Unit,
+        doc: String::new(),
+        account: None,
+        via: None,
+    };
+    let mut dropped = Vec::new();
+    filter_locks(value, "", &binding, &origin, &mut dropped);
+    dropped
+        .into_iter()
+        .filter_map(|d| Some((d.path, d.locked_by?)))
+        .collect()
 }
 
 /// The account whose lock covers `key` among `nodes` (the lock trees at
@@ -191,6 +220,7 @@ fn filter_locks(
                 origin: origin.clone(),
                 path: child,
                 reason: format!("locked by account {account}; ignored"),
+                locked_by: Some(account.to_string()),
             });
             continue;
         }

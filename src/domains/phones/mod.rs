@@ -25,6 +25,7 @@
 //! through index views (`view_keys`), never as a whole source, so an edit
 //! rebuilds exactly the outputs that read what it changed.
 
+pub mod api;
 pub mod auth;
 pub mod build;
 pub mod catalogue;
@@ -32,12 +33,14 @@ pub mod limiter;
 pub mod mac;
 pub mod merge;
 pub mod model;
+pub mod offline;
 pub mod render;
 pub mod request;
 pub mod schema;
 pub mod service;
 pub mod serving;
 pub mod sources;
+pub mod validate;
 pub mod vendors;
 
 #[cfg(test)]

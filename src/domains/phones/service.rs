@@ -382,7 +382,7 @@ impl PhonesService {
         let chosen = own
             .filter(|k| candidates.contains(k))
             .or_else(|| {
-                let brand_of = |id: &str| id.rsplitn(3, ':').nth(1).map(str::to_string);
+                let brand_of = |id: &str| id.rsplit(':').nth(1).map(str::to_string);
                 candidates
                     .iter()
                     .find(|id| brand_of(id).is_some_and(|b| vendors.contains(&b.as_str())))
@@ -444,7 +444,7 @@ impl PhonesService {
                     challenge.unit = outcome.unit;
                     challenge.device = true;
                     challenge.file = file.to_string();
-                    return challenge;
+                    return *challenge;
                 }
             }
         }
@@ -469,7 +469,7 @@ impl PhonesService {
         req: &PhoneRequest<'_>,
         settings: &Settings,
         stored: &Stored,
-    ) -> Result<(), Outcome> {
+    ) -> Result<(), Box<Outcome>> {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -491,12 +491,12 @@ impl PhonesService {
         };
         match verdict {
             Verdict::Accepted => Ok(()),
-            Verdict::Missing => Err(challenge(false, "credentials required")),
-            Verdict::Stale => Err(challenge(true, "expired nonce")),
+            Verdict::Missing => Err(Box::new(challenge(false, "credentials required"))),
+            Verdict::Stale => Err(Box::new(challenge(true, "expired nonce"))),
             Verdict::Refused => {
                 let mut outcome = challenge(false, "wrong credentials");
                 outcome.miss = true;
-                Err(outcome)
+                Err(Box::new(outcome))
             }
         }
     }
