@@ -371,3 +371,829 @@ async fn phones_get_their_files_and_every_denial_is_the_same_404() {
         );
     }
 }
+
+/// The value of every `WWW-Authenticate` header.
+fn challenges(reply: &Reply) -> Vec<String> {
+    reply
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+fn nonce_of(challenge: &str) -> String {
+    challenge
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a nonce")
+        .to_string()
+}
+
+/// Gives `unit-1` its own HTTP credentials.
+async fn protect_unit(env: &PhonesEnv, allow_basic: bool) {
+    let mut unit = env.env.couch.get(&env.units, "unit-1").await.unwrap();
+    unit["provisioning"] =
+        json!({"username": "desk-1", "password": "http-secret-9", "allow_basic": allow_basic});
+    env.unit_doc(unit).await;
+}
+
+async fn digest_get(
+    daemon: &Daemon,
+    path: &str,
+    algorithm: caldera::domains::phones::auth::Algorithm,
+    password: &str,
+    extra: &[(&str, &str)],
+) -> Reply {
+    let challenge = get(daemon, path, REALM, YEALINK_UA).await;
+    assert_eq!(
+        challenge.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        challenge.text
+    );
+    let nonce = nonce_of(&challenges(&challenge)[0]);
+    let authorization = caldera::domains::phones::auth::client_authorization(
+        algorithm, "desk-1", password, REALM, &nonce, "GET", path, "0a4f113b",
+    );
+    let mut headers = vec![("Authorization", authorization.as_str())];
+    headers.extend_from_slice(extra);
+    phone(
+        daemon,
+        reqwest::Method::GET,
+        path,
+        REALM,
+        YEALINK_UA,
+        &headers,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_device_credentials_with_digest_and_basic_and_no_secret_in_any_log() {
+    use base64::Engine as _;
+    use caldera::domains::phones::auth::Algorithm;
+    let env = PhonesEnv::new().await;
+    env.seed().await;
+    protect_unit(&env, true).await;
+    let daemon = Daemon::start_ready(&env.config()).await;
+    let challenge = wait_status(
+        &daemon,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let offered = challenges(&challenge);
+    assert_eq!(offered.len(), 3, "{offered:?}");
+    assert!(
+        offered[0].starts_with("Digest realm=\"acme.sip.example.net\"")
+            && offered[0].contains("algorithm=SHA-256")
+    );
+    assert!(offered[1].contains("algorithm=MD5") && offered[1].contains("qop=\"auth\""));
+    assert!(offered[2].starts_with("Basic realm="));
+    assert!(!challenge.text.contains("alice"), "a 401 carries no file");
+    for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
+        let ok = digest_get(
+            &daemon,
+            "/805ec0123456.cfg",
+            algorithm,
+            "http-secret-9",
+            &[],
+        )
+        .await;
+        assert_eq!(ok.status, StatusCode::OK, "{algorithm:?}: {}", ok.text);
+        assert!(ok.text.contains("alice-secret-1"));
+        let wrong = digest_get(&daemon, "/805ec0123456.cfg", algorithm, "guess", &[]).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+    let basic = |password: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("desk-1:{password}"))
+        )
+    };
+    let ok = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("Authorization", &basic("http-secret-9"))],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let wrong = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("Authorization", &basic("nope"))],
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    // Model-common files carry no secrets and need no credentials.
+    let common = get(&daemon, "/y000000000066.cfg", REALM, YEALINK_UA).await;
+    assert_eq!(common.status, StatusCode::OK);
+    // An unknown MAC is still the uniform 404, never a 401.
+    let unknown = get(&daemon, "/805ec0999999.cfg", REALM, "curl/8.5.0").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // The account's provision config gives credentials to units without their own.
+    env.unit_doc(json!({"_id": "pc-acme", "type": "provision_config", "account_id": ACME,
+                        "provisioning": {"username": "acme-phones", "password": "account-secret-7"}}))
+        .await;
+    let mut unit = env.env.couch.get(&env.units, "unit-1").await.unwrap();
+    unit.as_object_mut().unwrap().remove("provisioning");
+    env.unit_doc(unit).await;
+    let challenge = eventually(
+        "the account's credentials apply",
+        Duration::from_secs(20),
+        async || {
+            let reply = get(&daemon, "/805ec0123456.cfg", REALM, YEALINK_UA).await;
+            if reply.status == StatusCode::UNAUTHORIZED && challenges(&reply).len() == 2 {
+                Ok(reply)
+            } else {
+                Err(format!("{} {:?}", reply.status, challenges(&reply)))
+            }
+        },
+    )
+    .await;
+    let nonce = nonce_of(&challenges(&challenge)[0]);
+    let authorization = client_authorization(
+        Algorithm::Sha256,
+        "acme-phones",
+        "account-secret-7",
+        REALM,
+        &nonce,
+        "GET",
+        "/805ec0123456.cfg",
+        "c1",
+    );
+    let ok = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("Authorization", &authorization)],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+
+    let requests = daemon.get("/v1/units/unit-1/requests").await;
+    let reasons: Vec<&str> = requests.json["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"wrong credentials") && reasons.contains(&"credentials required"),
+        "{reasons:?}"
+    );
+    assert_eq!(requests.json["last_seen"]["status"], 200);
+    // Secrets never reach a log line: passwords, HA1 digests, Authorization values.
+    let stored =
+        caldera::domains::phones::auth::Stored::new("desk-1", REALM, "http-secret-9", true);
+    let logs = daemon.logs().join("\n");
+    assert!(
+        logs.contains("caldera::security"),
+        "the security log is written"
+    );
+    for secret in [
+        "http-secret-9",
+        "alice-secret-1",
+        "account-secret-7",
+        &stored.ha1_md5,
+        &stored.ha1_sha256,
+        "0a4f113b",
+        &basic("http-secret-9")[6..],
+    ] {
+        assert!(!logs.contains(secret), "{secret} appears in the logs");
+    }
+}
+
+use caldera::domains::phones::auth::client_authorization;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mac_enumeration_cools_the_source_down_while_an_authenticated_phone_keeps_working() {
+    use caldera::domains::phones::auth::Algorithm;
+    let env = PhonesEnv::new().await;
+    env.seed().await;
+    protect_unit(&env, false).await;
+    let mut config = env.config();
+    config
+        .set("phones.rate_limit.misses", 5)
+        .set("phones.rate_limit.cooldown_secs", 2)
+        .set("phones.trusted_proxies", "127.0.0.1");
+    let daemon = Daemon::start_ready(&config).await;
+    wait_status(
+        &daemon,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let scanner = [("X-Forwarded-For", "198.51.100.66")];
+    // Successes never count.
+    for _ in 0..20 {
+        let ok = digest_get(
+            &daemon,
+            "/805ec0123456.cfg",
+            Algorithm::Sha256,
+            "http-secret-9",
+            &scanner,
+        )
+        .await;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let path = format!("/805ec0{i:06x}.cfg");
+        let ua = format!("Yealink SIP-T46S 66.86.0.15 80:5e:c0:00:00:{i:02x}");
+        statuses.push(
+            phone(&daemon, reqwest::Method::GET, &path, REALM, &ua, &scanner)
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [404, 404, 404, 404, 404, 429, 429, 429]);
+    let limited = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0000009.cfg",
+        REALM,
+        YEALINK_UA,
+        &scanner,
+    )
+    .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.get("retry-after").is_some());
+    // Behind the same address: the authenticated phone is served, an
+    // unauthenticated device request is not, common files still are.
+    let ok = digest_get(
+        &daemon,
+        "/805ec0123456.cfg",
+        Algorithm::Md5,
+        "http-secret-9",
+        &scanner,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let common = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/y000000000066.cfg",
+        REALM,
+        YEALINK_UA,
+        &scanner,
+    )
+    .await;
+    assert_eq!(common.status, StatusCode::OK);
+    // Another source is not affected.
+    let other = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0000001.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("X-Forwarded-For", "203.0.113.5")],
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let recovered = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0000001.cfg",
+        REALM,
+        "Yealink SIP-T46S 66.86.0.15 80:5e:c0:00:00:01",
+        &scanner,
+    )
+    .await;
+    assert_eq!(
+        recovered.status,
+        StatusCode::NOT_FOUND,
+        "the cool-down ends"
+    );
+    assert!(daemon.logged("cooldown_started"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_lists_conditional_requests_head_and_log_uploads() {
+    let env = PhonesEnv::new().await;
+    env.seed().await;
+    let mut config = env.config();
+    config
+        .set("phones.trusted_proxies", "127.0.0.1")
+        .set("phones.max_upload_bytes", 64);
+    let daemon = Daemon::start_ready(&config).await;
+    let first = wait_status(
+        &daemon,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        StatusCode::OK,
+    )
+    .await;
+    let etag = first.headers["etag"].to_str().unwrap().to_string();
+    let modified = first.headers["last-modified"].to_str().unwrap().to_string();
+    assert_eq!(first.headers["cache-control"], "private, no-cache");
+    let again = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("If-None-Match", &etag)],
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.text.is_empty());
+    assert_eq!(again.headers["etag"].to_str().unwrap(), etag);
+    let since = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("If-Modified-Since", &modified)],
+    )
+    .await;
+    assert_eq!(since.status, StatusCode::NOT_MODIFIED);
+    let changed = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("If-None-Match", "\"other\"")],
+    )
+    .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    let head = phone(
+        &daemon,
+        reqwest::Method::HEAD,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[],
+    )
+    .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.text.is_empty());
+    assert_eq!(
+        head.headers["content-length"].to_str().unwrap(),
+        first.text.len().to_string()
+    );
+    assert_eq!(head.headers["etag"].to_str().unwrap(), etag);
+
+    // Polycom-style log uploads: accepted for a known unit, capped in size.
+    let put = |path: &str, body: &str| {
+        daemon
+            .http()
+            .put(daemon.phones_url(path))
+            .header("Host", REALM)
+            .header(
+                "User-Agent",
+                "FileTransport PolycomVVX-VVX_500-UA/5.9.7.47435 Type/Updater",
+            )
+            .body(body.to_string())
+    };
+    let taken = daemon
+        .try_send(put("/805ec0123456-boot.log", "boot ok"))
+        .await
+        .unwrap();
+    assert_eq!(taken.status, StatusCode::NO_CONTENT);
+    let large = daemon
+        .try_send(put("/805ec0123456-app.log", &"x".repeat(65)))
+        .await
+        .unwrap();
+    assert_eq!(large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let unknown = daemon
+        .try_send(put("/805ec0999999-boot.log", "x"))
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let not_a_log = daemon
+        .try_send(put("/805ec0123456.cfg", "x"))
+        .await
+        .unwrap();
+    assert_eq!(not_a_log.status, StatusCode::NOT_FOUND);
+
+    // An allow list: only its networks get the account's files.
+    env.unit_doc(json!({"_id": "pc-acme", "type": "provision_config", "account_id": ACME, "allowed_cidrs": ["10.0.0.0/8"]})).await;
+    wait_status(
+        &daemon,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let inside = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("X-Forwarded-For", "10.1.2.3")],
+    )
+    .await;
+    assert_eq!(inside.status, StatusCode::OK);
+    let outside = phone(
+        &daemon,
+        reqwest::Method::GET,
+        "/y000000000066.cfg",
+        REALM,
+        YEALINK_UA,
+        &[("X-Forwarded-For", "192.0.2.1")],
+    )
+    .await;
+    assert_eq!(outside.status, StatusCode::NOT_FOUND);
+    let log = daemon.get("/v1/units/unit-1/requests").await;
+    let reasons: Vec<&str> = log.json["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"log upload"), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_do_not_hurt_the_listener() {
+    let env = PhonesEnv::new().await;
+    env.seed().await;
+    let daemon = Daemon::start_ready(&env.config()).await;
+    wait_status(
+        &daemon,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        StatusCode::OK,
+    )
+    .await;
+    let huge = format!(
+        "GET /805ec0123456.cfg HTTP/1.1\r\nHost: {REALM}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let (status, _, _) = raw(daemon.phones, huge.as_bytes());
+    assert!(
+        status == 431 || status == 400 || status == 0,
+        "huge headers: {status}"
+    );
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, _, _) = raw(
+        daemon.phones,
+        format!("GET /x HTTP/1.1\r\nHost: {REALM}\r\n{many}\r\n").as_bytes(),
+    );
+    assert!(
+        status == 431 || status == 400 || status == 0,
+        "many headers: {status}"
+    );
+    let (status, _, _) = raw(
+        daemon.phones,
+        b"GET /\xff\xfe.cfg HTTP/1.1\r\nHost: acme.sip.example.net\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        matches!(status, 400 | 404),
+        "raw bytes in the path: {status}"
+    );
+    let (status, _, _) = raw(daemon.phones, b"GET /805ec0123456.cfg HTTP/1.1\r\nHost: acme.sip.example.net\r\nUser-Agent: \xc3\x28 bad utf8\r\nConnection: close\r\n\r\n");
+    assert!(
+        matches!(status, 200 | 400 | 404),
+        "bad UTF-8 in the User-Agent: {status}"
+    );
+    let (status, _, _) = raw(
+        daemon.phones,
+        b"GET /805ec0123456.cfg HTTP/1.1\r\nHost: bad host\r\nConnection: close\r\n\r\n",
+    );
+    assert!(matches!(status, 400 | 404), "a bad Host: {status}");
+    let (status, _, _) = raw(daemon.phones, b"GARBAGE\r\n\r\n");
+    assert!(matches!(status, 0 | 400), "not HTTP: {status}");
+    let long_ua = format!("Yealink SIP-T46S {} 80:5e:c0:12:34:56", "9".repeat(8000));
+    let reply = get(&daemon, "/805ec0123456.cfg", REALM, &long_ua).await;
+    assert_eq!(reply.status, StatusCode::OK, "a long User-Agent is fine");
+    let reply = get(
+        &daemon,
+        "/805ec0123456.cfg",
+        "acme.sip.example.net:99999999999",
+        YEALINK_UA,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "an odd port is stripped");
+    // Still serving.
+    let reply = get(&daemon, "/805ec0123456.cfg", REALM, YEALINK_UA).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+/// What the core must answer for a file of a unit, given what the vendor
+/// module says the model produces (so the table holds before and after the
+/// vendors land): 200 when the vendor lists the file, else 404.
+fn vendor_lists(brand: &str, model: &str, mac: &str, file: &str) -> bool {
+    use caldera::domains::phones::catalogue::effective_model;
+    use caldera::domains::phones::mac::Mac;
+    use caldera::domains::phones::vendors::{self, ModelRef};
+    let Some(vendor) = vendors::by_brand(brand) else {
+        return false;
+    };
+    let mut notes = Vec::new();
+    let Ok(m) = effective_model(brand, None, model, &mut |_| Vec::new(), &mut notes) else {
+        return false;
+    };
+    let model_ref = ModelRef {
+        brand,
+        family: Some(&m.family),
+        model,
+        meta: &m.meta,
+    };
+    vendor
+        .files(&model_ref, &Mac::parse(mac).unwrap())
+        .iter()
+        .any(|f| f.name == file)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn realistic_phone_requests_get_what_their_model_produces() {
+    let env = PhonesEnv::new().await;
+    env.seed().await;
+    let units = [
+        ("u-polycom", "polycom", "vvx500", "0004f282e824"),
+        ("u-spa", "cisco", "spa508g", "0002fdff2103"),
+        ("u-mpp", "cisco", "cp-8841-3pcc", "00562b043615"),
+        ("u-gs", "grandstream", "gxp2135", "000b828aa872"),
+        ("u-snom", "snom", "d785", "000413922d24"),
+        ("u-fanvil", "fanvil", "x5u", "0c383e557eb1"),
+    ];
+    for (id, brand, model, mac) in units {
+        env.unit_doc(json!({"_id": id, "type": "unit", "account_id": ACME, "mac_address": mac, "brand": brand, "model": model})).await;
+    }
+    let daemon = Daemon::start_ready(&env.config()).await;
+    wait_status(
+        &daemon,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        StatusCode::OK,
+    )
+    .await;
+    let polycom = "FileTransport PolycomVVX-VVX_500-UA/5.9.7.4477 Type/Application";
+    let spa = "Cisco/SPA508G-7.4.8a (0002FDFF2103)(CBT141400UK)";
+    let gs = "Grandstream Model HW GXP2135 SW 1.0.7.97 DevId 000b828aa872";
+    let snom = "Mozilla/4.0 (compatible; snomD785-SIP 10.1.33.33 2010.12-00004-g9ba52f5 000413922D24 SXM:0 UXM:0)";
+    // (method, path, host, user agent, unit (brand, model, mac) whose file it is, or None for a denial)
+    let yealink = Some(("yealink", "t46s", MAC));
+    let rows: Vec<(&str, String, &str, &str, Option<(&str, &str, &str)>)> = vec![
+        (
+            "GET",
+            "/y000000000000.boot".into(),
+            REALM,
+            YEALINK_UA,
+            yealink,
+        ),
+        (
+            "GET",
+            "/805ec0123456.boot".into(),
+            REALM,
+            YEALINK_UA,
+            yealink,
+        ),
+        (
+            "GET",
+            "/y000000000066.cfg".into(),
+            REALM,
+            YEALINK_UA,
+            yealink,
+        ),
+        (
+            "GET",
+            "/805ec0123456.cfg".into(),
+            REALM,
+            YEALINK_UA,
+            yealink,
+        ),
+        (
+            "GET",
+            "/805ec0123456.cfg".into(),
+            REALM,
+            "Yealink SIP-T46S 66.86.0.15 80:5e:c0:aa:bb:cc",
+            None,
+        ),
+        (
+            "GET",
+            "/0004f282e824.cfg".into(),
+            REALM,
+            polycom,
+            Some(("polycom", "vvx500", "0004f282e824")),
+        ),
+        (
+            "GET",
+            "/000000000000.cfg".into(),
+            REALM,
+            polycom,
+            Some(("polycom", "vvx500", "0004f282e824")),
+        ),
+        (
+            "GET",
+            "/0004f282e824-phone.cfg".into(),
+            REALM,
+            polycom,
+            Some(("polycom", "vvx500", "0004f282e824")),
+        ),
+        (
+            "GET",
+            "/0004f282e824-directory.xml".into(),
+            REALM,
+            polycom,
+            Some(("polycom", "vvx500", "0004f282e824")),
+        ),
+        ("GET", "/3111-44500-001.sip.ld".into(), REALM, polycom, None),
+        (
+            "GET",
+            "/spa508G.cfg".into(),
+            REALM,
+            spa,
+            Some(("cisco", "spa508g", "0002fdff2103")),
+        ),
+        (
+            "GET",
+            "/spa0002fdff2103.xml".into(),
+            REALM,
+            spa,
+            Some(("cisco", "spa508g", "0002fdff2103")),
+        ),
+        (
+            "GET",
+            "/CP-8841-3PCC.xml".into(),
+            REALM,
+            "Cisco-CP-8841-3PCC/11.0 (00562b043615)",
+            Some(("cisco", "cp-8841-3pcc", "00562b043615")),
+        ),
+        (
+            "GET",
+            "/cfg000b828aa872.xml".into(),
+            REALM,
+            gs,
+            Some(("grandstream", "gxp2135", "000b828aa872")),
+        ),
+        (
+            "GET",
+            "/phonebook.xml".into(),
+            REALM,
+            gs,
+            Some(("grandstream", "gxp2135", "000b828aa872")),
+        ),
+        (
+            "GET",
+            "/snomD785.htm".into(),
+            REALM,
+            snom,
+            Some(("snom", "d785", "000413922d24")),
+        ),
+        (
+            "GET",
+            "/snomD785-000413922D24.htm".into(),
+            REALM,
+            snom,
+            Some(("snom", "d785", "000413922d24")),
+        ),
+        (
+            "GET",
+            "/firmware/snom720-8.9.3.80-SIP-r.bin?mac=000000000000".into(),
+            REALM,
+            "Mozilla/4.0 (compatible; snom720 8.9.3.80)",
+            None,
+        ),
+        (
+            "GET",
+            "/0c383e557eb1.cfg".into(),
+            REALM,
+            "Fanvil X5U-V2 2.12.16.17 0c383e557eb1",
+            Some(("fanvil", "x5u", "0c383e557eb1")),
+        ),
+        (
+            "GET",
+            format!("/{ACME}/805ec0123456.cfg"),
+            "p.kazoo.io",
+            YEALINK_UA,
+            yealink,
+        ),
+        (
+            "GET",
+            "/805ec0123456.cfg".into(),
+            "other-tenant.example.net",
+            YEALINK_UA,
+            None,
+        ),
+        (
+            "GET",
+            "/..%2f..%2fetc%2fpasswd".into(),
+            REALM,
+            YEALINK_UA,
+            None,
+        ),
+        (
+            "HEAD",
+            "/805ec0123456.cfg".into(),
+            REALM,
+            YEALINK_UA,
+            yealink,
+        ),
+    ];
+    assert!(rows.len() >= 15);
+    for (method, path, host, ua, owner) in rows {
+        let file = path.rsplit('/').next().unwrap().split('?').next().unwrap();
+        let expected = match owner {
+            Some((brand, model, mac)) if vendor_lists(brand, model, mac, file) => StatusCode::OK,
+            _ => StatusCode::NOT_FOUND,
+        };
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let reply = phone(&daemon, method.clone(), &path, host, ua, &[]).await;
+        assert_eq!(reply.status, expected, "{method} {path} ({ua})");
+    }
+}
+
+#[test]
+fn caldera_render_prints_what_a_phone_receives() {
+    use crate::support::daemon::run_cli;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let env = runtime.block_on(async {
+        let env = PhonesEnv::new().await;
+        env.seed().await;
+        env
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("caldera.toml");
+    std::fs::write(&path, env.config().toml()).unwrap();
+    let config = path.to_str().unwrap();
+    let (status, stdout, stderr) = run_cli(&[
+        "render",
+        "--config",
+        config,
+        "--realm",
+        REALM,
+        "--mac",
+        "80:5E:C0:12:34:56",
+        "--file",
+        "805ec0123456.cfg",
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("account.1.password = alice-secret-1") && stdout.contains("vlan = 10"),
+        "{stdout}"
+    );
+    let (status, stdout, _) =
+        run_cli(&["render", "--config", config, "--realm", REALM, "--mac", MAC]);
+    assert!(status.success());
+    let all: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(all["unit"], "unit-1");
+    assert!(
+        all["files"]["y000000000066.cfg"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("realm = acme.sip.example.net")
+    );
+    let (status, _, stderr) = run_cli(&[
+        "render",
+        "--config",
+        config,
+        "--realm",
+        "nowhere.example.net",
+        "--mac",
+        MAC,
+    ]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (status, _, _) = run_cli(&[
+        "render",
+        "--config",
+        config,
+        "--realm",
+        REALM,
+        "--mac",
+        "001565bbbbbb",
+    ]);
+    assert_eq!(status.code(), Some(1), "a disabled unit is not rendered");
+    let (status, _, _) = run_cli(&[
+        "render", "--config", config, "--realm", REALM, "--mac", "zz",
+    ]);
+    assert_eq!(status.code(), Some(64));
+    let (status, _, stderr) = run_cli(&[
+        "render", "--config", config, "--realm", REALM, "--mac", MAC, "--file", "nope.cfg",
+    ]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("805ec0123456.cfg"),
+        "the error lists the files: {stderr}"
+    );
+    drop(runtime);
+}

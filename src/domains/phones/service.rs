@@ -274,8 +274,13 @@ impl PhonesService {
             outcome.miss = false;
         }
         if outcome.miss && self.limiter.miss(ip, &settings.limits, now) {
+            // The miss past the budget is refused already.
             tracing::warn!(target: SECURITY, event = "cooldown_started", %ip,
                 cooldown_secs = settings.limits.cooldown.as_secs(), "too many misses from this source");
+            outcome.reply = Reply::TooMany {
+                retry_after: settings.limits.cooldown.as_secs().max(1),
+            };
+            outcome.reason = format!("cool-down started ({})", outcome.reason);
         }
         self.record(req, ip, &outcome, &settings);
         outcome.reply
