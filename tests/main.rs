@@ -10,6 +10,7 @@ mod incremental;
 mod lifecycle;
 mod phones;
 mod phones_api;
+mod phones_incremental;
 mod robustness;
 mod routing;
 mod support;
