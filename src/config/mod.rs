@@ -350,6 +350,10 @@ impl Config {
             self.phones.nonce_secret != new.phones.nonce_secret,
             "phones.auth.nonce_secret",
         );
+        check(
+            self.phones.write_wait != new.phones.write_wait,
+            "phones.write_wait_ms",
+        );
         keys
     }
 }

@@ -692,3 +692,79 @@ pub fn seed(test: &str) -> u64 {
     eprintln!("{test}: seed {seed} (replay with CALDERA_TEST_SEED={seed})");
     seed
 }
+
+/// The demo documents of `fixtures/couch/` (what `scripts/demo` loads).
+fn demo_world() -> World {
+    let mut world = World::default();
+    for source in [UNITS, SIP_AUTH] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/couch")
+            .join(source);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mut doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let id = path.file_stem().unwrap().to_string_lossy().into_owned();
+            doc["_id"] = json!(id);
+            world.put(source, doc);
+        }
+    }
+    world
+}
+
+#[test]
+fn the_demo_data_builds_as_the_readme_says() {
+    let built = demo_world().build_all();
+    let Some(Built::Content { content, issues }) = built.get("unit:unit-acme-yealink") else {
+        panic!(
+            "the demo Yealink builds: {:?}",
+            built.get("unit:unit-acme-yealink")
+        );
+    };
+    assert_eq!(content["served"], true);
+    assert_eq!(
+        content["config"]["codecs"],
+        json!(["g722", "pcmu", "pcma"]),
+        "the reseller's lock holds"
+    );
+    assert_eq!(content["config"]["ntp_server"], "ntp.acme.example.net");
+    assert_eq!(
+        content["config"]["ringtone"], "Ring1.wav",
+        "the sales profile's policy wins over the unit"
+    );
+    assert_eq!(
+        content["config"]["screensaver_timeout"], 600,
+        "the account wins over the unit"
+    );
+    assert!(content["files"].get("805ec0123456.cfg").is_some());
+    let lines = issue_lines(issues);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/codecs") && l.contains("locked")),
+        "{lines:?}"
+    );
+    for unit in [
+        "unit-acme-polycom",
+        "unit-acme-spa",
+        "unit-acme-mpp",
+        "unit-globex-grandstream",
+        "unit-globex-snom",
+        "unit-globex-fanvil",
+    ] {
+        let Some(Built::Content { content, .. }) = built.get(&format!("unit:{unit}")) else {
+            panic!("{unit} builds");
+        };
+        let brand = content["unit"]["brand"].as_str().unwrap();
+        // Served once its vendor's code is there; until then an error, not a crash.
+        let expected = vendors::by_brand(brand).is_some() && content["reason"] != "unknown_model";
+        assert_eq!(content["served"], json!(expected), "{unit}: {content}");
+    }
+    let Some(Built::Content { content, .. }) = built.get("unit:unit-globex-snom") else {
+        unreachable!()
+    };
+    assert!(
+        content["auth"].is_object() || content["reason"] == "unknown_model",
+        "Globex units need credentials"
+    );
+}
