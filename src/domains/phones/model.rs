@@ -9,7 +9,7 @@
 //! credentials, CIDR allow lists) the parse fails closed.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use core::net::IpAddr;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};

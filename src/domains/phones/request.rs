@@ -148,7 +148,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_target("/y%30000000000066.cfg").unwrap().file,
+            parse_target("/y%3000000000066.cfg").unwrap().file,
             "y000000000066.cfg"
         );
         for hostile in [
