@@ -575,11 +575,12 @@ pub fn build_common(
             issues: docs.issues,
         };
     };
-    let content = json!({
+    let mut content = json!({
         "account_id": account_id, "brand": brand, "family": m.family, "model": model_name,
         "served": true, "reason": null,
-        "config": merged.config, "provenance": merged.provenance_json(), "files": files,
+        "config": merged.config, "files": files,
     });
+    set_provenance(&mut content, &merged);
     Built::Content {
         content,
         issues: docs.issues,
@@ -694,13 +695,13 @@ pub fn build_unit(id: &str, reads: &mut Reads<'_>) -> Built {
     let Some((m, vendor)) = model else {
         let merged = unit_merge(&mut docs, &unit, None, &chain);
         content["config"] = Value::Object(merged.config.clone());
-        content["provenance"] = merged.provenance_json();
+        set_provenance(&mut content, &merged);
         return finish(content, state, docs);
     };
     let merged = unit_merge(&mut docs, &unit, Some(&m), &chain);
     let lines = lines(&mut docs, &unit, &account);
     content["config"] = Value::Object(merged.config.clone());
-    content["provenance"] = merged.provenance_json();
+    set_provenance(&mut content, &merged);
     content["lines"] = Value::Array(lines.iter().map(without_secret).collect());
     let mac = unit.mac.unwrap_or_else(no_mac);
     let all = vendor.files(
@@ -741,13 +742,27 @@ pub fn build_unit(id: &str, reads: &mut Reads<'_>) -> Built {
     finish(content, state, docs)
 }
 
+fn set_provenance(content: &mut Value, merged: &Merged) {
+    let (paths, origins) = merged.compact_provenance();
+    content["provenance"] = paths;
+    content["origins"] = origins;
+}
+
 fn finish(mut content: Value, state: UnitState, docs: Docs<'_, '_>) -> Built {
     content["served"] = json!(state.reason.is_none());
     content["reason"] = json!(state.reason.map(Unserved::name));
-    for field in ["auth", "config", "provenance", "lines", "common", "files"] {
+    for field in [
+        "auth",
+        "config",
+        "provenance",
+        "origins",
+        "lines",
+        "common",
+        "files",
+    ] {
         if content.get(field).is_none() {
             content[field] = match field {
-                "lines" => json!([]),
+                "lines" | "origins" => json!([]),
                 "auth" | "common" => Value::Null,
                 _ => json!({}),
             };

@@ -105,13 +105,28 @@ pub struct Merged {
 }
 
 impl Merged {
-    pub fn provenance_json(&self) -> Value {
-        Value::Object(
-            self.provenance
-                .iter()
-                .map(|(path, origin)| (path.clone(), origin.to_json()))
-                .collect(),
-        )
+    /// The provenance as cache documents hold it: `{pointer: n}` plus
+    /// `origins[n] = [layer, doc, account, via]` (a unit has a handful of
+    /// origins for dozens of leaves, so this is several times smaller —
+    /// in CouchDB and in every mirror — than an object per leaf).
+    pub fn compact_provenance(&self) -> (Value, Value) {
+        let mut origins: Vec<&Origin> = Vec::new();
+        let mut paths = Map::new();
+        for (path, origin) in &self.provenance {
+            let n = match origins.iter().position(|o| *o == origin) {
+                Some(n) => n,
+                None => {
+                    origins.push(origin);
+                    origins.len() - 1
+                }
+            };
+            paths.insert(path.clone(), json!(n));
+        }
+        let origins = origins
+            .iter()
+            .map(|o| json!([o.layer.name(), o.doc, o.account, o.via]))
+            .collect();
+        (Value::Object(paths), Value::Array(origins))
     }
 }
 
@@ -300,6 +315,25 @@ fn apply(
     }
 }
 
+/// The readable provenance of a cache document's compact one:
+/// `{pointer: {layer, doc, account?, via?}}`.
+pub fn expand_provenance(provenance: &Value, origins: &Value) -> Value {
+    let Some(paths) = provenance.as_object() else {
+        return json!({});
+    };
+    let expanded = paths.iter().filter_map(|(path, n)| {
+        let origin = origins.get(usize::try_from(n.as_u64()?).ok()?)?;
+        let mut out = json!({"layer": origin.get(0)?, "doc": origin.get(1)?});
+        for (i, field) in [(2, "account"), (3, "via")] {
+            if let Some(value) = origin.get(i).filter(|v| !v.is_null()) {
+                out[field] = value.clone();
+            }
+        }
+        Some((path.clone(), out))
+    });
+    Value::Object(expanded.collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +401,25 @@ mod tests {
                 ("/c/e".into(), "p".into()),
                 ("/f".into(), "p".into())
             ]
+        );
+    }
+
+    #[test]
+    fn the_compact_provenance_expands_back() {
+        let layers = [
+            layer(LayerKind::Unit, "u", 0, json!({"a": 1, "b": 2})),
+            layer(LayerKind::Policy, "p", 0, json!({"c": 3})),
+        ];
+        let merged = merge(&layers, &json!({}), &[]);
+        let (paths, origins) = merged.compact_provenance();
+        assert_eq!(paths, json!({"/a": 0, "/b": 0, "/c": 1}));
+        assert_eq!(
+            origins,
+            json!([["unit", "u", null, null], ["policy", "p", null, null]])
+        );
+        assert_eq!(
+            expand_provenance(&paths, &origins),
+            json!({"/a": {"layer": "unit", "doc": "u"}, "/b": {"layer": "unit", "doc": "u"}, "/c": {"layer": "policy", "doc": "p"}})
         );
     }
 

@@ -8,8 +8,8 @@
 //! Where a half-read field could weaken security (provisioning
 //! credentials, CIDR allow lists) the parse fails closed.
 
-use std::collections::BTreeMap;
 use core::net::IpAddr;
+use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};

@@ -159,6 +159,88 @@ struct UnitLog {
     last_seen: Option<Logged>,
 }
 
+/// Shards of the per-unit logs, so phones served on different threads
+/// rarely wait on each other.
+const LOG_SHARDS: usize = 16;
+
+struct RequestLogs {
+    shards: Vec<Mutex<HashMap<String, UnitLog>>>,
+}
+
+impl Default for RequestLogs {
+    fn default() -> Self {
+        RequestLogs {
+            shards: (0..LOG_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl RequestLogs {
+    fn shard(&self, unit: &str) -> std::sync::MutexGuard<'_, HashMap<String, UnitLog>> {
+        // FNV-1a: cheap and stable.
+        let hash = unit.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        self.shards[(hash % LOG_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, unit: &str, entry: Logged, keep: usize) {
+        let mut shard = self.shard(unit);
+        let log = shard.entry(unit.to_string()).or_default();
+        if matches!(entry.status, 200 | 204 | 304) {
+            log.last_seen = Some(entry.clone());
+        }
+        log.requests.push_back(entry);
+        while log.requests.len() > keep.max(1) {
+            log.requests.pop_front();
+        }
+    }
+
+    fn last_seen(&self, unit: &str) -> Option<Value> {
+        self.shard(unit)
+            .get(unit)?
+            .last_seen
+            .as_ref()
+            .map(Logged::to_json)
+    }
+
+    /// The requests, newest first, and the last success.
+    fn requests(&self, unit: &str) -> (Vec<Value>, Option<Value>) {
+        let shard = self.shard(unit);
+        let Some(log) = shard.get(unit) else {
+            return (Vec::new(), None);
+        };
+        let requests = log.requests.iter().rev().map(Logged::to_json).collect();
+        (requests, log.last_seen.as_ref().map(Logged::to_json))
+    }
+
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        for shard in &self.shards {
+            shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|id, _| keep(id));
+        }
+    }
+}
+
+/// What the User-Agent says, worked out once per request.
+struct Agent {
+    vendors: Vec<&'static str>,
+    mac: Option<Mac>,
+}
+
+impl Agent {
+    fn of(user_agent: &str) -> Agent {
+        Agent {
+            vendors: request::user_agent_vendors(user_agent),
+            mac: request::mac_in_user_agent(user_agent),
+        }
+    }
+}
+
 /// How a request was decided, for the reply and the logs.
 struct Outcome {
     reply: Reply,
@@ -211,7 +293,7 @@ pub struct PhonesService {
     mirror: Arc<Mirror>,
     tables: Arc<Tables>,
     limiter: Limiter,
-    logs: Mutex<HashMap<String, UnitLog>>,
+    logs: RequestLogs,
     recorded: std::sync::atomic::AtomicU64,
     key: NonceKey,
     settings: ArcSwap<Settings>,
@@ -238,7 +320,7 @@ impl PhonesService {
             mirror,
             tables,
             limiter: Limiter::default(),
-            logs: Mutex::default(),
+            logs: RequestLogs::default(),
             recorded: std::sync::atomic::AtomicU64::new(0),
             key,
             settings: ArcSwap::from_pointee(settings),
@@ -305,7 +387,8 @@ impl PhonesService {
         } else {
             request::mac_in_file(&file)
         };
-        let ua_mac = request::mac_in_user_agent(ua);
+        let agent = Agent::of(ua);
+        let ua_mac = agent.mac;
         let Some(account) = self.account(account.as_deref(), req.host) else {
             let outcome = Outcome::deny(&file, "unknown realm or account");
             return if path_mac.is_some() {
@@ -331,7 +414,7 @@ impl PhonesService {
             return Outcome::deny(&file, "PUT only takes <mac>-<name>.log uploads")
                 .in_account(&account);
         }
-        if !upload && let Some(outcome) = self.common_file(req, &account, &file, ua_mac) {
+        if !upload && let Some(outcome) = self.common_file(req, &account, &file, &agent) {
             return outcome;
         }
         let mac = match (path_mac, ua_mac) {
@@ -345,7 +428,7 @@ impl PhonesService {
                     .in_account(&account);
             }
         };
-        self.device_file(req, settings, &account, &file, mac)
+        self.device_file(req, settings, &account, &file, mac, &agent)
     }
 
     /// The account id from the path prefix, else from `Host`.
@@ -364,7 +447,7 @@ impl PhonesService {
         req: &PhoneRequest<'_>,
         account: &str,
         file: &str,
-        ua_mac: Option<Mac>,
+        agent: &Agent,
     ) -> Option<Outcome> {
         let candidates = self.tables.common(account, file);
         if candidates.is_empty() {
@@ -372,28 +455,29 @@ impl PhonesService {
         }
         // Several models of the account may share a file name (Polycom's
         // 000000000000.cfg): the asking phone's own model first.
-        let own = ua_mac
-            .and_then(|mac| self.tables.units(account, &mac).into_iter().next())
-            .and_then(|unit| self.mirror.get(&unit))
-            .and_then(|unit| {
-                unit.content
-                    .get("common")?
-                    .get("key")?
-                    .as_str()
-                    .map(|k| format!("phones:{k}"))
-            });
-        let ua = req.user_agent.unwrap_or_default();
-        let vendors = request::user_agent_vendors(ua);
-        let chosen = own
-            .filter(|k| candidates.contains(k))
-            .or_else(|| {
-                let brand_of = |id: &str| id.rsplit(':').nth(1).map(str::to_string);
-                candidates
-                    .iter()
-                    .find(|id| brand_of(id).is_some_and(|b| vendors.contains(&b.as_str())))
-                    .cloned()
-            })
-            .unwrap_or_else(|| candidates[0].clone());
+        let chosen = if candidates.len() == 1 {
+            candidates[0].clone()
+        } else {
+            let own = agent
+                .mac
+                .and_then(|mac| self.tables.units(account, &mac).into_iter().next())
+                .and_then(|unit| self.mirror.get(&unit))
+                .and_then(|unit| {
+                    let key = unit.content.get("common")?.get("key")?.as_str()?;
+                    Some(format!("phones:{key}"))
+                });
+            let brand_of = |id: &str| id.rsplit(':').nth(1).map(str::to_string);
+            own.and_then(|k| candidates.iter().find(|c| ***c == *k).cloned())
+                .or_else(|| {
+                    candidates
+                        .iter()
+                        .find(|id| {
+                            brand_of(id).is_some_and(|b| agent.vendors.contains(&b.as_str()))
+                        })
+                        .cloned()
+                })
+                .unwrap_or_else(|| candidates[0].clone())
+        };
         let entry = self.mirror.get(&chosen)?;
         let reply = file_reply(&self.tables, &entry, file, req, false)?;
         let mut outcome = Outcome::deny(file, "model-common file").in_account(account);
@@ -408,6 +492,7 @@ impl PhonesService {
         account: &str,
         file: &str,
         mac: Mac,
+        agent: &Agent,
     ) -> Outcome {
         let units = self.tables.units(account, &mac);
         let [unit_doc] = units.as_slice() else {
@@ -432,8 +517,7 @@ impl PhonesService {
             return deny("the unit is not served");
         }
         let brand = content["unit"]["brand"].as_str().unwrap_or_default();
-        let vendors = request::user_agent_vendors(req.user_agent.unwrap_or_default());
-        if !vendors.is_empty() && !vendors.contains(&brand) {
+        if !agent.vendors.is_empty() && !agent.vendors.contains(&brand) {
             return deny("the User-Agent is another vendor's phone").counted();
         }
         let upload = req.method == "PUT";
@@ -539,24 +623,14 @@ impl PhonesService {
             status,
             reason: outcome.reason.clone(),
         };
-        let mut logs = self
-            .logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let log = logs.entry(unit.clone()).or_default();
-        if matches!(status, 200 | 204 | 304) {
-            log.last_seen = Some(entry.clone());
-        }
-        log.requests.push_back(entry);
-        while log.requests.len() > settings.request_log.max(1) {
-            log.requests.pop_front();
-        }
+        self.logs.record(unit, entry, settings.request_log);
         let recorded = self
             .recorded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if recorded % 4096 == 4095 {
             // Forget the logs of units that are gone.
-            logs.retain(|id, _| self.mirror.get(&format!("phones:unit:{id}")).is_some());
+            self.logs
+                .retain(|id| self.mirror.get(&format!("phones:unit:{id}")).is_some());
         }
     }
 
@@ -581,18 +655,13 @@ impl PhonesService {
             .and_then(|key| self.mirror.get(&format!("phones:{key}")))
             .map(|c| files(&c.content["files"]))
             .unwrap_or_else(|| json!({}));
-        let logs = self
-            .logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let last_seen = logs
-            .get(id)
-            .and_then(|l| l.last_seen.as_ref())
-            .map(Logged::to_json);
+        let last_seen = self.logs.last_seen(id);
         Some(json!({
             "id": id, "unit": content["unit"], "account": content["account"],
             "served": content["served"], "reason": content["reason"],
-            "config": content["config"], "provenance": content["provenance"], "lines": content["lines"],
+            "config": content["config"],
+            "provenance": super::merge::expand_provenance(&content["provenance"], &content["origins"]),
+            "lines": content["lines"],
             "auth": content["auth"].is_object(),
             "files": files(&content["files"]), "common_files": common,
             "errors": entry.errors, "stale": entry.stale, "last_seen": last_seen,
@@ -619,31 +688,19 @@ impl PhonesService {
     /// `GET /v1/units/{id}/requests`.
     pub fn unit_requests(&self, id: &str) -> Option<Value> {
         self.mirror.get(&format!("phones:unit:{id}"))?;
-        let logs = self
-            .logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let log = logs.get(id);
-        let requests: Vec<Value> = log
-            .map(|l| l.requests.iter().rev().map(Logged::to_json).collect())
-            .unwrap_or_default();
-        let last_seen = log.and_then(|l| l.last_seen.as_ref()).map(Logged::to_json);
+        let (requests, last_seen) = self.logs.requests(id);
         Some(json!({"unit": id, "last_seen": last_seen, "requests": requests}))
     }
 
     /// Build status of every unit of an account, by unit id.
     pub fn account_units(&self, account: &str) -> serde_json::Map<String, Value> {
-        let logs = self
-            .logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.tables
             .units_of(account)
             .into_iter()
             .filter_map(|doc| {
                 let entry = self.mirror.get(&doc)?;
                 let id = doc.trim_start_matches("phones:unit:").to_string();
-                let last_seen = logs.get(&id).and_then(|l| l.last_seen.as_ref()).map(Logged::to_json);
+                let last_seen = self.logs.last_seen(&id);
                 let status = json!({
                     "served": entry.content["served"], "reason": entry.content["reason"],
                     "errors": entry.errors.as_array().map_or(0, Vec::len), "stale": entry.stale,

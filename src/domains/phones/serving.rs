@@ -31,16 +31,21 @@ enum Contribution {
     Common { account: String, files: Vec<String> },
 }
 
+/// Ids are shared (`Arc<str>`): lookups hand them out without copying.
+type Ids = BTreeSet<Arc<str>>;
+
 #[derive(Default)]
 struct Inner {
-    realms: HashMap<String, BTreeSet<String>>,
-    units_by_mac: HashMap<(String, Mac), BTreeSet<String>>,
-    accounts_by_mac: HashMap<Mac, BTreeSet<String>>,
-    common: HashMap<(String, String), BTreeSet<String>>,
-    units_of: HashMap<String, BTreeSet<String>>,
-    contributed: HashMap<String, Contribution>,
-    /// (cache document id, file) → (etag, since when).
-    modified: HashMap<(String, String), (String, SystemTime)>,
+    realms: HashMap<String, Ids>,
+    /// account → MAC → unit documents (nested so lookups need no key copy).
+    units_by_mac: HashMap<String, HashMap<Mac, Ids>>,
+    accounts_by_mac: HashMap<Mac, Ids>,
+    /// account → common file name → common documents.
+    common: HashMap<String, HashMap<String, Ids>>,
+    units_of: HashMap<String, Ids>,
+    contributed: HashMap<Arc<str>, Contribution>,
+    /// cache document id → file → (etag, since when).
+    modified: HashMap<Arc<str>, HashMap<String, (String, SystemTime)>>,
 }
 
 /// The tables; shared by the phones listener and the admin API.
@@ -49,15 +54,15 @@ pub struct Tables {
     inner: RwLock<Inner>,
 }
 
-fn insert<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<String>>, key: K, id: &str) {
-    map.entry(key).or_default().insert(id.to_string());
+fn insert<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Ids>, key: K, id: &Arc<str>) {
+    map.entry(key).or_default().insert(id.clone());
 }
 
-fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<String>>, key: K, id: &str) {
-    if let Some(ids) = map.get_mut(&key) {
+fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Ids>, key: &K, id: &str) {
+    if let Some(ids) = map.get_mut(key) {
         ids.remove(id);
         if ids.is_empty() {
-            map.remove(&key);
+            map.remove(key);
         }
     }
 }
@@ -117,37 +122,45 @@ impl Inner {
         let Some(contribution) = contribution(entry) else {
             return;
         };
-        let id = entry.id.as_str();
+        let id: Arc<str> = Arc::from(entry.id.as_str());
         match &contribution {
             Contribution::Account { realm } => {
                 if let Some(realm) = realm {
-                    insert(&mut self.realms, realm.clone(), id);
+                    insert(&mut self.realms, realm.clone(), &id);
                 }
             }
             Contribution::Unit { account, mac } => {
-                insert(&mut self.units_of, account.clone(), id);
+                insert(&mut self.units_of, account.clone(), &id);
                 if let Some(mac) = mac {
-                    insert(&mut self.units_by_mac, (account.clone(), *mac), id);
-                    insert(&mut self.accounts_by_mac, *mac, account);
+                    let by_mac = self.units_by_mac.entry(account.clone()).or_default();
+                    insert(by_mac, *mac, &id);
+                    insert(
+                        &mut self.accounts_by_mac,
+                        *mac,
+                        &Arc::from(account.as_str()),
+                    );
                 }
             }
             Contribution::Common { account, files } => {
+                let by_file = self.common.entry(account.clone()).or_default();
                 for file in files {
-                    insert(&mut self.common, (account.clone(), file.clone()), id);
+                    insert(by_file, file.clone(), &id);
                 }
             }
         }
         let current = etags(entry);
-        for (file, etag) in &current {
-            let slot = self.modified.entry((id.to_string(), file.clone()));
-            let since = slot.or_insert_with(|| (etag.clone(), now));
-            if since.0 != *etag {
-                *since = (etag.clone(), now);
+        let known = self.modified.entry(id.clone()).or_default();
+        known.retain(|file, _| current.iter().any(|(f, _)| f == file));
+        for (file, etag) in current {
+            let since = known.entry(file).or_insert_with(|| (etag.clone(), now));
+            if since.0 != etag {
+                *since = (etag, now);
             }
         }
-        self.modified
-            .retain(|(doc, file), _| doc != id || current.iter().any(|(f, _)| f == file));
-        self.contributed.insert(id.to_string(), contribution);
+        if known.is_empty() {
+            self.modified.remove(&id);
+        }
+        self.contributed.insert(id, contribution);
     }
 
     fn forget(&mut self, id: &str) {
@@ -157,22 +170,32 @@ impl Inner {
         match contribution {
             Contribution::Account { realm } => {
                 if let Some(realm) = realm {
-                    remove(&mut self.realms, realm, id);
+                    remove(&mut self.realms, &realm, id);
                 }
             }
             Contribution::Unit { account, mac } => {
-                remove(&mut self.units_of, account.clone(), id);
-                if let Some(mac) = mac {
-                    remove(&mut self.units_by_mac, (account.clone(), mac), id);
-                    let still = self.units_by_mac.contains_key(&(account.clone(), mac));
+                remove(&mut self.units_of, &account, id);
+                if let Some(mac) = mac
+                    && let Some(by_mac) = self.units_by_mac.get_mut(&account)
+                {
+                    remove(by_mac, &mac, id);
+                    let still = by_mac.contains_key(&mac);
+                    if by_mac.is_empty() {
+                        self.units_by_mac.remove(&account);
+                    }
                     if !still {
-                        remove(&mut self.accounts_by_mac, mac, &account);
+                        remove(&mut self.accounts_by_mac, &mac, &account);
                     }
                 }
             }
             Contribution::Common { account, files } => {
-                for file in files {
-                    remove(&mut self.common, (account.clone(), file), id);
+                if let Some(by_file) = self.common.get_mut(&account) {
+                    for file in files {
+                        remove(by_file, &file, id);
+                    }
+                    if by_file.is_empty() {
+                        self.common.remove(&account);
+                    }
                 }
             }
         }
@@ -189,9 +212,7 @@ impl Observer for Tables {
             ..Inner::default()
         };
         let ids: BTreeSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        inner
-            .modified
-            .retain(|(doc, _), _| ids.contains(doc.as_str()));
+        inner.modified.retain(|doc, _| ids.contains(&**doc));
         for entry in entries {
             inner.add(entry, now);
         }
@@ -212,7 +233,7 @@ impl Observer for Tables {
         }
         let mut inner = self.write();
         inner.forget(id);
-        inner.modified.retain(|(doc, _), _| doc != id);
+        inner.modified.remove(id);
     }
 }
 
@@ -230,7 +251,7 @@ impl Tables {
     }
 
     /// The account document serving `realm` (`None` when none or several).
-    pub fn account_of_realm(&self, realm: &str) -> Option<String> {
+    pub fn account_of_realm(&self, realm: &str) -> Option<Arc<str>> {
         let inner = self.read();
         let ids = inner.realms.get(realm)?;
         (ids.len() == 1)
@@ -239,11 +260,12 @@ impl Tables {
     }
 
     /// The served unit documents of a MAC in an account.
-    pub fn units(&self, account: &str, mac: &Mac) -> Vec<String> {
+    pub fn units(&self, account: &str, mac: &Mac) -> Vec<Arc<str>> {
         let inner = self.read();
         inner
             .units_by_mac
-            .get(&(account.to_string(), *mac))
+            .get(account)
+            .and_then(|by_mac| by_mac.get(mac))
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default()
     }
@@ -253,20 +275,21 @@ impl Tables {
         self.read()
             .accounts_by_mac
             .get(mac)
-            .is_some_and(|accounts| accounts.iter().any(|a| a != account))
+            .is_some_and(|accounts| accounts.iter().any(|a| &**a != account))
     }
 
     /// The common documents of an account that hold `file`.
-    pub fn common(&self, account: &str, file: &str) -> Vec<String> {
+    pub fn common(&self, account: &str, file: &str) -> Vec<Arc<str>> {
         self.read()
             .common
-            .get(&(account.to_string(), file.to_string()))
+            .get(account)
+            .and_then(|by_file| by_file.get(file))
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// Every unit document of an account (served or not).
-    pub fn units_of(&self, account: &str) -> Vec<String> {
+    pub fn units_of(&self, account: &str) -> Vec<Arc<str>> {
         self.read()
             .units_of
             .get(account)
@@ -277,7 +300,7 @@ impl Tables {
     /// Since when `file` of document `id` has had this `etag`.
     pub fn last_modified(&self, id: &str, file: &str, etag: &str) -> Option<SystemTime> {
         let inner = self.read();
-        let (current, since) = inner.modified.get(&(id.to_string(), file.to_string()))?;
+        let (current, since) = inner.modified.get(id)?.get(file)?;
         (current == etag).then_some(*since)
     }
 }
@@ -332,14 +355,14 @@ mod tests {
             unit("b", "805ec0123456", false, "e1"),
         )));
         let mac = Mac::parse("805ec0123456").unwrap();
-        assert_eq!(tables.units("a", &mac), ["phones:unit:u1"]);
+        assert_eq!(tables.units("a", &mac), [Arc::from("phones:unit:u1")]);
         assert!(
             tables.units("b", &mac).is_empty(),
             "not served, not indexed"
         );
         assert!(tables.mac_in_other_account("b", &mac));
         assert!(!tables.mac_in_other_account("a", &mac));
-        assert_eq!(tables.units_of("b"), ["phones:unit:u2"]);
+        assert_eq!(tables.units_of("b"), [Arc::from("phones:unit:u2")]);
         let since = tables
             .last_modified("phones:unit:u1", "f.cfg", "e1")
             .unwrap();
@@ -367,7 +390,7 @@ mod tests {
         )));
         assert_eq!(
             tables.common("a", "y.cfg"),
-            ["phones:common:a:yealink:t46s"]
+            [Arc::from("phones:common:a:yealink:t46s")]
         );
         mirror.apply_written(Update::Deleted {
             id: "phones:common:a:yealink:t46s".into(),

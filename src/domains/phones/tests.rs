@@ -107,7 +107,7 @@ fn summary(built: &Built) -> Value {
         Built::Absent => json!("absent"),
         Built::Failed { issues } => json!({"failed": issue_lines(issues)}),
         Built::Content { content, issues } => {
-            let mut content = content.clone();
+            let mut content = readable(content);
             if let Some(files) = content.get_mut("files").and_then(Value::as_object_mut) {
                 for file in files.values_mut() {
                     *file = file["content_type"].clone();
@@ -116,6 +116,17 @@ fn summary(built: &Built) -> Value {
             json!({"content": content, "errors": issue_lines(issues)})
         }
     }
+}
+
+/// A content with its provenance expanded (what the admin API shows).
+fn readable(content: &Value) -> Value {
+    let mut content = content.clone();
+    if content.get("origins").is_some() {
+        content["provenance"] =
+            super::merge::expand_provenance(&content["provenance"], &content["origins"]);
+        content.as_object_mut().unwrap().remove("origins");
+    }
+    content
 }
 
 fn fixtures() -> PathBuf {
@@ -156,7 +167,7 @@ fn load_case(name: &str) -> World {
 
 fn content(world: &World, key: &str) -> Value {
     match world.build_all().remove(key) {
-        Some(Built::Content { content, .. }) => content,
+        Some(Built::Content { content, .. }) => readable(&content),
         other => panic!("{key}: {other:?}"),
     }
 }
