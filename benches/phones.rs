@@ -249,27 +249,34 @@ struct Load {
     errors: String,
 }
 
-fn lua_script(targets: &[Target]) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "local targets = {{").unwrap();
+/// The wrk script and its data: one target per line (`path TAB host TAB
+/// user agent`), read at start-up (a Lua table literal of 100k entries is
+/// more than Lua accepts). Every request picks a random target.
+fn lua_script(targets: &[Target]) -> (tempfile::NamedTempFile, tempfile::NamedTempFile) {
+    let mut data = tempfile::NamedTempFile::new().unwrap();
     for t in targets {
-        writeln!(file, "  {{{:?}, {:?}, {:?}}},", t.path, t.host, t.ua).unwrap();
+        writeln!(data, "{}\t{}\t{}", t.path, t.host, t.ua).unwrap();
     }
-    writeln!(file, "}}").unwrap();
+    data.flush().unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(
         file,
-        r#"local n = #targets
-local statuses = {{}}
+        r#"local targets = {{}}
+for line in io.lines("{}") do
+  local path, host, ua = line:match("^([^\t]*)\t([^\t]*)\t(.*)$")
+  targets[#targets + 1] = {{path, host, ua}}
+end
+local n = #targets
+math.randomseed(os.time())
 request = function()
   local t = targets[math.random(n)]
   return wrk.format("GET", t[1], {{["Host"] = t[2], ["User-Agent"] = t[3]}})
-end
-response = function(status, headers, body)
-  if status ~= 200 then statuses[status] = (statuses[status] or 0) + 1 end
-end"#
+end"#,
+        data.path().display()
     )
     .unwrap();
-    file
+    file.flush().unwrap();
+    (file, data)
 }
 
 fn wrk(
@@ -615,7 +622,7 @@ fn main() {
         .arg("--version")
         .output()
         .is_ok();
-    let script = lua_script(&targets);
+    let (script, _data) = lua_script(&targets);
     let nginx = nginx(&files);
     for connections in [64, 256] {
         let caldera = if have_wrk {
