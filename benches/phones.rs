@@ -76,7 +76,7 @@ struct Data {
 }
 
 fn mac_of(n: usize) -> String {
-    format!("805ec0{:06x}", n)
+    format!("805ec0{n:06x}")
 }
 
 fn generate(units: usize, accounts: usize, big: usize) -> Data {

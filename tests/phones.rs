@@ -894,6 +894,16 @@ async fn hostile_requests_do_not_hurt_the_listener() {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
+/// (method, path, host, user agent, the unit (brand, model, MAC) whose file
+/// it is, or `None` for a denial).
+type Row<'a> = (
+    &'a str,
+    String,
+    &'a str,
+    &'a str,
+    Option<(&'a str, &'a str, &'a str)>,
+);
+
 /// What the core must answer for a file of a unit, given what the vendor
 /// module says the model produces (so the table holds before and after the
 /// vendors land): 200 when the vendor lists the file, else 404.
@@ -950,7 +960,7 @@ async fn realistic_phone_requests_get_what_their_model_produces() {
     let snom = "Mozilla/4.0 (compatible; snomD785-SIP 10.1.33.33 2010.12-00004-g9ba52f5 000413922D24 SXM:0 UXM:0)";
     // (method, path, host, user agent, unit (brand, model, mac) whose file it is, or None for a denial)
     let yealink = Some(("yealink", "t46s", MAC));
-    let rows: Vec<(&str, String, &str, &str, Option<(&str, &str, &str)>)> = vec![
+    let rows: Vec<Row> = vec![
         (
             "GET",
             "/y000000000000.boot".into(),

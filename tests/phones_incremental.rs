@@ -81,6 +81,9 @@ async fn precision_seed(env: &PhonesEnv) {
     env.device(json!({"_id": "dev-1", "pvt_account_id": "acme", "sip": {"username": "one", "password": "p1"}})).await;
 }
 
+/// (what, source, document to write, outputs rebuilt, cache documents rewritten)
+type Case<'a> = (&'a str, &'a str, Value, Vec<&'a str>, Vec<&'a str>);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_edit_rebuilds_exactly_the_outputs_that_read_it() {
     let env = PhonesEnv::new().await;
@@ -131,7 +134,7 @@ async fn each_edit_rebuilds_exactly_the_outputs_that_read_it() {
     u3_same["name"] = json!("renamed, no file changes");
     let mut tpl = doc("tpl-common");
     tpl["template"] = json!("common {{#each config}}{{@key}}={{this}}\n{{/each}}");
-    let cases: Vec<(&str, &str, Value, Vec<&str>, Vec<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "a policy one profile uses",
             UNITS,
