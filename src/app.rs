@@ -297,6 +297,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let phones_api = Arc::new(phones::api::PhonesApi {
         sources: phone_sources,
         db: client.db(&config.databases.units),
+        sip_auth: client.db(&config.databases.sip_auth),
         engine: phones_engine,
         service: phones.clone(),
         write_wait: config.phones.write_wait,
@@ -454,9 +455,9 @@ fn cache_entry(doc: SourceDoc) -> Option<CacheEntry> {
     CacheEntry::from_doc(json, bytes).ok()
 }
 
-/// The phones shell's copy of `units` and `sip_auth` (two followers, no
-/// checkpoints) and, on a building instance, the template fetcher feeding
-/// the synthetic source `phones_templates`.
+/// The phones shell's copy of `units` (a follower, no checkpoints) and, on a
+/// building instance, the template fetcher feeding the synthetic source
+/// `phones_templates`.
 fn start_phone_sources(
     config: &Config,
     shared: &Shared,
@@ -465,24 +466,12 @@ fn start_phone_sources(
     core: &CancellationToken,
     engine: Option<&EngineHandle>,
 ) -> Arc<phones::sources::Sources> {
-    use phones::sources::{Sources, TemplateFetcher, Which, consume};
+    use phones::sources::{Sources, TemplateFetcher, consume};
     let sources = Arc::new(Sources::default());
-    for (which, source, db) in [
-        (
-            Which::Units,
-            "phones_sources:units",
-            &config.databases.units,
-        ),
-        (
-            Which::SipAuth,
-            "phones_sources:sip_auth",
-            &config.databases.sip_auth,
-        ),
-    ] {
-        let (tx, rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
-        tasks.spawn(follower(config, shared, source, client.db(db), false, tx).run(core.clone()));
-        tasks.spawn(consume(sources.clone(), which, rx));
-    }
+    let (tx, rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
+    let db = client.db(&config.databases.units);
+    tasks.spawn(follower(config, shared, "phones_sources:units", db, false, tx).run(core.clone()));
+    tasks.spawn(consume(sources.clone(), rx));
     if let Some(engine) = engine {
         let fetcher = TemplateFetcher {
             sources: sources.clone(),

@@ -16,7 +16,7 @@ use super::catalogue::{self, NodeKey};
 use super::mac::Mac;
 use super::model::{self, DocType, PhoneModelDoc, UNITS};
 use super::service::PhonesService;
-use super::sources::{Sources, Which};
+use super::sources::Sources;
 use super::validate::{self, Lookup, Problem, UnitRef};
 use crate::couch::{Body, Db, ErrorKind};
 use crate::rebuild::engine::EngineHandle;
@@ -57,6 +57,8 @@ impl Collection {
 pub struct PhonesApi {
     pub sources: Arc<Sources>,
     pub db: Db,
+    /// `sip_auth`, read for the devices a unit's lines name.
+    pub sip_auth: Db,
     pub engine: Option<EngineHandle>,
     pub service: Arc<PhonesService>,
     pub write_wait: Duration,
@@ -79,8 +81,9 @@ impl Lookup for Sources {
             .collect()
     }
 
-    fn device(&self, id: &str) -> Option<(Option<String>, bool)> {
-        Sources::device(self, id).map(|d| (d.account, d.usable))
+    fn device(&self, _id: &str) -> Option<(Option<String>, bool)> {
+        // Devices are read from CouchDB per write (`WithDevices`).
+        None
     }
 
     fn phone_models(&self, key: &NodeKey) -> Vec<PhoneModelDoc> {
@@ -127,6 +130,37 @@ impl Lookup for Sources {
                 })
             })
             .collect()
+    }
+}
+
+/// The copy of `units`, plus the devices a write names, read from
+/// `sip_auth` for that write.
+struct WithDevices<'a> {
+    sources: &'a Sources,
+    devices: std::collections::HashMap<String, (Option<String>, bool)>,
+}
+
+impl Lookup for WithDevices<'_> {
+    fn doc(&self, id: &str) -> Option<Value> {
+        self.sources.doc(id)
+    }
+    fn enabled_units_with_mac(&self, account: &str, mac: &Mac) -> Vec<String> {
+        self.sources.enabled_units_with_mac(account, mac)
+    }
+    fn device(&self, id: &str) -> Option<(Option<String>, bool)> {
+        self.devices.get(id).cloned()
+    }
+    fn phone_models(&self, key: &NodeKey) -> Vec<PhoneModelDoc> {
+        self.sources.phone_models(key)
+    }
+    fn provision_config(&self, account: &str) -> Option<(String, Value)> {
+        self.sources.provision_config(account)
+    }
+    fn subtree(&self, account: &str) -> BTreeSet<String> {
+        self.sources.subtree(account)
+    }
+    fn units_of(&self, accounts: &BTreeSet<String>) -> Vec<UnitRef> {
+        self.sources.units_of(accounts)
     }
 }
 
@@ -331,7 +365,7 @@ impl PhonesApi {
             }
             Err(err) => return Err(ApiFailure::Unavailable(err.to_string())),
         };
-        self.sources.apply(Which::Units, id, &new_rev, None);
+        self.sources.apply(id, &new_rev, None);
         self.rebuilt(id, &new_rev, None).await;
         Ok(json!({"_id": id, "_rev": new_rev, "_deleted": true}))
     }
@@ -408,7 +442,12 @@ impl PhonesApi {
         let object = doc.as_object_mut().expect("checked above");
         object.remove("_rev");
         object.insert("_id".into(), json!(id));
-        let lookup = self.sources.as_ref();
+        let devices = self.devices(&doc).await?;
+        let lookup = WithDevices {
+            sources: &self.sources,
+            devices,
+        };
+        let lookup = &lookup;
         problems.extend(match kind {
             DocType::Unit => validate::unit(lookup, &account, id, &doc),
             DocType::Policy => validate::policy(lookup, &account, id, &doc),
@@ -428,6 +467,48 @@ impl PhonesApi {
         self.store(doc).await
     }
 
+    /// The `sip_auth` devices the document's lines name: id → (account,
+    /// has SIP credentials).
+    async fn devices(
+        &self,
+        doc: &Value,
+    ) -> Result<std::collections::HashMap<String, (Option<String>, bool)>, ApiFailure> {
+        let ids: BTreeSet<String> = doc
+            .get("lines")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|l| {
+                l.get("device_id")
+                    .or_else(|| l.get("device"))?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let keys: Vec<String> = ids.into_iter().collect();
+        let rows = match self.sip_auth.all_docs(&keys, true).await {
+            Ok(rows) => rows,
+            Err(err) if err.is(ErrorKind::NotFound) => return Ok(Default::default()),
+            Err(err) => return Err(ApiFailure::Unavailable(err.to_string())),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let doc = row
+                    .doc
+                    .filter(|_| row.value.as_ref().is_some_and(|v| !v.deleted))?;
+                let usable = model::parse_device(&row.key, &doc).is_ok();
+                Some((
+                    row.key,
+                    (model::account_of(&doc).map(str::to_string), usable),
+                ))
+            })
+            .collect())
+    }
+
     /// Writes a validated document; the answer is the stored document.
     async fn store(&self, mut doc: Value) -> Answer {
         let id = doc["_id"].as_str().unwrap_or_default().to_string();
@@ -440,8 +521,7 @@ impl PhonesApi {
             Err(err) => return Err(ApiFailure::Unavailable(err.to_string())),
         };
         doc["_rev"] = json!(rev);
-        self.sources
-            .apply(Which::Units, &id, &rev, Some(doc.clone()));
+        self.sources.apply(&id, &rev, Some(doc.clone()));
         self.rebuilt(&id, &rev, Some(doc.clone())).await;
         Ok(doc)
     }
@@ -700,7 +780,7 @@ impl PhonesApi {
             };
             match self.db.delete(&doc.id, &stored.rev).await {
                 Ok(rev) => {
-                    self.sources.apply(Which::Units, &doc.id, &rev, None);
+                    self.sources.apply(&doc.id, &rev, None);
                     self.rebuilt(&doc.id, &rev, None).await;
                     deleted.push(json!({"_id": doc.id, "_rev": rev, "_deleted": true}));
                 }

@@ -16,7 +16,7 @@
 //!
 //! Shell: `serving` (the index over the mirror, request log, rate
 //! limits: what the phones listener answers), `sources` (the API's
-//! in-memory copy of `units`/`sip_auth`, and the template attachment
+//! in-memory copy of `units`, and the template attachment
 //! fetcher that feeds the synthetic source `phones_templates`), `api` (the
 //! configuration API's writes), `offline` (`caldera render`).
 //!

@@ -1,12 +1,12 @@
-//! The phones shell's own copy of the `units` and `sip_auth` databases, fed
-//! by two followers (no checkpoints; every start reloads), and the
-//! template fetcher.
+//! The phones shell's own copy of the `units` database, fed by a follower
+//! (no checkpoints; every start reloads), and the template fetcher.
 //!
 //! The configuration API validates writes against this copy and answers
 //! its GETs from it (requests never wait on CouchDB; a write then waits for
-//! CouchDB by nature). Every instance keeps it, building or not. Units are
-//! kept as JSON text plus the few fields validation needs, so the copy
-//! stays small next to the engine's index.
+//! CouchDB by nature, and reads the few `sip_auth` devices it names there
+//! rather than keeping a copy of every device). Every instance keeps it,
+//! building or not. Units are kept as JSON text plus the few fields
+//! validation needs, so the copy stays small next to the engine's index.
 //!
 //! The template fetcher turns the attachment bodies of `template` override
 //! documents into documents of the synthetic source `phones_templates`
@@ -16,7 +16,7 @@
 //! attachment of the first load was fetched, so the engine's first build
 //! already has them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -109,21 +109,10 @@ impl Stored {
     }
 }
 
-/// A `sip_auth` device as the copy keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceFacts {
-    pub rev: String,
-    pub account: Option<String>,
-    /// Whether it can supply SIP credentials.
-    pub usable: bool,
-}
-
 #[derive(Default)]
 struct State {
     units: BTreeMap<String, Stored>,
-    devices: HashMap<String, DeviceFacts>,
-    units_loaded: bool,
-    devices_loaded: bool,
+    loaded: bool,
 }
 
 /// The copy.
@@ -131,7 +120,7 @@ pub struct Sources {
     state: RwLock<State>,
     /// Bumped when a template document changes.
     templates: watch::Sender<u64>,
-    /// Bumped when both databases have been (re)loaded.
+    /// Bumped when the database has been (re)loaded.
     loads: watch::Sender<u64>,
 }
 
@@ -143,13 +132,6 @@ impl Default for Sources {
             loads: watch::channel(0).0,
         }
     }
-}
-
-/// Which database a feed event is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
-    Units,
-    SipAuth,
 }
 
 impl Sources {
@@ -166,88 +148,42 @@ impl Sources {
     }
 
     pub fn is_loaded(&self) -> bool {
-        let state = self.read();
-        state.units_loaded && state.devices_loaded
+        self.read().loaded
     }
 
-    /// Replaces one database's content.
-    pub fn replace(
-        &self,
-        which: Which,
-        docs: impl IntoIterator<Item = (String, String, Option<Value>)>,
-    ) {
+    /// Replaces the whole content: `(id, rev, body)`.
+    pub fn replace(&self, docs: impl IntoIterator<Item = (String, String, Option<Value>)>) {
         {
             let mut state = self.write();
-            match which {
-                Which::Units => {
-                    state.units = docs
-                        .into_iter()
-                        .filter_map(|(id, rev, json)| Some((id, Stored::new(&rev, json?))))
-                        .collect();
-                    state.units_loaded = true;
-                }
-                Which::SipAuth => {
-                    state.devices = docs
-                        .into_iter()
-                        .filter_map(|(id, rev, json)| {
-                            Some((id.clone(), device_facts(&id, &rev, &json?)))
-                        })
-                        .collect();
-                    state.devices_loaded = true;
-                }
-            }
+            state.units = docs
+                .into_iter()
+                .filter_map(|(id, rev, json)| Some((id, Stored::new(&rev, json?))))
+                .collect();
+            state.loaded = true;
         }
-        if which == Which::Units {
-            self.templates.send_modify(|n| *n += 1);
-        }
-        if self.is_loaded() {
-            self.loads.send_modify(|n| *n += 1);
-        }
+        self.templates.send_modify(|n| *n += 1);
+        self.loads.send_modify(|n| *n += 1);
     }
 
     /// Applies one change, unless the copy already holds a newer revision
     /// (a write-through's echo may come late).
-    pub fn apply(&self, which: Which, id: &str, rev: &str, json: Option<Value>) {
-        let mut template_changed = false;
-        {
+    pub fn apply(&self, id: &str, rev: &str, json: Option<Value>) {
+        let template_changed = {
             let mut state = self.write();
-            match which {
-                Which::Units => {
-                    if state
-                        .units
-                        .get(id)
-                        .is_some_and(|s| rev_generation(&s.rev) > rev_generation(rev))
-                    {
-                        return;
-                    }
-                    let old = match json {
-                        Some(json) => state.units.insert(id.to_string(), Stored::new(rev, json)),
-                        None => state.units.remove(id),
-                    };
-                    let now = state.units.get(id).and_then(|s| s.kind);
-                    template_changed = now == Some(DocType::Template)
-                        || old.is_some_and(|o| o.kind == Some(DocType::Template));
-                }
-                Which::SipAuth => {
-                    if state
-                        .devices
-                        .get(id)
-                        .is_some_and(|s| rev_generation(&s.rev) > rev_generation(rev))
-                    {
-                        return;
-                    }
-                    match json {
-                        Some(json) => {
-                            let facts = device_facts(id, rev, &json);
-                            state.devices.insert(id.to_string(), facts);
-                        }
-                        None => {
-                            state.devices.remove(id);
-                        }
-                    }
-                }
+            if state
+                .units
+                .get(id)
+                .is_some_and(|s| rev_generation(&s.rev) > rev_generation(rev))
+            {
+                return;
             }
-        }
+            let old = match json {
+                Some(json) => state.units.insert(id.to_string(), Stored::new(rev, json)),
+                None => state.units.remove(id),
+            };
+            let now = state.units.get(id).and_then(|s| s.kind);
+            now == Some(DocType::Template) || old.is_some_and(|o| o.kind == Some(DocType::Template))
+        };
         if template_changed {
             self.templates.send_modify(|n| *n += 1);
         }
@@ -268,10 +204,6 @@ impl Sources {
             })
             .map(|(id, s)| (id.clone(), s.clone()))
             .collect()
-    }
-
-    pub fn device(&self, id: &str) -> Option<DeviceFacts> {
-        self.read().devices.get(id).cloned()
     }
 
     /// The template documents with an attachment body: id → (attachment,
@@ -298,17 +230,8 @@ impl Sources {
     }
 }
 
-fn device_facts(id: &str, rev: &str, json: &Value) -> DeviceFacts {
-    DeviceFacts {
-        rev: rev.to_string(),
-        account: model::account_of(json).map(str::to_string),
-        usable: model::parse_device(id, json).is_ok(),
-    }
-}
-
-/// Keeps `sources` current from the followers' events (one channel per
-/// database).
-pub async fn consume(sources: Arc<Sources>, which: Which, mut events: mpsc::Receiver<FeedEvent>) {
+/// Keeps `sources` current from the follower's events.
+pub async fn consume(sources: Arc<Sources>, mut events: mpsc::Receiver<FeedEvent>) {
     // The follower ends a feed whose checkpoint channel was dropped: hold it.
     let mut _incarnation = None;
     while let Some(event) = events.recv().await {
@@ -324,14 +247,14 @@ pub async fn consume(sources: Arc<Sources>, which: Which, mut events: mpsc::Rece
                     };
                     (d.id, d.rev, json)
                 });
-                sources.replace(which, docs);
+                sources.replace(docs);
             }
             FeedEvent::Change { id, rev, body, .. } => {
                 let json = match body {
                     Some(Body::Json(json)) => Some(json),
                     Some(Body::Malformed(_)) | None => None,
                 };
-                sources.apply(which, &id, &rev, json);
+                sources.apply(&id, &rev, json);
             }
             FeedEvent::Refresh { .. } => {}
         }
@@ -531,23 +454,12 @@ mod tests {
     #[test]
     fn the_copy_follows_changes_and_ignores_late_echoes() {
         let sources = Sources::default();
-        sources.replace(
-            Which::Units,
-            vec![(
-                "u".into(),
-                "1-a".into(),
-                Some(json!({"type": "unit", "account_id": "a", "mac_address": "001565000001"})),
-            )],
-        );
         assert!(!sources.is_loaded());
-        sources.replace(
-            Which::SipAuth,
-            vec![(
-                "d".into(),
-                "1-a".into(),
-                Some(json!({"pvt_account_id": "a", "sip": {"username": "u", "password": "p"}})),
-            )],
-        );
+        sources.replace(vec![(
+            "u".into(),
+            "1-a".into(),
+            Some(json!({"type": "unit", "account_id": "a", "mac_address": "001565000001"})),
+        )]);
         assert!(sources.is_loaded());
         let unit = sources.get("u").unwrap();
         assert_eq!(
@@ -555,29 +467,18 @@ mod tests {
             "001565000001"
         );
         assert_eq!(unit.json()["account_id"], "a");
-        sources.apply(
-            Which::Units,
-            "u",
-            "3-c",
-            Some(json!({"type": "unit", "account_id": "b"})),
-        );
-        sources.apply(
-            Which::Units,
-            "u",
-            "2-b",
-            Some(json!({"type": "unit", "account_id": "c"})),
-        );
+        sources.apply("u", "3-c", Some(json!({"type": "unit", "account_id": "b"})));
+        sources.apply("u", "2-b", Some(json!({"type": "unit", "account_id": "c"})));
         assert_eq!(sources.get("u").unwrap().account.as_deref(), Some("b"));
         assert_eq!(sources.of_type(DocType::Unit, Some("b")).len(), 1);
-        assert!(sources.device("d").unwrap().usable);
-        sources.apply(Which::SipAuth, "d", "2-b", None);
-        assert!(sources.device("d").is_none());
+        sources.apply("u", "4-d", None);
+        assert!(sources.get("u").is_none());
     }
 
     #[test]
     fn attachment_templates_are_listed_with_their_digest() {
         let sources = Sources::default();
-        sources.replace(Which::Units, vec![
+        sources.replace(vec![
             ("t1".into(), "1-a".into(), Some(json!({"type": "template", "brand": "yealink", "file": "x", "_attachments": {"b.hbs": {"stub": true, "digest": "md5-1"}}}))),
             ("t2".into(), "1-a".into(), Some(json!({"type": "template", "brand": "yealink", "file": "x", "template": "inline"}))),
         ]);
