@@ -32,9 +32,9 @@ use super::auth::{self, NonceKey, Stored, Verdict};
 use super::limiter::{Limiter, Limits};
 use super::mac::Mac;
 use super::request::{self, Target};
-use super::serving::Tables;
+use super::serving::{ServedFile, Tables};
 use crate::cache::CacheEntry;
-use crate::cache::mirror::Mirror;
+use crate::cache::mirror::{Mirror, Observer};
 
 /// The tracing target of the security log.
 pub const SECURITY: &str = "caldera::security";
@@ -164,7 +164,7 @@ struct UnitLog {
 const LOG_SHARDS: usize = 16;
 
 struct RequestLogs {
-    shards: Vec<Mutex<HashMap<String, UnitLog>>>,
+    shards: Vec<Mutex<HashMap<Arc<str>, UnitLog>>>,
 }
 
 impl Default for RequestLogs {
@@ -176,7 +176,7 @@ impl Default for RequestLogs {
 }
 
 impl RequestLogs {
-    fn shard(&self, unit: &str) -> std::sync::MutexGuard<'_, HashMap<String, UnitLog>> {
+    fn shard(&self, unit: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, UnitLog>> {
         // FNV-1a: cheap and stable.
         let hash = unit.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -188,7 +188,10 @@ impl RequestLogs {
 
     fn record(&self, unit: &str, entry: Logged, keep: usize) {
         let mut shard = self.shard(unit);
-        let log = shard.entry(unit.to_string()).or_default();
+        if !shard.contains_key(unit) {
+            shard.insert(Arc::from(unit), UnitLog::default());
+        }
+        let log = shard.get_mut(unit).expect("just inserted");
         if matches!(entry.status, 200 | 204 | 304) {
             log.last_seen = Some(entry.clone());
         }
@@ -215,13 +218,28 @@ impl RequestLogs {
         let requests = log.requests.iter().rev().map(Logged::to_json).collect();
         (requests, log.last_seen.as_ref().map(Logged::to_json))
     }
+}
 
-    fn retain(&self, keep: impl Fn(&str) -> bool) {
+/// A unit's log goes with its cache document (observed on the mirror).
+impl Observer for RequestLogs {
+    fn reset(&self, entries: &[Arc<CacheEntry>]) {
+        let units: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter_map(|e| e.id.strip_prefix("phones:unit:"))
+            .collect();
         for shard in &self.shards {
             shard
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .retain(|id, _| keep(id));
+                .retain(|id, _| units.contains(&**id));
+        }
+    }
+
+    fn put(&self, _entry: &Arc<CacheEntry>) {}
+
+    fn remove(&self, id: &str) {
+        if let Some(unit) = id.strip_prefix("phones:unit:") {
+            self.shard(unit).remove(unit);
         }
     }
 }
@@ -293,8 +311,7 @@ pub struct PhonesService {
     mirror: Arc<Mirror>,
     tables: Arc<Tables>,
     limiter: Limiter,
-    logs: RequestLogs,
-    recorded: std::sync::atomic::AtomicU64,
+    logs: Arc<RequestLogs>,
     key: NonceKey,
     settings: ArcSwap<Settings>,
 }
@@ -316,12 +333,13 @@ impl PhonesService {
     pub fn new(mirror: Arc<Mirror>, settings: Settings, key: NonceKey) -> PhonesService {
         let tables = Arc::new(Tables::default());
         mirror.observe(tables.clone());
+        let logs = Arc::new(RequestLogs::default());
+        mirror.observe(logs.clone());
         PhonesService {
             mirror,
             tables,
             limiter: Limiter::default(),
-            logs: RequestLogs::default(),
-            recorded: std::sync::atomic::AtomicU64::new(0),
+            logs,
             key,
             settings: ArcSwap::from_pointee(settings),
         }
@@ -376,10 +394,8 @@ impl PhonesService {
         };
         let upload = req.method == "PUT";
         if !matches!(req.method, "GET" | "HEAD" | "POST" | "PUT") {
-            return Outcome::deny(
-                &file,
-                format!("method {} is not served", request::loggable(req.method, 16)),
-            );
+            let why = format!("method {} is not served", request::loggable(req.method, 16));
+            return Outcome::deny(&file, why);
         }
         let ua = req.user_agent.unwrap_or_default();
         let path_mac = if upload {
@@ -388,8 +404,7 @@ impl PhonesService {
             request::mac_in_file(&file)
         };
         let agent = Agent::of(ua);
-        let ua_mac = agent.mac;
-        let Some(account) = self.account(account.as_deref(), req.host) else {
+        let Some(account) = self.account_id(account.as_deref(), req.host) else {
             let outcome = Outcome::deny(&file, "unknown realm or account");
             return if path_mac.is_some() {
                 outcome.counted()
@@ -397,16 +412,17 @@ impl PhonesService {
                 outcome
             };
         };
-        let Some(account_entry) = self.mirror.get(&format!("phones:account:{account}")) else {
+        let Some(served) = self.tables.account(&account) else {
             return Outcome::deny(&file, "unknown account").in_account(&account);
         };
-        if account_entry.content.get("served").and_then(Value::as_bool) != Some(true) {
+        if !served.served {
             return Outcome::deny(&file, "the account is not served").in_account(&account);
         }
-        if !allowed(
-            &account_entry,
-            client_ip(req.peer, req.forwarded_for, &settings.trusted_proxies),
-        ) {
+        if !served.allows(client_ip(
+            req.peer,
+            req.forwarded_for,
+            &settings.trusted_proxies,
+        )) {
             return Outcome::deny(&file, "address not in the account's allowed_cidrs")
                 .in_account(&account);
         }
@@ -417,9 +433,9 @@ impl PhonesService {
         if !upload && let Some(outcome) = self.common_file(req, &account, &file, &agent) {
             return outcome;
         }
-        let mac = match (path_mac, ua_mac) {
-            (Some(path), Some(agent)) if path != agent => {
-                let why = format!("the User-Agent's MAC {agent} is not the path's {path}");
+        let mac = match (path_mac, agent.mac) {
+            (Some(path), Some(ua_mac)) if path != ua_mac => {
+                let why = format!("the User-Agent's MAC {ua_mac} is not the path's {path}");
                 return Outcome::deny(&file, why).in_account(&account).counted();
             }
             (Some(mac), _) | (None, Some(mac)) => mac,
@@ -432,13 +448,14 @@ impl PhonesService {
     }
 
     /// The account id from the path prefix, else from `Host`.
-    fn account(&self, prefix: Option<&str>, host: Option<&str>) -> Option<String> {
+    fn account_id(&self, prefix: Option<&str>, host: Option<&str>) -> Option<String> {
         if let Some(id) = prefix {
             return Some(id.to_string());
         }
         let realm = request::realm_of_host(host?)?;
-        let doc = self.tables.account_of_realm(&realm)?;
-        doc.strip_prefix("phones:account:").map(str::to_string)
+        self.tables
+            .account_of_realm(&realm)
+            .map(|id| id.to_string())
     }
 
     /// A model-common file of the account, if `file` is one.
@@ -450,38 +467,30 @@ impl PhonesService {
         agent: &Agent,
     ) -> Option<Outcome> {
         let candidates = self.tables.common(account, file);
-        if candidates.is_empty() {
-            return None;
-        }
         // Several models of the account may share a file name (Polycom's
-        // 000000000000.cfg): the asking phone's own model first.
-        let chosen = if candidates.len() == 1 {
-            candidates[0].clone()
-        } else {
-            let own = agent
-                .mac
-                .and_then(|mac| self.tables.units(account, &mac).into_iter().next())
-                .and_then(|unit| self.mirror.get(&unit))
-                .and_then(|unit| {
-                    let key = unit.content.get("common")?.get("key")?.as_str()?;
-                    Some(format!("phones:{key}"))
-                });
-            let brand_of = |id: &str| id.rsplit(':').nth(1).map(str::to_string);
-            own.and_then(|k| candidates.iter().find(|c| ***c == *k).cloned())
-                .or_else(|| {
-                    candidates
-                        .iter()
-                        .find(|id| {
-                            brand_of(id).is_some_and(|b| agent.vendors.contains(&b.as_str()))
-                        })
-                        .cloned()
-                })
-                .unwrap_or_else(|| candidates[0].clone())
+        // 000000000000.cfg): the asking phone's own model, else one of the
+        // User-Agent's vendor, else the first.
+        let chosen = match candidates.as_slice() {
+            [] => return None,
+            [only] => only.clone(),
+            _ => {
+                let own = agent
+                    .mac
+                    .and_then(|mac| self.tables.units(account, &mac).into_iter().next())
+                    .and_then(|unit| unit.common.clone());
+                own.and_then(|doc| candidates.iter().find(|c| c.doc == doc).cloned())
+                    .or_else(|| {
+                        candidates
+                            .iter()
+                            .find(|c| agent.vendors.contains(&c.brand.as_str()))
+                            .cloned()
+                    })
+                    .unwrap_or_else(|| candidates[0].clone())
+            }
         };
-        let entry = self.mirror.get(&chosen)?;
-        let reply = file_reply(&self.tables, &entry, file, req, false)?;
+        let found = chosen.files.get(file)?;
         let mut outcome = Outcome::deny(file, "model-common file").in_account(account);
-        outcome.reply = reply;
+        outcome.reply = file_reply(found, req, false);
         Some(outcome)
     }
 
@@ -495,7 +504,7 @@ impl PhonesService {
         agent: &Agent,
     ) -> Outcome {
         let units = self.tables.units(account, &mac);
-        let [unit_doc] = units.as_slice() else {
+        let [unit] = units.as_slice() else {
             let why = if self.tables.mac_in_other_account(account, &mac) {
                 format!("MAC {mac} belongs to another account")
             } else {
@@ -503,30 +512,22 @@ impl PhonesService {
             };
             return Outcome::deny(file, why).in_account(account).counted();
         };
-        let unit_id = unit_doc.trim_start_matches("phones:unit:");
         let deny = |why: &str| {
             Outcome::deny(file, why)
                 .in_account(account)
-                .of_unit(unit_id)
+                .of_unit(&unit.id)
         };
-        let Some(entry) = self.mirror.get(unit_doc) else {
-            return deny("the unit is not in the cache");
-        };
-        let content = &entry.content;
-        if content.get("served").and_then(Value::as_bool) != Some(true) {
-            return deny("the unit is not served");
-        }
-        let brand = content["unit"]["brand"].as_str().unwrap_or_default();
-        if !agent.vendors.is_empty() && !agent.vendors.contains(&brand) {
+        if !agent.vendors.is_empty() && !agent.vendors.contains(&unit.brand.as_str()) {
             return deny("the User-Agent is another vendor's phone").counted();
         }
         let upload = req.method == "PUT";
-        if !upload && content["files"].get(file).is_none() {
+        let found = unit.files.get(file);
+        if !upload && found.is_none() {
             return deny("the unit's model does not produce this file");
         }
         let mut outcome = deny("per-device file");
-        if let Some(stored) = content.get("auth").and_then(Stored::from_json) {
-            match self.authenticate(req, settings, &stored) {
+        if let Some(stored) = &unit.auth {
+            match self.authenticate(req, settings, stored) {
                 Ok(()) => outcome.authenticated = true,
                 Err(mut challenge) => {
                     challenge.account = outcome.account;
@@ -537,17 +538,14 @@ impl PhonesService {
                 }
             }
         }
+        outcome.reply = match (upload, found, req.upload) {
+            (true, _, Some(Some(_))) => Reply::Accepted,
+            (true, _, _) => Reply::TooLarge,
+            (false, Some(found), _) => file_reply(found, req, true),
+            (false, None, _) => unreachable!("checked above"),
+        };
         if upload {
             outcome.reason = "log upload".into();
-            outcome.reply = match req.upload {
-                Some(Some(_)) => Reply::Accepted,
-                _ => Reply::TooLarge,
-            };
-            return outcome;
-        }
-        match file_reply(&self.tables, &entry, file, req, true) {
-            Some(reply) => outcome.reply = reply,
-            None => return deny("the unit's model does not produce this file"),
         }
         outcome
     }
@@ -624,14 +622,6 @@ impl PhonesService {
             reason: outcome.reason.clone(),
         };
         self.logs.record(unit, entry, settings.request_log);
-        let recorded = self
-            .recorded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if recorded % 4096 == 4095 {
-            // Forget the logs of units that are gone.
-            self.logs
-                .retain(|id| self.mirror.get(&format!("phones:unit:{id}")).is_some());
-        }
     }
 
     /// `GET /v1/units/{id}`: the unit as built, with its last request.
@@ -733,55 +723,26 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
         .unwrap_or(peer)
 }
 
-fn allowed(account: &CacheEntry, ip: IpAddr) -> bool {
-    let Some(list) = account
-        .content
-        .get("allowed_cidrs")
-        .and_then(Value::as_array)
-    else {
-        return true;
-    };
-    list.iter()
-        .filter_map(|n| super::model::parse_cidr(n.as_str()?))
-        .any(|net| net.contains(&ip))
-}
-
-/// The reply for `file` of a cache document, honouring the conditional
-/// headers; `None` when the document does not hold the file.
-fn file_reply(
-    tables: &Tables,
-    entry: &CacheEntry,
-    file: &str,
-    req: &PhoneRequest<'_>,
-    private: bool,
-) -> Option<Reply> {
-    let found = entry.content.get("files")?.get(file)?;
-    let body = found.get("body")?.as_str()?;
-    let etag = found.get("etag")?.as_str()?.to_string();
-    let content_type = found
-        .get("content_type")
-        .and_then(Value::as_str)
-        .unwrap_or("application/octet-stream");
-    let last_modified = tables.last_modified(&entry.id, file, &etag);
+/// The reply for a file, honouring the conditional headers.
+fn file_reply(file: &ServedFile, req: &PhoneRequest<'_>, private: bool) -> Reply {
     let not_modified = match (req.if_none_match, req.if_modified_since) {
-        (Some(tags), _) => etag_matches(tags, &etag),
-        (None, Some(since)) => match (httpdate::parse_http_date(since), last_modified) {
+        (Some(tags), _) => etag_matches(tags, &file.etag),
+        (None, Some(since)) => httpdate::parse_http_date(since).is_ok_and(|since| {
             // HTTP dates have whole seconds.
-            (Ok(since), Some(modified)) => modified
+            file.since
                 .duration_since(since)
-                .map_or(true, |newer| newer < Duration::from_secs(1)),
-            _ => false,
-        },
+                .map_or(true, |newer| newer < Duration::from_secs(1))
+        }),
         (None, None) => false,
     };
-    Some(Reply::File {
+    Reply::File {
         not_modified,
-        content_type: content_type.to_string(),
-        etag,
-        last_modified,
-        body: Bytes::from(body.to_string()),
+        content_type: file.content_type.clone(),
+        etag: file.etag.clone(),
+        last_modified: Some(file.since),
+        body: file.body.clone(),
         private,
-    })
+    }
 }
 
 /// `If-None-Match`: `*` or a list of (possibly weak) entity tags.
