@@ -212,7 +212,7 @@ pub fn params(frame: &Frame<'_>, problems: &mut Vec<String>) -> Params {
         );
     }
     if !codecs.is_empty() {
-        for line in 1..=frame.line_slots() {
+        for line in frame.account_lines() {
             let slots = [
                 "Preferred_Codec",
                 "Second_Preferred_Codec",

@@ -138,7 +138,7 @@ pub fn params(frame: &Frame<'_>, problems: &mut Vec<String>) -> Params {
         .filter_map(|c| native_codec(c))
         .collect();
     if !codecs.is_empty() {
-        for line in 1..=frame.line_slots() {
+        for line in frame.account_lines() {
             out.set(
                 Path(vec![SIP.into(), format!("SIP{line} VoiceCodecMap")]),
                 codecs.join(","),

@@ -216,7 +216,7 @@ pub fn params(frame: &Frame<'_>, problems: &mut Vec<String>) -> Params {
         .filter_map(|c| native_codec(c))
         .collect();
     if let Some(&last) = codecs.last() {
-        for account in 1..=frame.line_slots().min(6) {
+        for account in frame.account_lines() {
             let Some(codes) = vocoder_codes(account) else {
                 continue;
             };

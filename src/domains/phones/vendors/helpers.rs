@@ -105,25 +105,47 @@ fn arg_text(h: &Helper<'_>, index: usize) -> String {
     }
 }
 
+/// The escaped value's text. Handlebars' strict mode does not reach helper
+/// arguments, so the escaping helpers apply it themselves: a value the
+/// context lacks is an error (a misspelt field must not render as
+/// nothing), unless the call says `optional=true`.
+fn escaped_arg(
+    h: &Helper<'_>,
+    registry: &Handlebars<'_>,
+    helper: &str,
+) -> Result<String, RenderError> {
+    let param = h
+        .param(0)
+        .ok_or_else(|| other(format!("{helper}: needs a value")))?;
+    let optional = h
+        .hash_get("optional")
+        .is_some_and(|v| v.value() == &Value::Bool(true));
+    if registry.strict_mode() && param.is_value_missing() && !optional {
+        let path = param.relative_path().map_or("?", String::as_str);
+        return Err(other(format!("{helper}: {path} is not in the context")));
+    }
+    Ok(arg_text(h, 0))
+}
+
 fn xml_helper(
     h: &Helper<'_>,
-    _: &Handlebars<'_>,
+    registry: &Handlebars<'_>,
     _: &Context,
     _: &mut RenderContext<'_, '_>,
     out: &mut dyn Output,
 ) -> HelperResult {
-    out.write(&xml_escape(&arg_text(h, 0)))?;
+    out.write(&xml_escape(&escaped_arg(h, registry, "xml")?))?;
     Ok(())
 }
 
 fn kv_helper(
     h: &Helper<'_>,
-    _: &Handlebars<'_>,
+    registry: &Handlebars<'_>,
     _: &Context,
     _: &mut RenderContext<'_, '_>,
     out: &mut dyn Output,
 ) -> HelperResult {
-    out.write(&line_text(&arg_text(h, 0)))?;
+    out.write(&line_text(&escaped_arg(h, registry, "kv")?))?;
     Ok(())
 }
 

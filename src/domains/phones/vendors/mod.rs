@@ -95,6 +95,7 @@ pub mod grandstream;
 mod helpers;
 pub mod params;
 pub mod polycom;
+pub mod sample;
 pub mod snom;
 pub mod yealink;
 

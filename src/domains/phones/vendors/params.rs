@@ -523,6 +523,25 @@ impl<'a> Frame<'a> {
             .map_or(1, |n| n.clamp(1, 64) as u32)
     }
 
+    /// The SIP accounts per-account neutral settings (codecs) are written
+    /// for: the unit's lines, within the model's accounts. None in a
+    /// model-common file: the per-device file, which the phone loads after
+    /// it, sets them for the accounts the unit uses.
+    pub fn account_lines(&self) -> Vec<u32> {
+        if !self.device {
+            return Vec::new();
+        }
+        let mut lines: Vec<u32> = self
+            .lines
+            .iter()
+            .copied()
+            .filter(|l| (1..=self.line_slots()).contains(l))
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        lines
+    }
+
     /// How many programmable keys the model has (`meta.line_keys`).
     pub fn key_slots(&self) -> u32 {
         self.meta

@@ -192,7 +192,7 @@ pub fn params(frame: &Frame<'_>, problems: &mut Vec<String>) -> Params {
     if !codecs.is_empty() {
         // telephone-event keeps RFC 2833 DTMF offered.
         let list = format!("{},telephone-event", codecs.join(","));
-        for line in 1..=frame.line_slots() {
+        for line in frame.account_lines() {
             put(setting(
                 "codec_priority_list",
                 Some(line.to_string()),

@@ -160,7 +160,7 @@ pub fn params(frame: &Frame<'_>, problems: &mut Vec<String>) -> Params {
     let mut out = Params::default();
     let neutral = Neutral::read(frame.config, problems);
     if !neutral.codecs.is_empty() {
-        for line in 1..=frame.line_slots() {
+        for line in frame.account_lines() {
             for (name, native) in CODECS {
                 let rank = neutral.codecs.iter().position(|c| c == name);
                 let base = format!("account.{line}.codec.{native}");
