@@ -281,30 +281,29 @@ fn key_ok(name: &str) -> bool {
     })
 }
 
-/// The identity P-codes of accounts 1-6.
+/// The number of a `Pnnn` path.
+fn code_of(path: &Path) -> Option<u32> {
+    path.last().strip_prefix('P')?.parse().ok()
+}
+
+/// Whether `code` is field `offset` of one of accounts 2-6 (`P{n+2}xx`).
+fn is_account_field(code: u32, offsets: &[u32]) -> bool {
+    (400..900).contains(&code) && offsets.contains(&(code % 100))
+}
+
+/// The identity P-codes of accounts 1-6 (see `account_code`).
 fn line_owned(path: &Path) -> bool {
-    const FIELDS: [&str; 7] = [
-        "active",
-        "account_name",
-        "sip_server",
-        "user_id",
-        "auth_id",
-        "password",
-        "display_name",
-    ];
-    (1..=6).any(|account| {
-        FIELDS
-            .iter()
-            .any(|field| account_code(account, field).as_deref() == Some(path.last()))
+    code_of(path).is_some_and(|code| {
+        [271, 270, 47, 35, 36, 34, 3].contains(&code)
+            || is_account_field(code, &[1, 2, 4, 5, 6, 7, 17])
     })
 }
 
 /// P-codes that hold secrets: the admin and user passwords, the
 /// provisioning server password, every account password.
 fn secret(path: &Path) -> bool {
-    const SECRETS: [&str; 3] = ["P2", "P196", "P1361"];
-    SECRETS.contains(&path.last())
-        || (1..=6).any(|a| account_code(a, "password").as_deref() == Some(path.last()))
+    code_of(path)
+        .is_some_and(|code| [2, 196, 1361, 34].contains(&code) || is_account_field(code, &[6]))
 }
 
 pub fn write_params(params: &Params, _: &Helper<'_>) -> String {
@@ -373,6 +372,26 @@ mod tests {
             vocoder_codes(2).unwrap(),
             [451, 452, 453, 454, 455, 456, 457, 458]
         );
+    }
+
+    #[test]
+    fn line_identity_agrees_with_the_account_codes() {
+        let fields = [
+            "active",
+            "account_name",
+            "sip_server",
+            "user_id",
+            "auth_id",
+            "password",
+            "display_name",
+        ];
+        let owned: Vec<u32> = (1..=6)
+            .flat_map(|a| fields.iter().map(move |f| account_code(a, f).unwrap()))
+            .map(|c| c[1..].parse().unwrap())
+            .collect();
+        for code in 1..10_000 {
+            assert_eq!(line_owned(&p(code)), owned.contains(&code), "P{code}");
+        }
     }
 
     #[test]

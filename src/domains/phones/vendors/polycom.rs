@@ -104,10 +104,11 @@ impl Vendor for Polycom {
                 .model
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        // The masters name the site file, so they need it too.
         match role {
-            "common_master" => Some("000000000000.cfg".to_string()),
+            "common_master" => model_ok.then(|| "000000000000.cfg".to_string()),
             "site" => model_ok.then(|| format!("site-{}.cfg", model.model)),
-            "master" => mac.map(|m| format!("{m}.cfg")),
+            "master" => mac.filter(|_| model_ok).map(|m| format!("{m}.cfg")),
             "phone" => mac.map(|m| format!("{m}-phone.cfg")),
             "directory" => mac.map(|m| format!("{m}-directory.xml")),
             _ => None,

@@ -84,7 +84,7 @@ impl Vendor for Yealink {
             // The boot file only makes sense when it can name the model file.
             "common_boot" => id.map(|_| "y000000000000.boot".to_string()),
             "common_cfg" => id.map(|id| format!("y{id}.cfg")),
-            "device_boot" => mac.map(|m| format!("{m}.boot")),
+            "device_boot" => id.and(mac).map(|m| format!("{m}.boot")),
             "device_cfg" => mac.map(|m| format!("{m}.cfg")),
             _ => None,
         }
