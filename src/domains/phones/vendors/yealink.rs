@@ -100,6 +100,14 @@ impl Vendor for Yealink {
         model_token(user_agent).is_some()
     }
 
+    /// With local backup on, the phone uploads its local changes and its
+    /// contacts.
+    fn accepts_upload(&self, file: &str) -> bool {
+        ["-local.cfg", "-contact.xml"]
+            .iter()
+            .any(|suffix| mac_between(file, "", suffix, Case::Lower).is_some())
+    }
+
     fn mac_in_user_agent(&self, user_agent: &str) -> Option<Mac> {
         model_token(user_agent)?;
         let last = bounded(user_agent)?.split_whitespace().last()?;
@@ -292,6 +300,13 @@ mod tests {
         for ua in ["curl/8.5.0", "VP53 1.0", "Mozilla/5.0 Yealink", ""] {
             assert!(!Yealink.recognises_user_agent(ua), "{ua}");
         }
+    }
+
+    #[test]
+    fn uploads_are_local_backups() {
+        assert!(Yealink.accepts_upload("805ec0123456-local.cfg"));
+        assert!(Yealink.accepts_upload("805ec0123456-contact.xml"));
+        assert!(!Yealink.accepts_upload("805ec0123456.cfg"));
     }
 
     #[test]
