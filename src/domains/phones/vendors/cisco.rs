@@ -263,7 +263,7 @@ fn numbered(name: &str, n: u32) -> Path {
 }
 
 /// An element name as the flat profile uses them (`G722.2_Enable_1_`).
-fn key_ok(name: &str) -> bool {
+pub(super) fn key_ok(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()

@@ -1,8 +1,9 @@
 //! The handlebars helpers the shipped templates use: per-format escaping of
 //! every user value (`xml`, `kv`), one "native parameters" helper per
 //! vendor that writes the whole parameter set in that vendor's syntax, the
-//! file names a template refers to (`file_name`), the provisioning base URL
-//! and Grandstream's numbered per-account P-codes. Helpers write straight
+//! file names a template refers to (`file_name`), the provisioning base URL,
+//! Grandstream's numbered per-account P-codes, and `flatten`, which writes
+//! any configuration subtree as native lines, attributes or elements. Helpers write straight
 //! to the output, so the registry's own escaping never applies twice. Pure.
 
 use handlebars::{
@@ -63,6 +64,7 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
     registry.register_helper("file_name", Box::new(file_name_helper));
     registry.register_helper("provisioning_url", Box::new(ProvisioningUrl));
     registry.register_helper("gs_param", Box::new(gs_param_helper));
+    registry.register_helper("flatten", Box::new(flatten_helper));
     for (name, build, write) in native_helpers() {
         registry.register_helper(name, Box::new(NativeParams { build, write }));
     }
@@ -252,6 +254,50 @@ fn gs_param_helper(
     Ok(())
 }
 
+/// `{{flatten subtree format="lines"|"attributes"|"elements"}}`: any
+/// configuration subtree as native parameters, for template overrides that
+/// place a subtree of their own (`{{flatten config.site_extras
+/// format="attributes"}}` inside a Polycom element). Nested keys join with
+/// dots; names the format cannot carry are skipped, values escaped; no
+/// cross-vendor mapping and no filtering (that is `<brand>_params`).
+fn flatten_helper(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let Some(tree) = h.param(0).and_then(|p| p.value().as_object()) else {
+        return Ok(());
+    };
+    let format = hash_text(h, "format").unwrap_or_else(|| "lines".to_string());
+    let key_ok: fn(&str) -> bool = match format.as_str() {
+        "lines" => yealink::key_ok,
+        "attributes" => polycom::key_ok,
+        "elements" => cisco::key_ok,
+        other => return Err(self::other(format!("flatten: unknown format {other:?}"))),
+    };
+    let mut params = Params::default();
+    super::params::flatten_nested(
+        tree,
+        super::params::ONE_ZERO,
+        key_ok,
+        &mut params,
+        &mut Vec::new(),
+    );
+    let mut text = String::new();
+    for (path, param) in params.iter() {
+        let name = path.joined(".");
+        match format.as_str() {
+            "lines" => text.push_str(&format!("{name} = {}\n", line_text(&param.text))),
+            "attributes" => text.push_str(&format!("\n    {name}=\"{}\"", xml_escape(&param.text))),
+            _ => text.push_str(&format!("  <{name}>{}</{name}>\n", xml_escape(&param.text))),
+        }
+    }
+    out.write(&text)?;
+    Ok(())
+}
+
 /// The hash argument `name` of a helper call, as text.
 pub(super) fn hash_text(h: &Helper<'_>, name: &str) -> Option<String> {
     h.hash_get(name)
@@ -279,6 +325,30 @@ mod tests {
             "Bobaccount.1.password = x"
         );
         assert_eq!(line_text("a\r\u{85}b\u{2028}\u{2029}"), "ab");
+    }
+
+    #[test]
+    fn flatten_writes_any_subtree_in_the_chosen_syntax() {
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        register(&mut registry);
+        let data = serde_json::json!({"extra": {"a": {"b": 1, "c": "x<y"}, "bad name": 2}});
+        let render = |t: &str| registry.render_template(t, &data).unwrap();
+        assert_eq!(render("{{flatten extra}}"), "a.b = 1\na.c = x<y\n");
+        assert_eq!(
+            render("<e{{flatten extra format=\"attributes\"}}/>"),
+            "<e\n    a.b=\"1\"\n    a.c=\"x&lt;y\"/>"
+        );
+        assert_eq!(
+            render("{{flatten extra format=\"elements\"}}"),
+            "  <a.b>1</a.b>\n  <a.c>x&lt;y</a.c>\n"
+        );
+        assert_eq!(render("{{flatten missing}}"), "");
+        assert!(
+            registry
+                .render_template("{{flatten extra format=\"yaml\"}}", &data)
+                .is_err()
+        );
     }
 
     #[test]

@@ -48,7 +48,12 @@
 //! * `config.<brand>`: the vendor's own parameters, keys being the
 //!   vendor's parameter names (the seed's idea), flattened into the file by
 //!   the vendor's `<brand>_params` helper, winning over the cross-vendor
-//!   mapping of the same parameter.
+//!   mapping of the same parameter. Template overrides can place any other
+//!   subtree with `{{flatten <subtree> format="lines"|"attributes"|"elements"}}`.
+//!
+//! User values go through `{{xml …}}` or `{{kv …}}` (escaping for XML, and
+//! for one-line `key = value` formats); both fail on a value the context
+//! lacks unless called with `optional=true`, as strict mode would.
 //!
 //! Whatever a configuration says, a file never carries a parameter that
 //! identifies a line (credentials, registrar, label: only `lines` set

@@ -230,7 +230,7 @@ pub fn params(frame: &Frame<'_>, problems: &mut Vec<String>) -> Params {
 }
 
 /// An XML attribute name (no colon: namespaces mean nothing to the phone).
-fn key_ok(name: &str) -> bool {
+pub(super) fn key_ok(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()

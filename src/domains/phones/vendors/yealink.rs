@@ -147,7 +147,11 @@ fn model_token(user_agent: &str) -> Option<&str> {
     let mut words = bounded(user_agent)?.split_whitespace();
     let first = words.next()?;
     if first.eq_ignore_ascii_case("yealink") {
-        return words.next();
+        // `Yealink SIP VP-T49G …` puts the model after a bare `SIP`.
+        return match words.next()? {
+            sip if sip.eq_ignore_ascii_case("SIP") => words.next(),
+            model => Some(model),
+        };
     }
     let vp = first.strip_prefix("VP")?;
     let digits = vp.strip_suffix('P').unwrap_or(vp);
@@ -211,7 +215,7 @@ pub fn params(frame: &Frame<'_>, problems: &mut Vec<String>) -> Params {
     out
 }
 
-fn key_ok(name: &str) -> bool {
+pub(super) fn key_ok(name: &str) -> bool {
     !name.is_empty()
         && name.split('.').all(|segment| {
             !segment.is_empty()
@@ -284,6 +288,11 @@ mod tests {
                 Some("805ec0123456"),
             ),
             ("Yealink W60B 77.83.0.10", "w60b", None),
+            (
+                "Yealink SIP VP-T49G 51.80.0.100 00:15:65:11:22:33",
+                "vp-t49g",
+                Some("001565112233"),
+            ),
         ] {
             assert!(Yealink.recognises_user_agent(ua), "{ua}");
             assert_eq!(
