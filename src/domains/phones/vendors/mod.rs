@@ -146,7 +146,19 @@ pub trait Vendor: Sync {
     fn brand(&self) -> &'static str;
 
     /// Every file a unit of `model` with `mac` asks for, both classes.
+    /// Model-common names never depend on `mac`.
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec>;
+
+    /// The model-common files of `model` (what the core builds once per
+    /// account and model).
+    fn common_files(&self, model: &ModelRef<'_>) -> Vec<FileSpec> {
+        // Any MAC will do: common names do not contain it.
+        let placeholder = Mac::parse("020000000000").expect("a valid MAC literal");
+        self.files(model, &placeholder)
+            .into_iter()
+            .filter(|f| f.class == FileClass::Common)
+            .collect()
+    }
 
     /// The MAC this vendor's per-device file grammar puts in `file` (a bare
     /// name, no directory), if `file` is such a name.

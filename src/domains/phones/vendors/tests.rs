@@ -812,6 +812,15 @@ fn every_file_is_recognised_by_its_own_grammar_and_no_other_unless_documented() 
         let (brand, family, id) = &models[rng.usize(..models.len())];
         let model = effective_model(catalogue(), brand, Some(family), id).unwrap();
         let vendor = by_brand(brand).unwrap();
+        let common: Vec<FileSpec> = files(&model, &mac)
+            .into_iter()
+            .filter(|f| f.class == FileClass::Common)
+            .collect();
+        assert_eq!(
+            common,
+            vendor.common_files(&model_ref(&model)),
+            "{brand}/{id}: common names depend on the MAC"
+        );
         for file in files(&model, &mac) {
             let claims = vendors_claiming(&file.name);
             match file.class {
