@@ -241,10 +241,13 @@ pub fn register_helpers(registry: &mut Handlebars<'_>) {
 }
 
 /// A strict-mode registry holding the helpers and every shipped template,
-/// as the core renders them.
+/// as the core renders them (without HTML escaping: the shipped templates
+/// escape every user value with the format's helper, so the registry's
+/// escape function makes no difference to them).
 pub fn registry() -> Result<Handlebars<'static>, handlebars::TemplateError> {
     let mut registry = Handlebars::new();
     registry.set_strict_mode(true);
+    registry.register_escape_fn(handlebars::no_escape);
     register_helpers(&mut registry);
     for (name, source) in templates() {
         registry.register_template_string(name, source)?;

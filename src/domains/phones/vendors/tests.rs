@@ -188,6 +188,21 @@ fn check_xml(brand: &str, name: &str, text: &str) {
 }
 
 #[test]
+fn the_registry_escape_function_makes_no_difference() {
+    let mut escaping = registry().unwrap();
+    escaping.register_escape_fn(handlebars::html_escape);
+    for (brand, id, mac) in GOLDEN_MODELS {
+        let model = model(brand, id);
+        let mac = Mac::parse(mac).unwrap();
+        for file in files(&model, &mac) {
+            let context = context_for(&model, &file, &mac);
+            let escaped = escaping.render(file.template, &context).unwrap();
+            assert_eq!(escaped, render(&file, &context), "{}", file.name);
+        }
+    }
+}
+
+#[test]
 fn every_file_of_every_catalogue_model_renders_in_strict_mode() {
     let mac = Mac::parse("0c383e000001").unwrap();
     for (brand, family, id) in models(catalogue()) {
