@@ -127,6 +127,40 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_lists_every_amqp_key() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let record = |name: &str| {
+            asked.borrow_mut().push(name.to_string());
+            None
+        };
+        Config::from_toml("", &record).unwrap();
+        let keys: Vec<String> = asked
+            .into_inner()
+            .iter()
+            .filter_map(|n| n.strip_prefix("CALDERA_AMQP_"))
+            .map(str::to_ascii_lowercase)
+            .collect();
+        assert!(keys.len() >= 10, "{keys:?}");
+        let example = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("caldera.example.toml"),
+        )
+        .unwrap();
+        let section = example.split("\n[amqp]").nth(1).expect("an [amqp] section");
+        let section = section.split("\n[").next().unwrap_or_default();
+        let listed = |key: &str| {
+            section.lines().any(|line| {
+                let line = line.trim_start_matches('#').trim();
+                line.starts_with(&format!("{key} ="))
+            })
+        };
+        for key in keys {
+            assert!(listed(&key), "amqp.{key} is not in caldera.example.toml");
+        }
+        // The example itself is a valid configuration.
+        Config::from_toml(&example, &no_env).unwrap();
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let text = r#"
             [amqp]
