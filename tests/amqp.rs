@@ -618,6 +618,12 @@ async fn a_broker_restart_loses_no_request_published_after_the_reconnect() {
     broker.start_again();
     daemon.wait_ready_within(Duration::from_secs(30)).await;
     assert!(counter(&daemon, "caldera_amqp_reconnects_total ").await >= 1);
+    let sessions = daemon
+        .logs()
+        .iter()
+        .filter(|l| l.contains("consuming sysconf requests"))
+        .count();
+    assert!(sessions >= 2, "no second AMQP session in the log");
     let kazoo = KazooClient::connect(broker.url(), &topology, "n1").await;
     let requests: Vec<Value> = (0..200).map(|_| get(&kazoo)).collect();
     for request in &requests {
@@ -697,4 +703,35 @@ async fn sigterm_finishes_the_requests_in_hand_and_the_other_instance_takes_over
     );
     assert!(counter(&staying, &messages("get_req", "ok")).await > 0);
     kazoo.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_credentials_are_reported_without_the_password() {
+    if amqp::skip("refused_credentials_are_reported_without_the_password") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    env.couch.put(env.sysconf_db(), &ecallmgr()).await;
+    let mut url = reqwest::Url::parse(broker_url()).expect("the broker URL parses");
+    url.set_password(Some("wrong-pa55word-4711")).unwrap();
+    let topology = Topology::unique();
+    let daemon = Daemon::start(&config(&env, &topology, url.as_str())).await;
+    let reason = eventually("readiness names the refused login", Duration::from_secs(20), async || {
+        let reply = daemon.get("/readyz").await;
+        let refused = reply.text.contains("amqp") && reply.text.contains("ACCESS");
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE && refused {
+            Ok(reply.text)
+        } else {
+            Err(format!("{} {}", reply.status, reply.text))
+        }
+    })
+    .await;
+    assert!(reason.contains("amqp://caldera:***@"), "{reason}");
+    // The HTTP API serves meanwhile.
+    let http = daemon.sysconf_get("ecallmgr", &["fs_nodes"], Some("n1")).await;
+    assert_eq!(http.json["value"], json!(["n1"]), "{}", http.text);
+    assert!(
+        !daemon.logs().iter().any(|l| l.contains("wrong-pa55word-4711")),
+        "the AMQP password was logged"
+    );
 }

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{
@@ -94,6 +94,14 @@ impl Lost {
     }
 }
 
+/// A session's channels and consumer, once set up.
+struct Opened {
+    consuming: Channel,
+    replies: Channel,
+    consumer: lapin::Consumer,
+    tag: String,
+}
+
 /// What every request handler shares.
 struct Handler {
     service: Arc<SysconfService>,
@@ -102,6 +110,9 @@ struct Handler {
     replies: Channel,
     max_message_bytes: usize,
     metrics: Arc<Metrics>,
+    /// Cancelled when the reply channel is found closed: the session must
+    /// end, since no request could be answered on it any more.
+    broken: CancellationToken,
 }
 
 impl Listener {
@@ -181,14 +192,40 @@ impl Listener {
         }
     }
 
-    /// Declares the topology, consumes until the connection is lost or the
-    /// token is cancelled.
+    /// Opens the channels, declares the topology and consumes until the
+    /// connection is lost or the token is cancelled.
     async fn serve(
         &self,
         connection: &Connection,
         token: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), Lost> {
+        // A broker that accepts the connection but stalls must not hold
+        // the listener (or a shutdown) forever.
+        let opened = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            opened = tokio::time::timeout(self.config.connect_timeout, self.open(connection)) => {
+                opened.map_err(|_| Lost::because(format!(
+                    "the broker did not set up the channels within {:?}",
+                    self.config.connect_timeout
+                )))??
+            }
+        };
+        backoff.reset();
+        self.metrics.amqp_connected.set(1);
+        self.readiness.set(COMPONENT, Ok(()));
+        tracing::info!(
+            url = self.config.display_url,
+            queue = self.config.queue,
+            prefetch = self.config.prefetch,
+            "consuming sysconf requests"
+        );
+        self.consume(opened, token).await
+    }
+
+    /// Both channels (replies with publisher confirms), the topology, the
+    /// prefetch limit and the consumer.
+    async fn open(&self, connection: &Connection) -> Result<Opened, Lost> {
         let consuming = open_channel(connection).await?;
         let replies = open_channel(connection).await?;
         replies
@@ -200,12 +237,13 @@ impl Listener {
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| Lost::new("set the prefetch", &e))?;
+        // A consumer tag is a short string: keep the node part short.
+        let node: String = self.node.chars().take(200).collect();
         let tag = format!(
-            "caldera-{}-{}",
-            self.node,
+            "caldera-{node}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let mut consumer = consuming
+        let consumer = consuming
             .basic_consume(
                 self.config.queue.as_str().into(),
                 tag.as_str().into(),
@@ -214,15 +252,23 @@ impl Listener {
             )
             .await
             .map_err(|e| Lost::new("start consuming", &e))?;
-        backoff.reset();
-        self.metrics.amqp_connected.set(1);
-        self.readiness.set(COMPONENT, Ok(()));
-        tracing::info!(
-            url = self.config.display_url,
-            queue = self.config.queue,
-            prefetch = self.config.prefetch,
-            "consuming sysconf requests"
-        );
+        Ok(Opened {
+            consuming,
+            replies,
+            consumer,
+            tag,
+        })
+    }
+
+    /// One task per delivery until the session ends; on cancellation the
+    /// graceful stop.
+    async fn consume(&self, opened: Opened, token: &CancellationToken) -> Result<(), Lost> {
+        let Opened {
+            consuming,
+            replies,
+            mut consumer,
+            tag,
+        } = opened;
         let handler = Arc::new(Handler {
             service: self.service.clone(),
             node: self.node.clone(),
@@ -230,12 +276,16 @@ impl Listener {
             replies: replies.clone(),
             max_message_bytes: self.config.max_message_bytes,
             metrics: self.metrics.clone(),
+            broken: CancellationToken::new(),
         });
         let in_flight = TaskTracker::new();
         let lost = loop {
             tokio::select! {
                 biased;
                 () = token.cancelled() => break None,
+                () = handler.broken.cancelled() => {
+                    break Some(Lost::because("the reply channel was closed"));
+                }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         in_flight.spawn(handler.clone().handle(delivery));
@@ -328,6 +378,8 @@ enum Settle {
     Ack,
     /// Rejected without requeue (dead-lettered if the queue has a policy for it).
     Reject,
+    /// Back to the queue for another try (its reply could not be sent).
+    Requeue,
 }
 
 impl Handler {
@@ -336,8 +388,7 @@ impl Handler {
         let parsed = self.parse(&delivery);
         let event = parsed.event.map_or("unknown", message::Event::name);
         let reply_to = parsed.reply_to.clone();
-        let (reply, outcome, settle) = self.answer(parsed, &delivery).await;
-        let mut outcome = outcome;
+        let (reply, mut outcome, mut settle) = self.answer(parsed, &delivery).await;
         if let Some(reply) = reply {
             match &reply_to.server_id {
                 Some(server_id) => {
@@ -351,6 +402,14 @@ impl Handler {
                             .observe(started.elapsed().as_secs_f64());
                     } else {
                         outcome = "reply_failed";
+                        // One more try (here after a reconnect, or on another
+                        // instance); a second failure is final, so nothing loops.
+                        if settle == Settle::Ack && !delivery.redelivered {
+                            settle = Settle::Requeue;
+                        }
+                        if !self.replies.status().connected() {
+                            self.broken.cancel();
+                        }
                     }
                 }
                 // An invalid message was logged already, and stays counted as invalid.
@@ -368,6 +427,13 @@ impl Handler {
         let settled = match settle {
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
             Settle::Reject => delivery.reject(BasicRejectOptions { requeue: false }).await,
+            Settle::Requeue => {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                delivery.nack(requeue).await
+            }
         };
         if let Err(err) = settled {
             // The channel is gone: the broker redelivers the request.
@@ -464,7 +530,7 @@ impl Handler {
         let body = serde_json::to_vec(reply).expect("a JSON value serializes");
         let mut properties =
             BasicProperties::default().with_content_type("application/json".into());
-        if let Some(msg_id) = msg_id {
+        if let Some(msg_id) = msg_id.filter(|id| id.len() <= message::MAX_ROUTING_KEY_BYTES) {
             properties = properties.with_correlation_id(msg_id.into());
         }
         let published = self

@@ -246,6 +246,12 @@ fn validate(fields: &Map<String, Value>) -> Result<Request, String> {
             problems.push(format!("{name} is {}, not a string", kind_of(value)));
         }
     }
+    if let Some(id) = string(fields, "Server-ID").filter(|id| id.len() > MAX_ROUTING_KEY_BYTES) {
+        problems.push(format!(
+            "Server-ID is {} bytes, longer than the {MAX_ROUTING_KEY_BYTES} a routing key holds",
+            id.len()
+        ));
+    }
     let key = fields.get("Key").map(parse_key);
     if let Some(Err(problem)) = &key {
         problems.push(problem.clone());
@@ -321,9 +327,14 @@ fn string(fields: &Map<String, Value>, name: &str) -> Option<String> {
     fields.get(name).and_then(Value::as_str).map(str::to_string)
 }
 
-/// An empty `Server-ID` names no queue: Kazoo cannot publish to it either.
+/// The longest routing key AMQP carries (a short string).
+pub const MAX_ROUTING_KEY_BYTES: usize = 255;
+
+/// A `Server-ID` that can be routed to: an empty one names no queue (Kazoo
+/// cannot publish to it either), a longer one than a routing key holds
+/// cannot be published at all.
 fn non_empty_string(fields: &Map<String, Value>, name: &str) -> Option<String> {
-    string(fields, name).filter(|s| !s.is_empty())
+    string(fields, name).filter(|s| !s.is_empty() && s.len() <= MAX_ROUTING_KEY_BYTES)
 }
 
 fn kind_of(value: &Value) -> &'static str {
