@@ -2,9 +2,10 @@
 //! RabbitMQ, the `sysconf` topic exchange and the shared queue consumed by
 //! every instance (competing consumers), replies on the `targeted` exchange.
 //!
-//! Lifecycle: wait for the mirror to be warm (requests are never answered
-//! from an empty cache), connect, declare, consume. A lost connection (a
-//! broker restart, a missed heartbeat, a closed channel) ends the session;
+//! Lifecycle: wait until the rest of the daemon is ready (requests are
+//! never answered from a cache not built or loaded yet), connect, declare,
+//! consume. A lost connection (a broker restart, a missed heartbeat, a
+//! closed channel) ends the session;
 //! the listener reconnects after a capped, jittered backoff while the HTTP
 //! API keeps serving. On cancellation it stops consuming, finishes the
 //! requests it already holds, then closes its channels and the connection.
@@ -48,6 +49,8 @@ use crate::telemetry::metrics::Metrics;
 /// The readiness component: ready while consuming.
 pub const COMPONENT: &str = "amqp";
 
+/// How often the start-up waits checks whether the rest of the daemon is ready.
+const READY_POLL: Duration = Duration::from_millis(50);
 /// Longest wait for the broker to confirm one reply.
 const CONFIRM_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest wait for a buffered delivery after cancelling the consumer, and
@@ -120,12 +123,12 @@ impl Listener {
         let Some(url) = self.config.url.clone() else {
             return;
         };
-        self.readiness
-            .register(COMPONENT, "waiting for the cache to load before consuming");
-        let mut loaded = self.mirror.subscribe_loaded();
-        tokio::select! {
-            () = token.cancelled() => return,
-            _ = loaded.wait_for(|loaded| *loaded) => {}
+        self.readiness.register(
+            COMPONENT,
+            "waiting for the cache to be built and loaded before consuming",
+        );
+        if !self.wait_for_the_rest(&token).await {
+            return;
         }
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         loop {
@@ -148,6 +151,20 @@ impl Listener {
                 return;
             }
         }
+    }
+
+    /// Waits until everything else is ready (every feed caught up, the
+    /// first build written, the mirror warm): a request answered earlier
+    /// could get `"undefined"` for a value that is only not built yet.
+    /// `false` when cancelled first.
+    async fn wait_for_the_rest(&self, token: &CancellationToken) -> bool {
+        while !(self.mirror.is_loaded() && self.readiness.others_ready(COMPONENT)) {
+            tokio::select! {
+                () = token.cancelled() => return false,
+                () = tokio::time::sleep(READY_POLL) => {}
+            }
+        }
+        true
     }
 
     /// One connection, from connect to close.

@@ -57,6 +57,18 @@ impl Readiness {
             .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
+    /// Whether every component but `except` is ready: for a component that
+    /// waits for the rest of the daemon before it starts.
+    pub fn others_ready(&self, except: &str) -> bool {
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        components
+            .iter()
+            .all(|(name, why)| name == except || why.is_none())
+    }
+
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
@@ -94,5 +106,10 @@ mod tests {
         assert!(readiness.is_ready());
         readiness.set("feed:a", Err("CouchDB unreachable".into()));
         assert!(!readiness.is_ready(), "readiness follows outages");
+        readiness.set("feed:a", Ok(()));
+        readiness.register("amqp", "connecting");
+        assert!(!readiness.is_ready());
+        assert!(readiness.others_ready("amqp"));
+        assert!(!readiness.others_ready("mirror"));
     }
 }
