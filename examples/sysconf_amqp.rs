@@ -68,6 +68,12 @@ enum Request {
     Flush { category: String },
 }
 
+/// Prints a line; a closed stdout (`| head`) is not an error worth a panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
 fn json_arg(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
@@ -190,7 +196,9 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     if event == "flush_req" {
-        println!("published {event} (sysconf sends no reply to a flush)");
+        say(&format!(
+            "published {event} (sysconf sends no reply to a flush)"
+        ));
         return Ok(());
     }
     let wait = async {
@@ -206,10 +214,7 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|_| format!("no reply within {} ms", args.timeout_ms))?
         .ok_or("the reply queue closed")?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?
-    );
+    say(&serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?);
     let _ = connection.close(200, "done".into()).await;
     if reply["Event-Category"] == "error" {
         return Err("the request failed (see Error-Message)".into());

@@ -769,3 +769,45 @@ async fn refused_credentials_are_reported_without_the_password() {
         "the AMQP password was logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_queued_before_start_are_answered_from_the_built_cache() {
+    if amqp::skip("requests_queued_before_start_are_answered_from_the_built_cache") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let db = env.sysconf_db().to_string();
+    // Enough categories that the first build is not instantaneous.
+    let mut docs = vec![ecallmgr()];
+    for i in 0..300 {
+        docs.push(json!({"_id": format!("category_{i}"), "default": {"n": i}}));
+    }
+    env.couch.bulk_docs(&db, &docs).await;
+    let topology = Topology::unique();
+    let kazoo = KazooClient::connect(broker_url(), &topology, "n1").await;
+    kazoo.declare_sysconf_queue().await;
+    let mut requests: Vec<(Value, Value)> = (0..300)
+        .step_by(7)
+        .map(|i| {
+            let fields = json!({"Category": format!("category_{i}"), "Key": "n"});
+            (kazoo.request("get_req", fields), json!(i))
+        })
+        .collect();
+    let fields = json!({"Category": "ecallmgr", "Key": "fs_nodes"});
+    requests.push((kazoo.request("get_req", fields), json!(["n1"])));
+    for (request, _) in &requests {
+        kazoo.publish("sysconf.get", request).await;
+    }
+    // A fresh cache database: the daemon builds it, then consumes.
+    let _daemon = Daemon::start(&config(&env, &topology, broker_url())).await;
+    for (request, value) in &requests {
+        let msg_id = request["Msg-ID"].as_str().unwrap();
+        let reply = kazoo.wait_reply(msg_id, Duration::from_secs(30)).await;
+        assert_eq!(
+            reply,
+            Some(get_resp(request, value.clone())),
+            "not the built value"
+        );
+    }
+    kazoo.close().await;
+}

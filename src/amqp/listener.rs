@@ -2,7 +2,7 @@
 //! RabbitMQ, the `sysconf` topic exchange and the shared queue consumed by
 //! every instance (competing consumers), replies on the `targeted` exchange.
 //!
-//! Lifecycle: wait until the rest of the daemon is ready (requests are
+//! Lifecycle: wait for the cache to be built and mirrored (requests are
 //! never answered from a cache not built or loaded yet), connect, declare,
 //! consume. A lost connection (a broker restart, a missed heartbeat, a
 //! closed channel) ends the session;
@@ -44,6 +44,7 @@ use crate::couch::ErrorKind as RetryKind;
 use crate::couch::retry::Backoff;
 use crate::domains::sysconf::service::SysconfService;
 use crate::lifecycle::readiness::Readiness;
+use crate::rebuild::engine;
 use crate::telemetry::metrics::Metrics;
 
 /// The readiness component: ready while consuming.
@@ -127,7 +128,7 @@ impl Listener {
             COMPONENT,
             "waiting for the cache to be built and loaded before consuming",
         );
-        if !self.wait_for_the_rest(&token).await {
+        if !self.wait_for_the_cache(&token).await {
             return;
         }
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
@@ -153,12 +154,14 @@ impl Listener {
         }
     }
 
-    /// Waits until everything else is ready (every feed caught up, the
-    /// first build written, the mirror warm): a request answered earlier
-    /// could get `"undefined"` for a value that is only not built yet.
+    /// Waits until the mirror is warm and, on a building instance, the first
+    /// full build is written: a request answered earlier could get
+    /// `"undefined"` for a value that is only not built yet. (Not every
+    /// readiness component: a slow ruleset feed must not hold sysconf up.)
     /// `false` when cancelled first.
-    async fn wait_for_the_rest(&self, token: &CancellationToken) -> bool {
-        while !(self.mirror.is_loaded() && self.readiness.others_ready(COMPONENT)) {
+    async fn wait_for_the_cache(&self, token: &CancellationToken) -> bool {
+        let built = || self.readiness.component_ready(engine::COMPONENT) != Some(false);
+        while !(self.mirror.is_loaded() && built()) {
             tokio::select! {
                 () = token.cancelled() => return false,
                 () = tokio::time::sleep(READY_POLL) => {}

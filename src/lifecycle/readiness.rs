@@ -57,16 +57,14 @@ impl Readiness {
             .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
-    /// Whether every component but `except` is ready: for a component that
-    /// waits for the rest of the daemon before it starts.
-    pub fn others_ready(&self, except: &str) -> bool {
+    /// Whether `component` is ready (`None`: not registered), for a part
+    /// of the daemon that waits for another before it starts.
+    pub fn component_ready(&self, component: &str) -> Option<bool> {
         let components = self
             .components
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        components
-            .iter()
-            .all(|(name, why)| name == except || why.is_none())
+        components.get(component).map(Option::is_none)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -109,7 +107,8 @@ mod tests {
         readiness.set("feed:a", Ok(()));
         readiness.register("amqp", "connecting");
         assert!(!readiness.is_ready());
-        assert!(readiness.others_ready("amqp"));
-        assert!(!readiness.others_ready("mirror"));
+        assert_eq!(readiness.component_ready("mirror"), Some(true));
+        assert_eq!(readiness.component_ready("amqp"), Some(false));
+        assert_eq!(readiness.component_ready("engine"), None);
     }
 }

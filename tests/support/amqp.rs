@@ -356,6 +356,32 @@ impl KazooClient {
         }
     }
 
+    /// Declares the shared queue and its bindings as the daemon will (and
+    /// as Kazoo does), so requests can wait in it before any daemon runs.
+    pub async fn declare_sysconf_queue(&self) {
+        let options = QueueDeclareOptions {
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = self.topology.queue.as_str();
+        self.channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .expect("declare the sysconf queue");
+        for key in ["sysconf.get", "sysconf.set", "sysconf.flush"] {
+            self.channel
+                .queue_bind(
+                    queue.into(),
+                    self.topology.exchange.as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind the sysconf queue");
+        }
+    }
+
     /// A request with Kazoo's default headers, a fresh `Msg-ID`, this
     /// client's `Server-ID` and `Node`, and `fields`.
     pub fn request(&self, event_name: &str, fields: Value) -> Value {
