@@ -392,6 +392,10 @@ async fn open_channel(connection: &Connection) -> Result<Channel, Lost> {
         .map_err(|e| Lost::new("open a channel", &e))
 }
 
+fn verdict(outcome: &'static str, settle: Settle) -> Verdict {
+    Verdict { outcome, settle }
+}
+
 /// How a delivery is settled with the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settle {
@@ -402,49 +406,33 @@ enum Settle {
     Requeue,
 }
 
+/// What became of a delivery: the outcome counted, and how it is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    outcome: &'static str,
+    settle: Settle,
+}
+
 impl Handler {
     async fn handle(self: Arc<Self>, delivery: Delivery) {
         let started = Instant::now();
         let parsed = self.parse(&delivery);
         let event = parsed.event.map_or("unknown", message::Event::name);
         let reply_to = parsed.reply_to.clone();
-        let (reply, mut outcome, mut settle) = self.answer(parsed, &delivery).await;
+        let (reply, mut verdict) = self.answer(parsed, &delivery).await;
         if let Some(reply) = reply {
-            match &reply_to.server_id {
-                Some(server_id) => {
-                    if self
-                        .publish(server_id, reply_to.msg_id.as_deref(), &reply)
-                        .await
-                    {
-                        self.metrics
-                            .amqp_reply_seconds
-                            .get_or_create(&Metrics::event(event))
-                            .observe(started.elapsed().as_secs_f64());
-                    } else {
-                        outcome = "reply_failed";
-                        // One more try (here after a reconnect, or on another
-                        // instance); a second failure is final, so nothing loops.
-                        if settle == Settle::Ack && !delivery.redelivered {
-                            settle = Settle::Requeue;
-                        }
-                        if !self.replies.status().connected() {
-                            self.broken.cancel();
-                        }
-                    }
-                }
-                // An invalid message was logged already, and stays counted as invalid.
-                None if outcome == "invalid" => {}
-                None => {
-                    tracing::warn!(
-                        event,
-                        msg_id = reply_to.msg_id,
-                        "a sysconf request without Server-ID cannot be answered"
-                    );
-                    outcome = "no_server_id";
-                }
-            }
+            verdict = self
+                .reply(
+                    &reply,
+                    &reply_to,
+                    event,
+                    started,
+                    verdict,
+                    delivery.redelivered,
+                )
+                .await;
         }
-        let settled = match settle {
+        let settled = match verdict.settle {
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
             Settle::Reject => delivery.reject(BasicRejectOptions { requeue: false }).await,
             Settle::Requeue => {
@@ -461,8 +449,58 @@ impl Handler {
         }
         self.metrics
             .amqp_messages
-            .get_or_create(&Metrics::amqp(event, outcome))
+            .get_or_create(&Metrics::amqp(event, verdict.outcome))
             .inc();
+    }
+
+    /// Sends `reply` to the request's `Server-ID`; the verdict once tried.
+    async fn reply(
+        &self,
+        reply: &Value,
+        reply_to: &message::ReplyTo,
+        event: &str,
+        started: Instant,
+        verdict: Verdict,
+        redelivered: bool,
+    ) -> Verdict {
+        let Some(server_id) = &reply_to.server_id else {
+            // An invalid message was logged already, and stays counted as invalid.
+            if verdict.outcome != "invalid" {
+                tracing::warn!(
+                    event,
+                    msg_id = reply_to.msg_id,
+                    "a sysconf request without Server-ID cannot be answered"
+                );
+                return Verdict {
+                    outcome: "no_server_id",
+                    ..verdict
+                };
+            }
+            return verdict;
+        };
+        if self
+            .publish(server_id, reply_to.msg_id.as_deref(), reply)
+            .await
+        {
+            self.metrics
+                .amqp_reply_seconds
+                .get_or_create(&Metrics::event(event))
+                .observe(started.elapsed().as_secs_f64());
+            return verdict;
+        }
+        if !self.replies.status().connected() {
+            self.broken.cancel();
+        }
+        // One more try (here after a reconnect, or on another instance); a
+        // second failure is final, so nothing loops.
+        let settle = match verdict.settle {
+            Settle::Ack if !redelivered => Settle::Requeue,
+            other => other,
+        };
+        Verdict {
+            outcome: "reply_failed",
+            settle,
+        }
     }
 
     fn parse(&self, delivery: &Delivery) -> Parsed {
@@ -478,11 +516,7 @@ impl Handler {
     }
 
     /// The reply (if any), the outcome for metrics, and how to settle.
-    async fn answer(
-        &self,
-        parsed: Parsed,
-        delivery: &Delivery,
-    ) -> (Option<Value>, &'static str, Settle) {
+    async fn answer(&self, parsed: Parsed, delivery: &Delivery) -> (Option<Value>, Verdict) {
         let msg_id = parsed.reply_to.msg_id.as_deref();
         let request = match parsed.request {
             Ok(request) => request,
@@ -496,7 +530,7 @@ impl Handler {
                     "invalid sysconf message; rejected"
                 );
                 let reply = message::error_resp(&self.node, msg_id, ErrorKind::Invalid, &reason);
-                return (Some(reply), "invalid", Settle::Reject);
+                return (Some(reply), verdict("invalid", Settle::Reject));
             }
         };
         let event = request.event().name();
@@ -511,8 +545,8 @@ impl Handler {
         .catch_unwind()
         .await;
         match done {
-            Ok(Ok(Done::Reply { body, outcome })) => (Some(body), outcome, Settle::Ack),
-            Ok(Ok(Done::Silent)) => (None, "ok", Settle::Ack),
+            Ok(Ok(Done::Reply { body, outcome })) => (Some(body), verdict(outcome, Settle::Ack)),
+            Ok(Ok(Done::Silent)) => (None, verdict("ok", Settle::Ack)),
             Ok(Err(failure)) => {
                 tracing::warn!(
                     event,
@@ -524,7 +558,7 @@ impl Handler {
                 );
                 let reply =
                     message::error_resp(&self.node, Some(msg_id), failure.kind, &failure.message);
-                (Some(reply), "error", Settle::Ack)
+                (Some(reply), verdict("error", Settle::Ack))
             }
             Err(_) => {
                 tracing::error!(
@@ -539,7 +573,7 @@ impl Handler {
                     ErrorKind::Internal,
                     "internal error while handling the request",
                 );
-                (Some(reply), "error", Settle::Reject)
+                (Some(reply), verdict("error", Settle::Reject))
             }
         }
     }
