@@ -811,3 +811,68 @@ async fn requests_queued_before_start_are_answered_from_the_built_cache() {
     }
     kazoo.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_reply_exchange_ends_the_session_and_is_declared_again() {
+    if amqp::skip("a_deleted_reply_exchange_ends_the_session_and_is_declared_again") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    env.couch.put(env.sysconf_db(), &ecallmgr()).await;
+    let topology = Topology::unique();
+    let daemon = Daemon::start_ready(&config(&env, &topology, broker_url())).await;
+    let kazoo = KazooClient::connect(broker_url(), &topology, "n1").await;
+    kazoo.delete_exchange(&topology.reply_exchange).await;
+    // Its reply cannot be published: the broker closes the reply channel.
+    let lost = kazoo.request(
+        "get_req",
+        json!({"Category": "ecallmgr", "Key": "fs_nodes"}),
+    );
+    kazoo.publish("sysconf.get", &lost).await;
+    eventually(
+        "the listener starts a new session",
+        Duration::from_secs(20),
+        async || {
+            let sessions = daemon
+                .logs()
+                .iter()
+                .filter(|l| l.contains("consuming sysconf requests"))
+                .count();
+            match (
+                counter(&daemon, "caldera_amqp_reconnects_total ").await,
+                sessions,
+            ) {
+                (n, s) if n >= 1 && s >= 2 => Ok(()),
+                other => Err(format!("(reconnects, sessions) = {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        daemon.logged("the reply channel was closed"),
+        "{}",
+        daemon.log_tail(30)
+    );
+    // The exchange is back: a new client (the old one's binding went with
+    // the exchange) is answered, and nothing is left in the queue: the
+    // request whose reply failed was tried once more, then settled.
+    let kazoo = KazooClient::connect(broker_url(), &topology, "n1").await;
+    let request = kazoo.request(
+        "get_req",
+        json!({"Category": "ecallmgr", "Key": "fs_nodes"}),
+    );
+    assert_eq!(
+        kazoo.call("sysconf.get", &request).await,
+        get_resp(&request, json!(["n1"]))
+    );
+    eventually(
+        "the queue is empty",
+        Duration::from_secs(10),
+        async || match queue_depth(broker_url(), &topology.queue).await {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    kazoo.close().await;
+}

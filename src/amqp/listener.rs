@@ -404,6 +404,9 @@ enum Settle {
     Reject,
     /// Back to the queue for another try (its reply could not be sent).
     Requeue,
+    /// Not settled: the channel its reply needed is gone, the session ends,
+    /// and the broker requeues it with the connection.
+    Leave,
 }
 
 /// What became of a delivery: the outcome counted, and how it is settled.
@@ -442,6 +445,7 @@ impl Handler {
                 };
                 delivery.nack(requeue).await
             }
+            Settle::Leave => Ok(true),
         };
         if let Err(err) = settled {
             // The channel is gone: the broker redelivers the request.
@@ -488,15 +492,18 @@ impl Handler {
                 .observe(started.elapsed().as_secs_f64());
             return verdict;
         }
-        if !self.replies.status().connected() {
-            self.broken.cancel();
-        }
-        // One more try (here after a reconnect, or on another instance); a
-        // second failure is final, so nothing loops.
+        // One more try (after a reconnect, or on another instance); a second
+        // failure is final, so nothing loops. A requeue on this session
+        // could come straight back to the broken channel: leave the request
+        // to the broker, which requeues it when the session closes.
         let settle = match verdict.settle {
+            Settle::Ack if !redelivered && !self.replies.status().connected() => Settle::Leave,
             Settle::Ack if !redelivered => Settle::Requeue,
             other => other,
         };
+        if !self.replies.status().connected() {
+            self.broken.cancel();
+        }
         Verdict {
             outcome: "reply_failed",
             settle,

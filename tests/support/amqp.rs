@@ -480,6 +480,14 @@ impl KazooClient {
             .unwrap_or_else(|| panic!("no reply to {request} within 10 s"))
     }
 
+    /// Deletes an exchange (a broker-side accident the daemon must survive).
+    pub async fn delete_exchange(&self, exchange: &str) {
+        self.channel
+            .exchange_delete(exchange.into(), Default::default())
+            .await
+            .expect("delete the exchange");
+    }
+
     pub async fn close(self) {
         let _ = self.connection.close(200, "test done".into()).await;
     }
