@@ -40,7 +40,8 @@ use crate::telemetry::metrics::Metrics;
 /// Below this many outputs a batch is built on the engine's own thread.
 const PARALLEL_THRESHOLD: usize = 256;
 
-const COMPONENT: &str = "engine";
+/// The readiness component: ready once the first full build is written.
+pub const COMPONENT: &str = "engine";
 
 #[derive(Default)]
 struct SourceState {
