@@ -1,0 +1,1 @@
+//! couchdb (in progress).
