@@ -329,8 +329,10 @@ fn check_layout(masters: &[MasterEntry], findings: &mut Vec<Finding>) {
                     ),
                 ));
             }
+            // One template in several masters installs the same file twice:
+            // allowed (the seed says so); two templates on one path are not.
             if let Some((m, t)) = paths.insert(path, (master.master_id, template.template_id))
-                && m != master.master_id
+                && t != template.template_id
             {
                 findings.push(Finding::doc(
                     &doc,
