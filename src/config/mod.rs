@@ -5,6 +5,7 @@
 //! Which keys a running daemon honours on SIGHUP is decided here too
 //! (`Config::needs_restart`).
 
+mod edge;
 mod reader;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+pub use edge::{DeviceAuth, EdgeConfig, ProxyPolicyName};
 use reader::Reader;
 pub use reader::{ConfigError, env_name};
 
@@ -56,6 +58,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub sysconf: SysconfConfig,
     pub acls: AclsConfig,
+    pub edge: EdgeConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -347,6 +350,7 @@ fn read(r: &mut Reader<'_>) -> Config {
             write_attempts: r.int("sysconf.write_attempts", 10, 1, 100) as u32,
         },
         acls: read_acls(r),
+        edge: edge::read(r),
     }
 }
 
