@@ -5,6 +5,7 @@
 mod acls;
 mod common;
 mod couch_client;
+mod edge;
 mod feeds;
 mod incremental;
 mod lifecycle;

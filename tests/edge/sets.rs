@@ -1,0 +1,1 @@
+//! sets (in progress).
