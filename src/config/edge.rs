@@ -127,7 +127,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> EdgeConfig {
     }
     EdgeConfig {
         download_key,
-        download_ttl: Duration::from_secs(r.int("edge.download_ttl_secs", 3_600, 10, 604_800)),
+        download_ttl: Duration::from_secs(r.int("edge.download_ttl_secs", 3_600, 1, 604_800)),
         public_url,
         trusted_proxies,
         proxy_policy,

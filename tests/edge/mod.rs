@@ -84,12 +84,14 @@ impl EdgeEnv {
     pub async fn wait_classes(&self) {
         let couch = self.env.couch.clone();
         let cache = self.env.names.cache.clone();
-        eventually("the seed's edge classes in the cache", Duration::from_secs(30), async || {
-            match couch.get(&cache, "edge:class:static:default").await {
+        eventually(
+            "the seed's edge classes in the cache",
+            Duration::from_secs(30),
+            async || match couch.get(&cache, "edge:class:static:default").await {
                 Some(_) => Ok(()),
                 None => Err("no edge:class:static:default yet".to_string()),
-            }
-        })
+            },
+        )
         .await;
     }
 
@@ -162,7 +164,10 @@ impl EdgeEnv {
             .form(
                 Method::POST,
                 &format!("/config_template/version/{template_id}/"),
-                &[("template_file", Some("file.conf"), content), ("comment", None, comment.as_bytes())],
+                &[
+                    ("template_file", Some("file.conf"), content),
+                    ("comment", None, comment.as_bytes()),
+                ],
             )
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -177,7 +182,11 @@ impl EdgeEnv {
             ("description", None, b"a master package"),
             ("uninstall_file", Some("uninstall.sh"), b"echo uninstall\n"),
             ("pre_script_file", Some("pre.sh"), b"echo pre\n"),
-            ("post_script_files", Some("post.sh"), b"status_check() { return 0; }\n"),
+            (
+                "post_script_files",
+                Some("post.sh"),
+                b"status_check() { return 0; }\n",
+            ),
         ];
         for (k, v) in extra {
             parts.push((k, None, v.as_bytes()));
@@ -194,7 +203,11 @@ impl EdgeEnv {
                 "/master_package_config/{master_id}/assign/{template_id}/"
             ))))
             .await;
-        assert_eq!(reply.json["message"], "Master package config assigned", "{}", reply.text);
+        assert_eq!(
+            reply.json["message"], "Master package config assigned",
+            "{}",
+            reply.text
+        );
     }
 
     pub async fn assign(&self, master_id: u64, edge_type: &str, sub: &str) -> Reply {
@@ -224,14 +237,18 @@ impl EdgeEnv {
         for edge in edges {
             let id = edge["edge_id"].as_str().unwrap().to_string();
             let path = format!("/template_set/latest?edge_id={id}");
-            eventually(&format!("edge {id} registered"), Duration::from_secs(20), async || {
-                let reply = self.get(&path).await;
-                if reply.status == StatusCode::OK {
-                    Ok(())
-                } else {
-                    Err(format!("{} {}", reply.status, reply.text))
-                }
-            })
+            eventually(
+                &format!("edge {id} registered"),
+                Duration::from_secs(20),
+                async || {
+                    let reply = self.get(&path).await;
+                    if reply.status == StatusCode::OK {
+                        Ok(())
+                    } else {
+                        Err(format!("{} {}", reply.status, reply.text))
+                    }
+                },
+            )
             .await;
         }
     }
