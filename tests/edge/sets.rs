@@ -118,7 +118,11 @@ impl Model {
                 .filter(|(m, t)| *m == master && self.versions.get(t).copied().unwrap_or(0) > 0)
                 .map(|(_, t)| (*t, self.versions[t]))
                 .collect();
-            let master_at = self.master_touch.get(&(class, master)).copied().unwrap_or(0);
+            let master_at = self
+                .master_touch
+                .get(&(class, master))
+                .copied()
+                .unwrap_or(0);
             let chosen: Vec<(u64, u64)> = match since {
                 None => templates,
                 Some(_) if status == 0 => templates,
@@ -167,7 +171,10 @@ fn shape(answer: &Value) -> Vec<(u64, u8, Vec<(u64, u64)>)> {
                 .map(|t| {
                     let version = t["latest_version"]["version_no"].as_str().unwrap();
                     let v: f64 = version.parse().unwrap();
-                    (t["template_id"].as_u64().unwrap(), (v * 100.0).round() as u64)
+                    (
+                        t["template_id"].as_u64().unwrap(),
+                        (v * 100.0).round() as u64,
+                    )
                 })
                 .collect();
             (
@@ -197,13 +204,19 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
     let mut snapshots: Vec<[BTreeSet<(u64, u64, u64)>; 3]> = vec![Default::default()];
     let mut templates = Vec::new();
     for i in 0..4 {
-        let id = e.template(&format!("t{i}.conf"), &format!("/etc/t{i}.conf")).await;
+        let id = e
+            .template(&format!("t{i}.conf"), &format!("/etc/t{i}.conf"))
+            .await;
         model.versions.insert(id, 0);
         templates.push(id);
     }
     let mut masters: Vec<u64> = Vec::new();
     for step in 0..45 {
-        let op = if masters.is_empty() { 0 } else { rng.usize(0..10) };
+        let op = if masters.is_empty() {
+            0
+        } else {
+            rng.usize(0..10)
+        };
         let what;
         match op {
             0 => {
@@ -226,15 +239,29 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
                 what = format!("version of template {t}");
             }
             4 => {
-                let (m, t) = (masters[rng.usize(..masters.len())], templates[rng.usize(..templates.len())]);
+                let (m, t) = (
+                    masters[rng.usize(..masters.len())],
+                    templates[rng.usize(..templates.len())],
+                );
                 let reply = e
-                    .send(e.daemon.http().post(e.url(&format!("/master_package_config/{m}/assign/{t}/"))))
+                    .send(
+                        e.daemon
+                            .http()
+                            .post(e.url(&format!("/master_package_config/{m}/assign/{t}/"))),
+                    )
                     .await;
                 if model.links.contains(&(m, t)) {
-                    assert_eq!(reply.json["message"], "Master package config already assigned");
+                    assert_eq!(
+                        reply.json["message"],
+                        "Master package config already assigned"
+                    );
                     continue;
                 }
-                assert_eq!(reply.json["message"], "Master package config assigned", "{}", reply.text);
+                assert_eq!(
+                    reply.json["message"], "Master package config assigned",
+                    "{}",
+                    reply.text
+                );
                 model.link(m, t);
                 what = format!("link {m} {t}");
             }
@@ -271,7 +298,11 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
                     Some(false) => false,
                 };
                 if noop {
-                    assert_eq!(reply.json["message"], "Invalid package id", "{}", reply.text);
+                    assert_eq!(
+                        reply.json["message"], "Invalid package id",
+                        "{}",
+                        reply.text
+                    );
                     continue;
                 }
                 assert_eq!(reply.json["message"], "Package deleted", "{}", reply.text);
@@ -281,7 +312,11 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
             8 => {
                 let m = masters[rng.usize(..masters.len())];
                 let reply = e
-                    .urlencoded(Method::PUT, &format!("/master_package/{m}/"), &[("description", &format!("step {step}"))])
+                    .urlencoded(
+                        Method::PUT,
+                        &format!("/master_package/{m}/"),
+                        &[("description", &format!("step {step}"))],
+                    )
                     .await;
                 assert_eq!(reply.json["message"], "Master Package updated");
                 model.master_changed(m);
@@ -289,7 +324,13 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
             }
             _ => {
                 let m = masters[rng.usize(..masters.len())];
-                let reply = e.send(e.daemon.http().delete(e.url(&format!("/master_package/{m}/")))).await;
+                let reply = e
+                    .send(
+                        e.daemon
+                            .http()
+                            .delete(e.url(&format!("/master_package/{m}/"))),
+                    )
+                    .await;
                 assert_eq!(reply.json["message"], "Master Package deleted");
                 if model.masters[&m].0 == 0 {
                     continue;
@@ -300,12 +341,20 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
             }
         }
         let latest = e.template_set(CLASSES[0].2, None).await["latest_set_version"].clone();
-        assert_eq!(latest, render(model.seq).as_str(), "seed {seed}, step {step} ({what})");
+        assert_eq!(
+            latest,
+            render(model.seq).as_str(),
+            "seed {seed}, step {step} ({what})"
+        );
         snapshots.push([0, 1, 2].map(|c| model.installed(c)));
     }
     for (class, (t, s, edge)) in CLASSES.iter().enumerate() {
         let full = e.template_set(edge, None).await;
-        assert_eq!(shape(&full), model.delta(class, None), "seed {seed}: {t}/{s}, full set");
+        assert_eq!(
+            shape(&full),
+            model.delta(class, None),
+            "seed {seed}: {t}/{s}, full set"
+        );
         for since in 0..=model.seq {
             let answer = e.template_set(edge, Some(&render(since))).await;
             let got = shape(&answer);
@@ -320,14 +369,25 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
                 .iter()
                 .flat_map(|(m, _, ts)| ts.iter().map(move |(t, v)| (*m, *t, *v)))
                 .collect();
-            for item in model.installed(class).difference(&snapshots[since as usize][class]) {
-                assert!(received.contains(item), "seed {seed}: {t}/{s} at {since} misses {item:?}");
+            for item in model
+                .installed(class)
+                .difference(&snapshots[since as usize][class])
+            {
+                assert!(
+                    received.contains(item),
+                    "seed {seed}: {t}/{s} at {since} misses {item:?}"
+                );
             }
         }
         // Ahead of the log (a restored edge): the full set.
         let ahead = e.template_set(edge, Some(&render(model.seq + 5))).await;
         assert_eq!(shape(&ahead), shape(&full));
     }
-    let reply = e.get(&format!("/template_set/latest?edge_id={}&set_version=1.2.3", CLASSES[0].2)).await;
+    let reply = e
+        .get(&format!(
+            "/template_set/latest?edge_id={}&set_version=1.2.3",
+            CLASSES[0].2
+        ))
+        .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
