@@ -5,12 +5,12 @@
 //! "file_name": …}`). An empty body without a Content-Type is an empty
 //! form. Anything else is refused in the seed's error shape.
 
-use axum::body::{Body, to_bytes};
 use axum::extract::Request;
 use axum::http::header;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::domains::edge::manage::{Fields, Upload};
@@ -27,6 +27,10 @@ fn too_large(limit: usize) -> Answer {
     )
 }
 
+/// Bytes read and thrown away after a body went over its limit, so that a
+/// client still sending gets the 413 instead of a cut connection.
+const DRAIN: usize = 1 << 20;
+
 /// Reads the body, at most `limit` bytes.
 ///
 /// # Errors
@@ -41,12 +45,28 @@ pub async fn body(request: Request, limit: usize) -> Result<(Option<String>, Byt
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if declared.is_some_and(|n| n > limit.saturating_add(DRAIN)) {
+        // Too much to drain: answer at once (the connection is then closed).
         return Err(too_large(limit));
     }
-    let body: Body = request.into_body();
-    let bytes = to_bytes(body, limit).await.map_err(|_| too_large(limit))?;
-    Ok((content_type, bytes))
+    let mut stream = request.into_body().into_data_stream();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|err| Answer::failure(400, "Incomplete request body", err.to_string()))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit.saturating_add(DRAIN) {
+            break;
+        }
+        if seen <= limit {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if seen > limit {
+        return Err(too_large(limit));
+    }
+    Ok((content_type, Bytes::from(bytes)))
 }
 
 /// Reads and parses a form or JSON body.
