@@ -892,10 +892,12 @@ impl EdgeService {
             }
             futures_util::future::join_all(refreshes).await;
         }
+        // Visible, and every file the manifests name is loaded (so a
+        // package can be built right after a new version).
         let waiting = async {
             loop {
                 let changed = self.mirror.changed();
-                if self.catalog().is_some_and(|c| visible(&c.content)) {
+                if self.catalog().is_some_and(|c| visible(&c.content)) && self.files_loaded() {
                     return;
                 }
                 changed.await;
@@ -907,6 +909,24 @@ impl EdgeService {
                 "an edge store write is stored but not yet visible in the cache"
             );
         }
+    }
+}
+
+impl EdgeService {
+    /// Whether every file some class manifest names is in the mirror.
+    fn files_loaded(&self) -> bool {
+        self.mirror
+            .ids_of(Domain::Edge.name())
+            .iter()
+            .filter_map(|id| id.strip_prefix("edge:class:").and_then(Class::from_key))
+            .filter_map(|class| self.manifest(&class))
+            .all(|m| {
+                m.manifest.file_refs().iter().all(|f| {
+                    self.mirror
+                        .get(&doc_id(Domain::Edge, &file_key(&f.key())))
+                        .is_some()
+                })
+            })
     }
 }
 
