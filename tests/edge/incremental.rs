@@ -83,7 +83,7 @@ impl Run {
                 let content = match self.rng.usize(0..3) {
                     0 => format!("static {step}\n"),
                     1 => format!("ip={{{{lan_ip}}}} step {step}\n"),
-                    _ => format!("mtu={{{{mtu}}}} id={{{{edge_id}}}}\n"),
+                    _ => "mtu={{mtu}} id={{edge_id}}\n".to_string(),
                 };
                 e.version(t, content.as_bytes(), "random").await;
             }

@@ -25,6 +25,9 @@ const CLASSES: [(&str, &str, &str); 3] = [
 
 type Class = usize;
 
+/// (master, status, [(template, version)]), in execution order.
+type Delta = Vec<(u64, u8, Vec<(u64, u64)>)>;
+
 #[derive(Default, Clone)]
 struct Model {
     seq: u64,
@@ -99,7 +102,7 @@ impl Model {
     }
 
     /// (master, status, [(template, version)]) the class's edge at `since` receives.
-    fn delta(&self, class: Class, since: Option<u64>) -> Vec<(u64, u8, Vec<(u64, u64)>)> {
+    fn delta(&self, class: Class, since: Option<u64>) -> Delta {
         let mut masters: Vec<(Option<i64>, u64, u8)> = self
             .assigned
             .iter()
@@ -158,7 +161,7 @@ impl Model {
     }
 }
 
-fn shape(answer: &Value) -> Vec<(u64, u8, Vec<(u64, u64)>)> {
+fn shape(answer: &Value) -> Delta {
     answer["data"]
         .as_array()
         .unwrap()
@@ -232,7 +235,7 @@ async fn every_class_at_every_earlier_version_gets_exactly_its_delta() {
                 model.master_changed(m);
                 what = format!("create master {m}");
             }
-            1 | 2 | 3 => {
+            1..=3 => {
                 let t = templates[rng.usize(..templates.len())];
                 e.version(t, format!("step {step}").as_bytes(), "v").await;
                 model.version(t);

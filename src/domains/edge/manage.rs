@@ -331,7 +331,7 @@ impl EdgeService {
         let version_id = match version.map(str::trim).filter(|v| !v.is_empty()) {
             Some(text) => {
                 let n = model::parse_set_version(text)
-                    .map_err(|()| Answer::field("version", "Invalid version"))?;
+                    .map_err(|_| Answer::field("version", "Invalid version"))?;
                 model::version_doc_id(template_id, n)
             }
             None => couchdb::newest_with_prefix(

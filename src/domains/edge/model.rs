@@ -138,12 +138,17 @@ pub fn render_set_version(seq: u64) -> String {
     format!("{}.{:02}", seq / 100, seq % 100)
 }
 
+/// A set version that is not a non-negative decimal with at most two decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a set version (a decimal with at most two decimals, like 0.03)")]
+pub struct InvalidSetVersion;
+
 /// Parses a set version as an edge sends it (`"0.03"`, `"1.5"`, `"2"`)
 /// into hundredths.
 ///
 /// # Errors
 /// Not a non-negative decimal with at most two decimals.
-pub fn parse_set_version(text: &str) -> Result<u64, ()> {
+pub fn parse_set_version(text: &str) -> Result<u64, InvalidSetVersion> {
     let text = text.trim();
     let (whole, fraction) = match text.split_once('.') {
         Some((whole, fraction)) => (whole, Some(fraction)),
@@ -151,18 +156,18 @@ pub fn parse_set_version(text: &str) -> Result<u64, ()> {
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole) || whole.len() > 10 {
-        return Err(());
+        return Err(InvalidSetVersion);
     }
     let fraction = match fraction {
         None => "",
         Some(f) if digits(f) && f.len() <= 2 => f,
-        Some(_) => return Err(()),
+        Some(_) => return Err(InvalidSetVersion),
     };
-    let whole: u64 = whole.parse().map_err(|_| ())?;
+    let whole: u64 = whole.parse().map_err(|_| InvalidSetVersion)?;
     let hundredths = match fraction.len() {
         0 => 0,
-        1 => fraction.parse::<u64>().map_err(|_| ())? * 10,
-        _ => fraction.parse::<u64>().map_err(|_| ())?,
+        1 => fraction.parse::<u64>().map_err(|_| InvalidSetVersion)? * 10,
+        _ => fraction.parse::<u64>().map_err(|_| InvalidSetVersion)?,
     };
     Ok(whole * 100 + hundredths)
 }
@@ -932,7 +937,7 @@ mod tests {
         assert_eq!(parse_set_version("2"), Ok(200));
         assert_eq!(parse_set_version(" 0.00 "), Ok(0));
         for bad in ["", ".5", "1.", "-1", "0.001", "abc", "1e3", "1.x", "１"] {
-            assert_eq!(parse_set_version(bad), Err(()), "{bad:?}");
+            assert_eq!(parse_set_version(bad), Err(InvalidSetVersion), "{bad:?}");
         }
     }
 

@@ -472,7 +472,7 @@ impl EdgeService {
             None => Ok(None),
             Some(text) => model::parse_set_version(text)
                 .map(Some)
-                .map_err(|()| Answer::field("set_version", "Invalid set version")),
+                .map_err(|_| Answer::field("set_version", "Invalid set version")),
         }
     }
 

@@ -269,7 +269,10 @@ fn assignments_unassignments_and_deletes_reach_the_right_classes() {
     assert_eq!(shape(&st, Since::Full), [(2, vec![2]), (1, vec![1, 2])]);
 }
 
-fn read_tar(bytes: &[u8]) -> Vec<(String, u32, u64, u64, String, String, Vec<u8>)> {
+/// path, mode, uid, gid, user, group, content.
+type Listed = (String, u32, u64, u64, String, String, Vec<u8>);
+
+fn read_tar(bytes: &[u8]) -> Vec<Listed> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     archive
         .entries()

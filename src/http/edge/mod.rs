@@ -228,17 +228,17 @@ async fn require_admin(State(state): Shared, request: Request, next: Next) -> Re
 
 /// An integer id from the path (the seed's `<int:…>`: anything else is
 /// not a route, hence 404).
-fn id(text: &str, what: &str) -> Result<u64, Response> {
+fn id(text: &str, what: &str) -> Result<u64, Answer> {
     text.parse::<u64>()
         .ok()
         .filter(|n| (1..=MAX_ID).contains(n))
-        .ok_or_else(|| respond(Answer::message(404, &format!("Invalid {what} id {text:?}"))))
+        .ok_or_else(|| Answer::message(404, &format!("Invalid {what} id {text:?}")))
 }
 
-fn query(uri: &Uri) -> Result<BTreeMap<String, String>, Response> {
+fn query(uri: &Uri) -> Result<BTreeMap<String, String>, Answer> {
     Query::<BTreeMap<String, String>>::try_from_uri(uri)
         .map(|Query(q)| q)
-        .map_err(|err| respond(Answer::failure(400, "Bad query string", err.body_text())))
+        .map_err(|err| Answer::failure(400, "Bad query string", err.body_text()))
 }
 
 /// The edge's own token: `Authorization: Bearer …` or `X-Edge-Token`.
@@ -254,8 +254,8 @@ fn device_token(headers: &HeaderMap) -> Option<String> {
 async fn fields(
     request: Request,
     limit: usize,
-) -> Result<crate::domains::edge::manage::Fields, Response> {
-    request::fields(request, limit).await.map_err(respond)
+) -> Result<crate::domains::edge::manage::Fields, Answer> {
+    request::fields(request, limit).await
 }
 
 fn upload_limit(state: &EdgeHttp) -> usize {
@@ -268,7 +268,7 @@ fn upload_limit(state: &EdgeHttp) -> usize {
 async fn create_template(State(state): Shared, request: Request) -> Response {
     match fields(request, state.json_limit).await {
         Ok(fields) => respond(state.service.create_template(&fields).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -283,11 +283,11 @@ async fn add_version(
 ) -> Response {
     let template_id = match id(&template_id, "template") {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     match fields(request, upload_limit(&state)).await {
         Ok(fields) => respond(state.service.add_version(template_id, &fields).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -313,11 +313,11 @@ fn disposition(name: &str) -> HeaderValue {
 async fn template_file(state: &EdgeHttp, template_id: &str, uri: &Uri) -> Response {
     let template_id = match id(template_id, "template") {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     let query = match query(uri) {
         Ok(q) => q,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     let json = query.get("format").is_some_and(|f| f == "json");
     match state
@@ -359,7 +359,7 @@ async fn download_template(
 async fn list_master_templates(State(state): Shared, Path(master_id): Path<String>) -> Response {
     match id(&master_id, "master") {
         Ok(master_id) => respond(state.service.list_master_templates(master_id)),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -370,7 +370,7 @@ async fn assign_template(
     let ids = id(&master_id, "master").and_then(|m| Ok((m, id(&template_id, "template")?)));
     match ids {
         Ok((m, t)) => respond(state.service.assign_template(m, t).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -379,7 +379,7 @@ async fn assign_template(
 async fn create_master(State(state): Shared, request: Request) -> Response {
     match fields(request, upload_limit(&state)).await {
         Ok(fields) => respond(state.service.create_master(&fields).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -394,18 +394,18 @@ async fn update_master(
 ) -> Response {
     let master_id = match id(&master_id, "master") {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     match fields(request, upload_limit(&state)).await {
         Ok(fields) => respond(state.service.update_master(master_id, &fields).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
 async fn delete_master(State(state): Shared, Path(master_id): Path<String>) -> Response {
     match id(&master_id, "master") {
         Ok(master_id) => respond(state.service.delete_master(master_id).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -416,11 +416,11 @@ async fn assign_master(
 ) -> Response {
     let master_id = match id(&master_id, "master") {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     match fields(request, state.json_limit).await {
         Ok(fields) => respond(state.service.assign_master(master_id, &fields).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -431,11 +431,11 @@ async fn unassign_master(
 ) -> Response {
     let master_id = match id(&master_id, "master") {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     match fields(request, state.json_limit).await {
         Ok(fields) => respond(state.service.unassign_master(master_id, &fields).await),
-        Err(response) => response,
+        Err(answer) => respond(answer),
     }
 }
 
@@ -444,7 +444,7 @@ async fn unassign_master(
 async fn template_set(State(state): Shared, request: Request) -> Response {
     let query = match query(request.uri()) {
         Ok(q) => q,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     let token = device_token(request.headers());
     respond(state.service.template_set(
@@ -473,7 +473,7 @@ fn base_url(state: &EdgeHttp, headers: &HeaderMap) -> String {
 async fn config_package(State(state): Shared, uri: Uri, headers: HeaderMap) -> Response {
     let query = match query(&uri) {
         Ok(q) => q,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     let token = device_token(&headers);
     let base = base_url(&state, &headers);
@@ -587,7 +587,7 @@ async fn report(
     let token = device_token(request.headers());
     let fields = match fields(request, TELEMETRY_LIMIT).await {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     let forwarded: Vec<&str> = forwarded.iter().map(String::as_str).collect();
     let origin = Origin {
@@ -630,7 +630,7 @@ async fn edge_report(State(state): Shared, Path(edge_id): Path<String>) -> Respo
 async fn info_list(State(state): Shared, Path(page): Path<String>, uri: Uri) -> Response {
     let query = match query(&uri) {
         Ok(q) => q,
-        Err(response) => return response,
+        Err(answer) => return respond(answer),
     };
     respond(
         state
