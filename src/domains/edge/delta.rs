@@ -12,10 +12,14 @@
 //! Masters without any template to list are left out (nothing to install),
 //! except deleted ones.
 
-use serde_json::{Value, json};
+use std::borrow::Cow;
+
+use serde::Serialize;
 
 use super::manifest::{ClassManifest, MasterEntry, TemplateEntry};
-use super::model::{ACTIVE, permissions_number, render_set_version, substitute_edge_id};
+use super::model::{
+    ACTIVE, has_edge_id_placeholder, permissions_number, render_set_version, substitute_edge_id,
+};
 
 /// From which set version a delta is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,41 +81,86 @@ pub fn select(manifest: &ClassManifest, since: Since) -> Vec<Selected<'_>> {
 }
 
 /// The seed's answer to `template_set/latest`: `data` (master packages with
-/// their `config_template`s) and the global `latest_set_version`.
-pub fn template_set_answer(selected: &[Selected<'_>], latest_seq: u64, edge_id: &str) -> Value {
-    let data: Vec<Value> = selected.iter().map(|s| master_json(s, edge_id)).collect();
-    json!({ "data": data, "latest_set_version": render_set_version(latest_seq) })
+/// their `config_template`s) and the global `latest_set_version`, as JSON
+/// text in the seed's key order (serialised straight from the manifest:
+/// this is the hot path of every poll).
+pub fn template_set_answer(selected: &[Selected<'_>], latest_seq: u64, edge_id: &str) -> Vec<u8> {
+    let answer = AnswerJson {
+        data: selected
+            .iter()
+            .map(|s| MasterJson {
+                name: &s.master.name,
+                description: &s.master.description,
+                status: s.master.status,
+                execution_sequence: s.master.execution_sequence,
+                master_package_id: s.master.master_id,
+                config_template: s
+                    .templates
+                    .iter()
+                    .map(|t| TemplateJson::new(t, edge_id))
+                    .collect(),
+            })
+            .collect(),
+        latest_set_version: render_set_version(latest_seq),
+    };
+    serde_json::to_vec(&answer).expect("answers serialize")
 }
 
-fn master_json(selected: &Selected<'_>, edge_id: &str) -> Value {
-    let master = selected.master;
-    let templates: Vec<Value> = selected
-        .templates
-        .iter()
-        .map(|t| template_json(t, edge_id))
-        .collect();
-    json!({
-        "name": master.name,
-        "description": master.description,
-        "status": master.status,
-        "execution_sequence": master.execution_sequence,
-        "master_package_id": master.master_id,
-        "config_template": templates,
-    })
+#[derive(Serialize)]
+struct AnswerJson<'a> {
+    data: Vec<MasterJson<'a>>,
+    latest_set_version: String,
 }
 
-fn template_json(template: &TemplateEntry, edge_id: &str) -> Value {
-    json!({
-        "name": template.name,
-        "description": template.description,
-        "path": template.path.as_deref().map(|p| substitute_edge_id(p, edge_id)),
-        "owner": template.owner,
-        "group": template.group,
-        "permissions": permissions_number(template.mode),
-        "template_id": template.template_id,
-        "latest_version": {
-            "version_no": render_set_version(template.version),
-            "comment": template.comment,
-        },
-    })
+#[derive(Serialize)]
+struct MasterJson<'a> {
+    name: &'a str,
+    description: &'a str,
+    status: u8,
+    execution_sequence: Option<i64>,
+    master_package_id: u64,
+    config_template: Vec<TemplateJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct TemplateJson<'a> {
+    name: &'a str,
+    description: &'a str,
+    path: Option<Cow<'a, str>>,
+    owner: &'a str,
+    group: &'a str,
+    permissions: u64,
+    template_id: u64,
+    latest_version: VersionJson<'a>,
+}
+
+#[derive(Serialize)]
+struct VersionJson<'a> {
+    version_no: String,
+    comment: &'a str,
+}
+
+impl<'a> TemplateJson<'a> {
+    fn new(template: &'a TemplateEntry, edge_id: &str) -> TemplateJson<'a> {
+        let path = template.path.as_deref().map(|p| {
+            if has_edge_id_placeholder(p) {
+                Cow::Owned(substitute_edge_id(p, edge_id))
+            } else {
+                Cow::Borrowed(p)
+            }
+        });
+        TemplateJson {
+            name: &template.name,
+            description: &template.description,
+            path,
+            owner: &template.owner,
+            group: &template.group,
+            permissions: permissions_number(template.mode),
+            template_id: template.template_id,
+            latest_version: VersionJson {
+                version_no: render_set_version(template.version),
+                comment: &template.comment,
+            },
+        }
+    }
 }

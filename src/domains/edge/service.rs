@@ -44,40 +44,65 @@ use crate::couch::{Body, Db};
 use crate::domains::Domain;
 use crate::rebuild::engine::EngineHandle;
 
-/// An answer in the seed's shape: status code and JSON body.
+/// An answer in the seed's shape: status code and JSON body (or the body
+/// already serialised, on hot paths; then `body` is null).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    pub raw: Option<Bytes>,
 }
 
 impl Answer {
     pub fn ok(body: Value) -> Answer {
-        Answer { status: 200, body }
+        Answer {
+            status: 200,
+            body,
+            raw: None,
+        }
+    }
+
+    /// A 200 whose JSON body is already text.
+    pub fn ok_raw(json: Vec<u8>) -> Answer {
+        Answer {
+            status: 200,
+            body: Value::Null,
+            raw: Some(Bytes::from(json)),
+        }
+    }
+
+    /// The body as JSON (parsing a raw one).
+    pub fn json(&self) -> Value {
+        match &self.raw {
+            Some(raw) => serde_json::from_slice(raw).unwrap_or(Value::Null),
+            None => self.body.clone(),
+        }
     }
 
     /// `{"message": text}`.
     pub fn message(status: u16, text: &str) -> Answer {
+        Answer::with(status, json!({ "message": text }))
+    }
+
+    pub fn with(status: u16, body: Value) -> Answer {
         Answer {
             status,
-            body: json!({ "message": text }),
+            body,
+            raw: None,
         }
     }
 
     /// `{"message": text, "description": why}`.
     pub fn failure(status: u16, text: &str, description: impl Into<String>) -> Answer {
-        Answer {
+        Answer::with(
             status,
-            body: json!({ "message": text, "description": description.into() }),
-        }
+            json!({ "message": text, "description": description.into() }),
+        )
     }
 
     /// `{"message": {field: text}}`, flask-restful's validation shape.
     pub fn field(field: &str, text: &str) -> Answer {
-        Answer {
-            status: 400,
-            body: json!({ "message": { field: text } }),
-        }
+        Answer::with(400, json!({ "message": { field: text } }))
     }
 
     pub fn not_ready() -> Answer {
@@ -497,7 +522,7 @@ impl EdgeService {
             let latest = manifest.manifest.latest_set_seq;
             let since = Since::for_request(since, latest);
             let selected = delta::select(&manifest.manifest, since);
-            Ok(Answer::ok(delta::template_set_answer(
+            Ok(Answer::ok_raw(delta::template_set_answer(
                 &selected,
                 latest,
                 &edge.edge_id,
@@ -628,10 +653,10 @@ impl EdgeService {
                 }
                 Ok(edge)
             }
-            None => Err(Answer {
-                status: 404,
-                body: json!({ "data": "Edge Id not found for given mac_address in DP" }),
-            }),
+            None => Err(Answer::with(
+                404,
+                json!({ "data": "Edge Id not found for given mac_address in DP" }),
+            )),
         }
     }
 

@@ -219,7 +219,14 @@ fn the_originals_fixture_delta() {
         [(1, vec![1, 2]), (2, vec![1])]
     );
     let selected = delta::select(&manifest, Since::After(1));
-    let answer = delta::template_set_answer(&selected, manifest.latest_set_seq, "a1b2c3");
+    let text = delta::template_set_answer(&selected, manifest.latest_set_seq, "a1b2c3");
+    let answer: Value = serde_json::from_slice(&text).unwrap();
+    // The seed's key order.
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.starts_with(r#"{"data":[{"name":"one","description":"#),
+        "{text}"
+    );
     assert_eq!(answer["latest_set_version"], "0.03");
     let t = &answer["data"][0]["config_template"][0];
     assert_eq!(

@@ -205,7 +205,10 @@ fn handler(method: &str, path: &str) -> MethodRouter<Arc<EdgeHttp>> {
 /// An answer as an HTTP response.
 pub fn respond(answer: Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, axum::Json(answer.body)).into_response();
+    let mut response = match answer.raw {
+        Some(raw) => (status, [(header::CONTENT_TYPE, "application/json")], raw).into_response(),
+        None => (status, axum::Json(answer.body)).into_response(),
+    };
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
