@@ -188,32 +188,35 @@ struct Output {
     content: Value,
 }
 
-fn precompute(
-    index: &Index,
-) -> (
-    Vec<Output>,
-    Duration,
-    BTreeMap<&'static str, (usize, usize)>,
-) {
+fn kind_of(key: &str) -> &'static str {
+    ["catalog", "class:", "package:", "file:", "edges.", "macs."]
+        .into_iter()
+        .find(|k| key.starts_with(k))
+        .unwrap_or("other")
+}
+
+/// Per kind of output: count, largest (bytes), build time.
+type Sizes = BTreeMap<&'static str, (usize, usize, Duration)>;
+
+/// Every output, built one by one as the engine's first pass does.
+fn precompute(index: &Index) -> (Vec<Output>, Duration, Sizes) {
     let builder = EdgeBuilder;
     let keys = builder.all_keys(index);
     let started = Instant::now();
     let mut outputs = Vec::new();
+    let mut sizes = Sizes::new();
     for key in keys {
+        let t = Instant::now();
         let mut reads = Reads::new(index);
         if let Built::Content { content, .. } = builder.build(&key, &mut reads) {
+            sizes.entry(kind_of(&key)).or_default().2 += t.elapsed();
             outputs.push(Output { key, content });
         }
     }
     let elapsed = started.elapsed();
-    let mut sizes: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
     for output in &outputs {
-        let kind = ["catalog", "class:", "package:", "file:", "edges.", "macs."]
-            .into_iter()
-            .find(|k| output.key.starts_with(k))
-            .unwrap_or("other");
         let size = serde_json::to_vec(&output.content).unwrap().len();
-        let entry = sizes.entry(kind).or_default();
+        let entry = sizes.entry(kind_of(&output.key)).or_default();
         entry.0 += 1;
         entry.1 = entry.1.max(size);
     }
@@ -282,9 +285,9 @@ fn main() {
         "full precompute: {} outputs in {elapsed:?} (pure, one thread)",
         outputs.len()
     );
-    for (kind, (count, max)) in &sizes {
+    for (kind, (count, max, time)) in &sizes {
         println!(
-            "  {kind:<9} {count:>4} documents, largest {:.1} kB",
+            "  {kind:<9} {count:>4} documents, largest {:.1} kB, built in {time:?}",
             *max as f64 / 1e3
         );
     }
