@@ -157,7 +157,7 @@ fn generate() -> Data {
             let wanted = if m <= 2 {
                 i < STATIC_CLASSES
             } else {
-                i >= STATIC_CLASSES && (i + m as usize) % 3 != 0
+                i >= STATIC_CLASSES && !(i + m as usize).is_multiple_of(3)
             };
             if wanted {
                 config.extend([doc(model::assign_doc_id(m, class), json!({"type": "mp_assign", "master_id": m, "edge_type": class.edge_type, "edge_sub_type": class.edge_sub_type}))]);
@@ -418,7 +418,7 @@ fn build_throughput(manifests: &[ClassManifest], index: &Index) {
     for e in 0..builds {
         let record = model::EdgeRecord {
             doc: format!("e{e}"),
-            edge_id: format!("{:06x}", e),
+            edge_id: format!("{e:06x}"),
             edge_type: manifest.edge_type.clone(),
             edge_sub_type: manifest.edge_sub_type.clone(),
             mac_addresses: vec![],
