@@ -164,3 +164,54 @@ fn read_proxies(r: &mut Reader<'_>) -> Vec<IpNet> {
     }
     nets
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, LoadError};
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_and_every_problem_at_once() {
+        let config = Config::from_toml("", &no_env).unwrap().edge;
+        assert_eq!(config.proxy_types, ["static", "mid"]);
+        assert_eq!(config.report_page_size, 20);
+        assert!(config.trusted_proxies.is_empty() && config.admin_token.is_none());
+        let text = r#"
+            [edge]
+            trusted_proxies = "10.0.0.0/8, 192.0.2.1, nonsense"
+            proxy_policy = "strict"
+            device_auth = "sometimes"
+            admin_username = "ops"
+            report_timezone = "Mars/Olympus"
+            edge_id_pattern = "(["
+            download_key = "short"
+            public_url = "ftp://x"
+        "#;
+        let Err(LoadError::Invalid(errors)) = Config::from_toml(text, &no_env) else {
+            panic!("expected errors");
+        };
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "edge.trusted_proxies",
+            "edge.proxy_policy",
+            "edge.device_auth",
+            "edge.admin_username",
+            "edge.report_timezone",
+            "edge.edge_id_pattern",
+            "edge.download_key",
+            "edge.public_url",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let env =
+            |name: &str| (name == "CALDERA_EDGE_TRUSTED_PROXIES").then(|| "127.0.0.1".to_string());
+        let config = Config::from_toml("", &env).unwrap().edge;
+        assert_eq!(
+            config.trusted_proxies,
+            ["127.0.0.1/32".parse::<ipnet::IpNet>().unwrap()]
+        );
+    }
+}

@@ -532,3 +532,67 @@ async fn the_openapi_document_matches_what_is_served() {
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     let _: Value = reply.json;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_and_set_versions_are_allocated_safely_under_concurrency() {
+    let e = EdgeEnv::start().await;
+    // Twenty templates created at once: twenty distinct ids.
+    let e = &e;
+    let creates = (0..20).map(|i| async move {
+        let body =
+            json!({"name": format!("t{i}"), "description": "d", "path": format!("/etc/t{i}")});
+        e.json(Method::POST, "/config_template/", &body).await
+    });
+    let mut ids: Vec<u64> = futures_util::future::join_all(creates)
+        .await
+        .iter()
+        .map(|r| r.json["template_id"].as_u64().expect("an id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=20).collect::<Vec<_>>());
+    // Versions of one template and of others at once: distinct version
+    // numbers, and one set-log entry each, without holes.
+    let uploads = (0..16).map(|i| {
+        let template = if i % 2 == 0 { 1 } else { 2 + i };
+        let content = format!("v{i}");
+        async move {
+            let reply = e
+                .form(
+                    Method::POST,
+                    &format!("/config_template/version/{template}/"),
+                    &[("template_file", Some("f"), content.as_bytes())],
+                )
+                .await;
+            (template, reply)
+        }
+    });
+    let replies = futures_util::future::join_all(uploads).await;
+    let mut versions: Vec<String> = Vec::new();
+    let mut sets: Vec<String> = Vec::new();
+    for (template, reply) in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        if *template == 1 {
+            versions.push(reply.json["version_no"].as_str().unwrap().to_string());
+        }
+        sets.push(reply.json["set_version"].as_str().unwrap().to_string());
+    }
+    versions.sort();
+    assert_eq!(
+        versions,
+        (1..=8).map(|n| format!("0.{n:02}")).collect::<Vec<_>>()
+    );
+    sets.sort();
+    assert_eq!(
+        sets,
+        (1..=16).map(|n| format!("0.{n:02}")).collect::<Vec<_>>()
+    );
+    let log = e
+        .env
+        .couch
+        .docs_by_id(&e.db("edge_config"))
+        .await
+        .into_keys()
+        .filter(|id| id.starts_with("set_log:"))
+        .count();
+    assert_eq!(log, 16);
+}
