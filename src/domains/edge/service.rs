@@ -520,6 +520,9 @@ impl EdgeService {
                 })));
             };
             let latest = manifest.manifest.latest_set_seq;
+            if since.is_some_and(|s| s > latest) {
+                tracing::info!(edge = edge.edge_id, latest, asked = ?since, "an edge is ahead of the set log (restored?); it gets the full set");
+            }
             let since = Since::for_request(since, latest);
             let selected = delta::select(&manifest.manifest, since);
             Ok(Answer::ok_raw(delta::template_set_answer(
