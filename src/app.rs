@@ -27,6 +27,7 @@ use crate::couch::retry::Backoff;
 use crate::couch::{Body, Client, Db};
 use crate::domains::Domain;
 use crate::domains::acls::{self, service::AclsService};
+use crate::domains::edge::{self, service::EdgeService};
 use crate::domains::routing::service::RoutingService;
 use crate::domains::sysconf::service::{Settings, SysconfService};
 use crate::feeds::dynamic::{DynamicFeeds, StartFeed};
@@ -201,6 +202,16 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         .enabled
         .then(|| start_building(&config, &shared, &client, &tasks, &core, &abort));
 
+    let edge_key = edge_fallback_key(&config);
+    let edge = Arc::new(EdgeService::new(
+        shared.mirror.clone(),
+        client.db(&config.databases.edge_config),
+        client.db(&config.databases.edge_telemetry),
+        engine.clone(),
+        edge::service::Settings::from_config(&config.edge, &edge_key),
+        shared.metrics.clone(),
+    ));
+    tasks.spawn(prepare_edge_store(&config, &client, core.clone()));
     let acls = Arc::new(AclsService::new(
         shared.mirror.clone(),
         config.node.clone(),
@@ -238,7 +249,11 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let http_tasks = TaskTracker::new();
     let limits = Limits::from_config(&config.http);
     let grace = config.shutdown.grace;
-    let api_router = api::router(api_state, config.http.request_timeout);
+    let edge_router = http::edge::router(Arc::new(http::edge::EdgeHttp {
+        service: edge.clone(),
+        json_limit: config.http.max_body_bytes,
+    }));
+    let api_router = api::router_with(api_state, config.http.request_timeout, Some(edge_router));
     http_tasks.spawn(http::serve(
         "api",
         api_listener,
@@ -279,6 +294,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         admin,
         sysconf,
         acls,
+        edge,
+        edge_key,
         current: config,
     };
     let grace = reloader.current.shutdown.grace;
@@ -304,6 +321,47 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The key that signs edge download URLs when `edge.download_key` is unset.
+fn edge_fallback_key(config: &Config) -> Vec<u8> {
+    if config.edge.download_key.is_none() {
+        tracing::warn!(
+            "edge.download_key is not set: edge download URLs are signed with a random key and work only on this instance until it restarts"
+        );
+    }
+    let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+    key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
+}
+
+/// Creates the edge store's databases and seed classes, retrying until
+/// CouchDB answers.
+fn prepare_edge_store(
+    config: &Config,
+    client: &Client,
+    token: CancellationToken,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let names = &config.databases;
+    let db = client.db(&names.edge_config);
+    let others = [
+        client.db(&names.edge_registry),
+        client.db(&names.edge_telemetry),
+    ];
+    let mut backoff = Backoff::new(config.feeds.backoff_initial, config.feeds.backoff_max);
+    async move {
+        loop {
+            match edge::couchdb::prepare(&db, &others).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot prepare the edge store's databases yet");
+                    if !backoff.wait(err.kind, &token).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn sysconf_settings(config: &Config) -> Settings {
@@ -430,7 +488,9 @@ fn start_building(
     );
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     for source in engine.sources() {
-        if acls::SYNTHETIC_SOURCES.contains(&&*source) {
+        if acls::SYNTHETIC_SOURCES.contains(&&*source)
+            || edge::SYNTHETIC_SOURCES.contains(&&*source)
+        {
             continue;
         }
         let physical = names
@@ -464,6 +524,16 @@ fn start_building(
             tx.clone(),
             shared.metrics.clone(),
         )
+        .run(core.clone()),
+    );
+    tasks.spawn(
+        edge::blobs::Task {
+            mirror: shared.mirror.clone(),
+            db: client.db(&config.databases.edge_config),
+            engine: tx.clone(),
+            metrics: shared.metrics.clone(),
+            backoff: backoff.clone(),
+        }
         .run(core.clone()),
     );
     tasks.spawn(install_design_docs(cache_db, backoff, core.clone()));
@@ -550,6 +620,8 @@ struct Reloader {
     admin: Arc<AdminAuth>,
     sysconf: Arc<SysconfService>,
     acls: Arc<AclsService>,
+    edge: Arc<EdgeService>,
+    edge_key: Vec<u8>,
     current: Config,
 }
 
@@ -577,6 +649,10 @@ impl Reloader {
                 settings.node = self.current.node.clone();
                 self.sysconf.reload(settings);
                 self.acls.set_zone(new.zone.clone());
+                self.edge.reload(edge::service::Settings::from_config(
+                    &new.edge,
+                    &self.edge_key,
+                ));
                 tracing::info!(path = %self.path.display(), "configuration reloaded");
                 self.current = new;
             }

@@ -6,6 +6,7 @@ mod acls;
 mod amqp;
 mod common;
 mod couch_client;
+mod edge;
 mod feeds;
 mod incremental;
 mod lifecycle;

@@ -6,6 +6,7 @@
 //! (`Config::needs_restart`).
 
 mod amqp;
+mod edge;
 mod reader;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 pub use amqp::AmqpConfig;
+pub use edge::{DeviceAuth, EdgeConfig, ProxyPolicyName};
 use reader::Reader;
 pub use reader::{ConfigError, env_name};
 
@@ -60,6 +62,7 @@ pub struct Config {
     pub acls: AclsConfig,
     /// The Kazoo-compatible AMQP front door of sysconf (`amqp.*`).
     pub amqp: AmqpConfig,
+    pub edge: EdgeConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -353,6 +356,7 @@ fn read(r: &mut Reader<'_>) -> Config {
         },
         acls: read_acls(r),
         amqp: amqp::read(r),
+        edge: edge::read(r),
     }
 }
 

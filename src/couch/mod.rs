@@ -202,6 +202,16 @@ pub struct AllDocsValue {
     pub deleted: bool,
 }
 
+/// A key range of `_all_docs`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRange<'a> {
+    pub start: &'a str,
+    pub end: &'a str,
+    pub descending: bool,
+    pub include_docs: bool,
+    pub limit: Option<u64>,
+}
+
 /// One database on a server.
 #[derive(Clone)]
 pub struct Db {
@@ -390,6 +400,37 @@ impl Db {
             .json_call(Method::POST, url, Some(&body), "_all_docs")
             .await?;
         parse_json::<Rows>(&answer.body, &self.op(&Method::POST, "_all_docs")).map(|r| r.rows)
+    }
+
+    /// `GET /{db}/_all_docs` over the keys from `range.start` to
+    /// `range.end` (both inclusive; descending swaps their roles as
+    /// CouchDB does), in key order.
+    ///
+    /// # Errors
+    /// The request failed.
+    pub async fn all_docs_range(&self, range: &KeyRange<'_>) -> Result<Vec<AllDocsRow>> {
+        #[derive(Deserialize)]
+        struct Rows {
+            rows: Vec<AllDocsRow>,
+        }
+        let mut url = self.url(Some("_all_docs"), &[]);
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("startkey", &Value::from(range.start).to_string())
+                .append_pair("endkey", &Value::from(range.end).to_string());
+            if range.descending {
+                query.append_pair("descending", "true");
+            }
+            if range.include_docs {
+                query.append_pair("include_docs", "true");
+            }
+            if let Some(limit) = range.limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+        }
+        let answer = self.json_call(Method::GET, url, None, "_all_docs").await?;
+        parse_json::<Rows>(&answer.body, &self.op(&Method::GET, "_all_docs")).map(|r| r.rows)
     }
 
     /// `GET /{db}/_local/{name}`.

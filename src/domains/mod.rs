@@ -4,6 +4,7 @@
 //! each other; anything they share lives in this file.
 
 pub mod acls;
+pub mod edge;
 pub mod phones;
 pub mod routing;
 pub mod sysconf;
@@ -20,10 +21,11 @@ pub enum Domain {
     Sysconf,
     Acls,
     Routing,
+    Edge,
 }
 
 impl Domain {
-    pub const ALL: [Domain; 3] = [Domain::Sysconf, Domain::Acls, Domain::Routing];
+    pub const ALL: [Domain; 4] = [Domain::Sysconf, Domain::Acls, Domain::Routing, Domain::Edge];
 
     /// The name used in cache document ids (`sysconf:ecallmgr`), metrics and logs.
     pub fn name(self) -> &'static str {
@@ -31,6 +33,7 @@ impl Domain {
             Domain::Sysconf => "sysconf",
             Domain::Acls => "acls",
             Domain::Routing => "routing",
+            Domain::Edge => "edge",
         }
     }
 
@@ -44,6 +47,7 @@ impl Domain {
             Domain::Sysconf => &sysconf::SysconfBuilder,
             Domain::Acls => &acls::AclsBuilder,
             Domain::Routing => &routing::RoutingBuilder,
+            Domain::Edge => &edge::EdgeBuilder,
         }
     }
 }

@@ -49,6 +49,12 @@ type Shared = State<Arc<ApiState>>;
 const SYSCONF_PREFIX: &str = "/v1/sysconf/";
 
 pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
+    router_with(state, timeout, None)
+}
+
+/// The api router with the edge store's seed API nested at `/api/v1.0`
+/// (its own auth, answers and fallbacks: see `http::edge`).
+pub fn router_with(state: Arc<ApiState>, timeout: Duration, edge: Option<Router>) -> Router {
     let admin = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/sysconf/{category}", any(sysconf_category))
@@ -69,7 +75,10 @@ pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
-    let router = middleware::json_fallbacks(open.merge(admin).with_state(state.clone()));
+    let mut router = middleware::json_fallbacks(open.merge(admin).with_state(state.clone()));
+    if let Some(edge) = edge {
+        router = router.nest("/api/v1.0", edge);
+    }
     middleware::common(router, "api", state.metrics.clone(), timeout)
 }
 

@@ -53,6 +53,15 @@ pub struct EventLabel {
     pub event: String,
 }
 
+/// Edge store telemetry reports.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeReportLabels {
+    /// download, consumption
+    pub kind: String,
+    /// ok, skipped, unknown, bad_type, refused
+    pub proxy_check: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -93,6 +102,14 @@ pub struct Metrics {
     pub amqp_reconnects: Counter,
     /// 1 while consuming from the shared queue.
     pub amqp_connected: Gauge,
+    /// Edge packages by outcome (built_class, built_per_edge, cached, needs_edge, failed).
+    pub edge_packages: Family<OutcomeLabel, Counter>,
+    /// Time to build one edge package.
+    pub edge_package_seconds: Histogram,
+    /// Edge telemetry reports received.
+    pub edge_reports: Family<EdgeReportLabels, Counter>,
+    /// Edge attachment fetches by outcome (ok, missing, error).
+    pub edge_blob_fetches: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,6 +146,10 @@ impl Metrics {
             amqp_reply_seconds: Family::new_with_constructor(latency_histogram),
             amqp_reconnects: Counter::default(),
             amqp_connected: Gauge::default(),
+            edge_packages: Family::default(),
+            edge_package_seconds: latency_histogram(),
+            edge_reports: Family::default(),
+            edge_blob_fetches: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -248,6 +269,26 @@ impl Metrics {
             "amqp_connected",
             "1 while consuming sysconf requests from RabbitMQ",
             m.amqp_connected.clone(),
+        );
+        r.register(
+            "edge_packages",
+            "Edge packages asked for, by outcome",
+            m.edge_packages.clone(),
+        );
+        r.register(
+            "edge_package_seconds",
+            "Time to build one edge package",
+            m.edge_package_seconds.clone(),
+        );
+        r.register(
+            "edge_reports",
+            "Edge telemetry reports received",
+            m.edge_reports.clone(),
+        );
+        r.register(
+            "edge_blob_fetches",
+            "Edge attachments fetched from CouchDB, by outcome",
+            m.edge_blob_fetches.clone(),
         );
         Metrics {
             registry,
