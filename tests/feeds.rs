@@ -220,6 +220,54 @@ async fn couchdb_outage_through_a_fault_proxy_with_queued_edits() {
     outage_scenario(&env, &url, Outage::Proxy(proxy)).await;
 }
 
+/// pouchdb-server sends a continuous feed's headers only with its first
+/// row or heartbeat; readiness must not wait for them, or `/readyz` stays
+/// 503 for a whole heartbeat (30 s by default) after a start or an outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_at_once_after_start_and_outage_even_with_a_long_heartbeat() {
+    const HEARTBEAT: Duration = Duration::from_secs(20);
+    let env = TestEnv::new().await;
+    let db = env.sysconf_db().to_string();
+    env.couch
+        .put(&db, &json!({"_id": "c1", "default": {"k": 1}}))
+        .await;
+    let proxy = FaultProxy::in_front_of(env.couch.url()).await;
+    let mut config = env.config("n1");
+    config
+        .set("couchdb.url", proxy.url_for(env.couch.url()))
+        .set("feeds.heartbeat_ms", HEARTBEAT.as_millis() as i64);
+    let started = Instant::now();
+    let daemon = Daemon::start(&config).await;
+    daemon.wait_ready_within(Duration::from_secs(60)).await;
+    let ready_after = started.elapsed();
+    assert!(
+        ready_after < HEARTBEAT / 2,
+        "ready only {ready_after:?} after start (heartbeat {HEARTBEAT:?})"
+    );
+    wait_value(&daemon, "c1", "k", json!(1)).await;
+
+    proxy.cut();
+    wait_readyz(
+        &daemon,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(15),
+    )
+    .await;
+    proxy.restore();
+    let restored = Instant::now();
+    wait_readyz(&daemon, StatusCode::OK, Duration::from_secs(60)).await;
+    let back_after = restored.elapsed();
+    assert!(
+        back_after < HEARTBEAT / 2,
+        "ready again only {back_after:?} after the outage (heartbeat {HEARTBEAT:?})"
+    );
+    // Still following: an edit after the outage is served.
+    env.couch
+        .upsert(&db, &json!({"_id": "c1", "default": {"k": 2}}))
+        .await;
+    wait_value(&daemon, "c1", "k", json!(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_and_recreated_database_serves_only_the_new_content() {
     let env = TestEnv::new().await;

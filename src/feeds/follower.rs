@@ -307,6 +307,9 @@ impl Follower {
             headers: self.config.inactivity_timeout,
             inactivity: self.config.inactivity_timeout,
         };
+        if self.caught_up(&session.since).await? {
+            self.readiness.set(&self.component(), Ok(()));
+        }
         let mut feed = match self.config.mode {
             FeedMode::Continuous => FeedReader::Continuous(
                 self.db
@@ -373,6 +376,15 @@ impl Follower {
                 },
             }
         }
+    }
+
+    /// Whether the database has no change after `since`. Asked with a
+    /// normal feed, which answers at once: pouchdb-server sends a continuous
+    /// or longpoll feed's headers only with its first row or heartbeat, so
+    /// waiting for them would keep `/readyz` false for up to a heartbeat
+    /// (30 s by default) after every start and reconnection.
+    async fn caught_up(&self, since: &Seq) -> Result<bool> {
+        Ok(self.db.changes_page(since, 1).await?.rows.is_empty())
     }
 
     async fn same_incarnation(&self, marker: &str) -> Result<bool> {
