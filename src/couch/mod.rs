@@ -360,16 +360,44 @@ impl Db {
     /// # Errors
     /// The request as a whole failed.
     pub async fn bulk_docs(&self, docs: &[Value]) -> Result<Vec<BulkResult>> {
-        let body = json!({ "docs": docs });
+        let serialized: Vec<Vec<u8>> = docs
+            .iter()
+            .map(|doc| serde_json::to_vec(doc).expect("JSON values serialize"))
+            .collect();
+        self.bulk_docs_serialized(&serialized).await
+    }
+
+    /// `_bulk_docs` with documents already serialized (the cache writer
+    /// serializes each document once and keeps the bytes for its size).
+    ///
+    /// # Errors
+    /// The request as a whole failed.
+    pub async fn bulk_docs_serialized<D: AsRef<[u8]>>(
+        &self,
+        docs: &[D],
+    ) -> Result<Vec<BulkResult>> {
+        let total: usize = docs.iter().map(|d| d.as_ref().len() + 1).sum();
+        let mut body = Vec::with_capacity(total + 12);
+        body.extend_from_slice(b"{\"docs\":[");
+        for (i, doc) in docs.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(doc.as_ref());
+        }
+        body.extend_from_slice(b"]}");
+        let operation = self.op(&Method::POST, "_bulk_docs");
         let answer = self
-            .json_call(
+            .client
+            .send(
                 Method::POST,
                 self.url(Some("_bulk_docs"), &[]),
-                Some(&body),
-                "_bulk_docs",
+                Some(RequestBody::Json(body)),
+                operation.clone(),
+                false,
             )
             .await?;
-        parse_json(&answer.body, &self.op(&Method::POST, "_bulk_docs"))
+        parse_json(&answer.body, &operation)
     }
 
     /// `POST /{db}/_all_docs` with `keys`: one row per key, in order.
