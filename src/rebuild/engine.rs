@@ -166,6 +166,7 @@ impl Engine {
             if self.can_build() && self.flush(&mut batch, &abort).await.is_err() {
                 return;
             }
+            self.report_readiness();
         }
         // Shutdown: whatever the followers already handed over gets written.
         while let Ok(event) = events.try_recv() {
@@ -518,11 +519,32 @@ impl Engine {
         self.full_build = false;
         batch.dirty.clear();
         self.durable(std::mem::take(batch));
-        if !self.built_once {
-            self.built_once = true;
-            self.readiness.set(COMPONENT, Ok(()));
-        }
+        self.built_once = true;
         Ok(())
+    }
+
+    /// Ready once the first build is written and every dynamic source the
+    /// builders want has loaded: until then some outputs (a ruleset's
+    /// table) are deferred, and serving without them is not "caught up".
+    fn report_readiness(&self) {
+        if !self.built_once {
+            return;
+        }
+        let waiting: Vec<&str> = self
+            .dynamic
+            .iter()
+            .filter(|(id, _)| self.sources.get(*id).is_none_or(|s| !s.loaded))
+            .map(|(_, (feed, _))| feed.db.as_str())
+            .collect();
+        let state = match waiting.as_slice() {
+            [] => Ok(()),
+            [db] => Err(format!("database {db} is not loaded yet")),
+            [db, rest @ ..] => Err(format!(
+                "databases {db} and {} more are not loaded yet",
+                rest.len()
+            )),
+        };
+        self.readiness.set(COMPONENT, state);
     }
 
     /// Every output a from-scratch build has, every output the cache holds,
