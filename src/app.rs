@@ -177,6 +177,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         board: Arc::new(Board::default()),
         mirror: Arc::new(Mirror::default()),
     };
+    let domain_names: Vec<&str> = Domain::ALL.iter().map(|d| d.name()).collect();
+    shared.metrics.register_domains(&domain_names);
     let client = Client::new(&config.couchdb)?;
     let api_listener = http::bind("api", config.http.api_listen).await?;
     let phones_listener = http::bind("phones", config.http.phones_listen).await?;

@@ -698,6 +698,73 @@ async fn health_metrics_and_status_report_the_daemon() {
         Some(2.0),
         "{text}"
     );
+    // Every series issue 2 lists exists from the start (at zero before the
+    // first event), so dashboards and alerts never see a missing series.
+    for name in [
+        "caldera_feed_changes_total",
+        "caldera_feed_applied_total",
+        "caldera_feed_pending",
+        "caldera_feed_lag_seconds",
+        "caldera_feed_connected",
+        "caldera_feed_reconnects_total",
+        "caldera_feed_resets_total",
+        "caldera_checkpoints_total",
+    ] {
+        assert!(
+            sample(text, name, &[&db_label]).is_some(),
+            "no {name}{{{db_label}}}:\n{text}"
+        );
+    }
+    assert_eq!(
+        sample(text, "caldera_feed_reconnects_total", &[&db_label]),
+        Some(0.0),
+        "{text}"
+    );
+    for domain in ["sysconf", "acls", "routing"] {
+        let label = format!("domain=\"{domain}\"");
+        for name in [
+            "caldera_rebuilds_total",
+            "caldera_rebuild_errors_total",
+            "caldera_rebuild_seconds_count",
+            "caldera_cache_documents",
+            "caldera_cache_bytes",
+            "caldera_cache_documents_with_errors",
+        ] {
+            assert!(
+                sample(text, name, &[&label]).is_some(),
+                "no {name}{{{label}}}:\n{text}"
+            );
+        }
+    }
+    assert!(
+        sample(text, "caldera_cache_bytes", &["domain=\"sysconf\""]).is_some_and(|b| b > 0.0),
+        "{text}"
+    );
+    for outcome in ["stored", "deleted", "conflict", "refused", "retried"] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert!(
+            sample(text, "caldera_cache_writes_total", &[&label]).is_some(),
+            "no cache write outcome {outcome}:\n{text}"
+        );
+    }
+    assert!(
+        sample(text, "caldera_change_to_cache_seconds_count", &[]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    let route = "route=\"/v1/sysconf/{category}/{*key}\"";
+    assert!(
+        sample(
+            text,
+            "caldera_http_requests_total",
+            &[route, "status=\"200\""]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "requests by route:\n{text}"
+    );
+    assert!(
+        sample(text, "caldera_http_request_seconds_count", &[route]).is_some_and(|n| n >= 1.0),
+        "latency by route:\n{text}"
+    );
 
     let status = daemon.get("/v1/status").await;
     assert_eq!(status.status, StatusCode::OK, "{}", status.text);

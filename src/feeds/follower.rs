@@ -81,6 +81,7 @@ impl Follower {
     /// Runs until `token` is cancelled and the consumer has let go.
     pub async fn run(self, token: CancellationToken) {
         self.readiness.register(&self.component(), "not loaded yet");
+        self.metrics.register_feed(self.db.name());
         self.set_state(FeedState::Starting, None);
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut session: Option<Session> = None;
