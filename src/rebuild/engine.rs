@@ -37,8 +37,13 @@ use crate::feeds::{CheckpointTx, FeedEvent, WantedFeed, WantedFeeds};
 use crate::lifecycle::readiness::Readiness;
 use crate::telemetry::metrics::Metrics;
 
-/// Below this many outputs a batch is built on the engine's own thread.
+/// From this many outputs a batch is built on the worker threads.
 const PARALLEL_THRESHOLD: usize = 256;
+
+/// A smaller batch goes to the worker threads when its outputs are expected
+/// to take at least this long to build (a few routing tables do; a few
+/// sysconf categories do not), which pays for starting the threads.
+const PARALLEL_MIN_WORK: Duration = Duration::from_millis(2);
 
 const COMPONENT: &str = "engine";
 
@@ -81,6 +86,8 @@ pub struct Engine {
     wanted: watch::Sender<WantedFeeds>,
     /// Outputs that read a dynamic source not loaded yet.
     deferred: BTreeSet<OutputId>,
+    /// Recent build time of one output, per domain (a moving average).
+    build_cost: BTreeMap<Domain, Duration>,
 }
 
 impl Engine {
@@ -121,6 +128,7 @@ impl Engine {
             incarnations: 0,
             wanted: watch::channel(WantedFeeds::new()).0,
             deferred: BTreeSet::new(),
+            build_cost: BTreeMap::new(),
         }
     }
 
@@ -575,34 +583,35 @@ impl Engine {
     fn build(&mut self, keys: &[OutputId]) -> Vec<Output> {
         let index = &self.index;
         let metrics = &self.metrics;
-        let results: Vec<BuildResult> =
-            if keys.len() < PARALLEL_THRESHOLD || self.config.workers < 2 {
-                keys.iter()
-                    .map(|key| build_one(index, metrics, key))
-                    .collect()
-            } else {
-                let chunk = keys.len().div_ceil(self.config.workers);
-                tokio::task::block_in_place(|| {
-                    std::thread::scope(|scope| {
-                        let handles: Vec<_> = keys
-                            .chunks(chunk)
-                            .map(|part| {
-                                scope.spawn(move || {
-                                    part.iter()
-                                        .map(|k| build_one(index, metrics, k))
-                                        .collect::<Vec<_>>()
-                                })
+        let results: Vec<BuildResult> = if !self.worth_parallel(keys) {
+            keys.iter()
+                .map(|key| build_one(index, metrics, key))
+                .collect()
+        } else {
+            let chunk = keys.len().div_ceil(self.config.workers);
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = keys
+                        .chunks(chunk)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                part.iter()
+                                    .map(|k| build_one(index, metrics, k))
+                                    .collect::<Vec<_>>()
                             })
-                            .collect();
-                        handles
-                            .into_iter()
-                            .flat_map(|h| h.join().expect("build_one catches panics"))
-                            .collect()
-                    })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("build_one catches panics"))
+                        .collect()
                 })
-            };
+            })
+        };
         let mut outputs = Vec::with_capacity(results.len());
-        for (id, built, deps, built_from) in results {
+        for (id, built, deps, built_from, took) in results {
+            let cost = self.build_cost.entry(id.0).or_insert(took);
+            *cost = (*cost * 4 + took) / 5;
             if self.waits_for_source(&deps) {
                 // Written once every dynamic source it read has loaded.
                 self.deps.set(id.clone(), deps);
@@ -622,6 +631,22 @@ impl Engine {
             });
         }
         outputs
+    }
+
+    /// Whether to spread a batch over the worker threads: many outputs, or
+    /// a few that are expected to be slow to build.
+    fn worth_parallel(&self, keys: &[OutputId]) -> bool {
+        if self.config.workers < 2 || keys.len() < 2 {
+            return false;
+        }
+        if keys.len() >= PARALLEL_THRESHOLD {
+            return true;
+        }
+        let expected: Duration = keys
+            .iter()
+            .filter_map(|(domain, _)| self.build_cost.get(domain))
+            .sum();
+        expected >= PARALLEL_MIN_WORK
     }
 
     /// Reports everything absorbed so far as durable.
@@ -653,11 +678,13 @@ impl Engine {
     }
 }
 
+/// An output, its dependencies, the revisions it read, and how long it took.
 type BuildResult = (
     OutputId,
     Built,
     BTreeSet<Dep>,
     BTreeMap<SourceId, BTreeMap<String, String>>,
+    Duration,
 );
 
 /// Builds one output; a panicking builder becomes a failed output, never a
@@ -684,16 +711,17 @@ fn build_one(index: &Index, metrics: &Metrics, id: &OutputId) -> BuildResult {
             }],
         }
     });
+    let took = started.elapsed();
     let label = Metrics::domain(domain.name());
     metrics.rebuilds.get_or_create(&label).inc();
     metrics
         .rebuild_seconds
         .get_or_create(&label)
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
     if has_issues(&built) {
         metrics.rebuild_errors.get_or_create(&label).inc();
     }
-    (id.clone(), built, deps, revs)
+    (id.clone(), built, deps, revs, took)
 }
 
 fn has_issues(built: &Built) -> bool {
