@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt};
 use reqwest::Method;
 
 use super::rows::{self, Line, Page};
-use super::{Db, Error, ErrorKind, Result, Seq};
+use super::{Client, Db, Error, ErrorKind, Result, Seq};
 
 /// A single line (one change with its document) may not exceed this.
 const MAX_LINE_BYTES: usize = 64 << 20;
@@ -30,6 +30,7 @@ type BodyStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 /// An open `feed=continuous` response, read line by line.
 pub struct ChangesStream {
+    client: Client,
     body: BodyStream,
     buffer: Vec<u8>,
     inactivity: Duration,
@@ -51,6 +52,7 @@ impl Db {
         let operation = self.op(&Method::GET, "_changes");
         let body = self.open_feed(url, &operation, timeouts).await?;
         Ok(ChangesStream {
+            client: self.client.clone(),
             body,
             buffer: Vec::new(),
             inactivity: timeouts.inactivity,
@@ -77,7 +79,9 @@ impl Db {
         let read = async {
             let mut body = self.open_feed(url, &operation, timeouts).await?;
             let mut buffer = Vec::new();
-            while let Some(chunk) = next_chunk(&mut body, timeouts.inactivity, &operation).await? {
+            while let Some(chunk) =
+                next_chunk(&self.client, &mut body, timeouts.inactivity, &operation).await?
+            {
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() > MAX_LINE_BYTES {
                     return Err(Error::new(
@@ -111,6 +115,7 @@ impl Db {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(Error::transport(operation.to_string(), &err)),
             Err(_) => {
+                self.client.stalled();
                 let why = format!("no response headers within {:?}", timeouts.headers);
                 return Err(Error::new(ErrorKind::Transient, operation, why));
             }
@@ -141,7 +146,14 @@ impl ChangesStream {
                 }
                 return self.parse(line).map(Some);
             }
-            match next_chunk(&mut self.body, self.inactivity, &self.operation).await? {
+            match next_chunk(
+                &self.client,
+                &mut self.body,
+                self.inactivity,
+                &self.operation,
+            )
+            .await?
+            {
                 Some(chunk) => {
                     self.buffer.extend_from_slice(&chunk);
                     if self.buffer.len() > MAX_LINE_BYTES {
@@ -169,6 +181,7 @@ impl ChangesStream {
 }
 
 async fn next_chunk(
+    client: &Client,
     body: &mut BodyStream,
     inactivity: Duration,
     operation: &str,
@@ -178,6 +191,7 @@ async fn next_chunk(
         Ok(Some(Err(err))) => Err(Error::transport(operation.to_string(), &err)),
         Ok(None) => Ok(None),
         Err(_) => {
+            client.stalled();
             let why = format!("no data for {inactivity:?} (heartbeats stopped)");
             Err(Error::new(ErrorKind::Transient, operation, why))
         }

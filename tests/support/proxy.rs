@@ -2,10 +2,15 @@
 //! both ways until `cut()`, which closes every open connection and refuses
 //! new ones (accepted, then dropped at once) until `restore()`. This is how
 //! an outage is simulated against a server the tests cannot stop.
+//!
+//! `stall()` is the nastier fault: every open connection, and every one
+//! accepted until `restore()`, stays open but goes silent for good (no byte
+//! either way, no close) — a half-dead server or a dropped route, which only
+//! a client-side deadline notices.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use reqwest::Url;
 use tokio::net::{TcpListener, TcpStream};
@@ -14,10 +19,22 @@ use tokio::task::JoinHandle;
 
 struct State {
     cut: AtomicBool,
+    stalled: AtomicBool,
+    /// Silent connections, kept open (see `stall`).
+    graveyard: Mutex<Vec<TcpStream>>,
     /// Bumped by `cut()`: every connection opened before ends.
     generation: watch::Sender<u64>,
     accepted: AtomicU64,
     refused: AtomicU64,
+}
+
+impl State {
+    fn bury(&self, stream: TcpStream) {
+        self.graveyard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stream);
+    }
 }
 
 pub struct FaultProxy {
@@ -36,6 +53,8 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("the proxy's address");
         let state = Arc::new(State {
             cut: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            graveyard: Mutex::default(),
             generation: watch::channel(0).0,
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -52,14 +71,24 @@ impl FaultProxy {
                     drop(client);
                     continue;
                 }
+                if shared.stalled.load(Ordering::SeqCst) {
+                    shared.bury(client);
+                    continue;
+                }
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
+                let state = shared.clone();
                 tokio::spawn(async move {
                     let Ok(mut upstream) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                        _ = generation.changed() => {}
+                        _ = generation.changed() => {
+                            if state.stalled.load(Ordering::SeqCst) {
+                                state.bury(client);
+                                state.bury(upstream);
+                            }
+                        }
                     }
                 });
             }
@@ -112,9 +141,17 @@ impl FaultProxy {
         self.state.generation.send_modify(|g| *g += 1);
     }
 
-    /// Forwards again.
+    /// Silences every connection for good, and every new one until
+    /// `restore()`, without closing any.
+    pub fn stall(&self) {
+        self.state.stalled.store(true, Ordering::SeqCst);
+        self.state.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Forwards again (new connections; stalled ones stay silent).
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
+        self.state.stalled.store(false, Ordering::SeqCst);
     }
 
     /// Connections forwarded so far.
