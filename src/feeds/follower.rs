@@ -120,6 +120,9 @@ impl Follower {
             .feed_connected
             .get_or_create(&Metrics::db(self.db.name()))
             .set(0);
+        // Every failure is followed by a reconnection attempt: count it with
+        // the planned reopenings, so a flapping server shows in one series.
+        self.count_reconnect();
         self.readiness.set(
             &self.component(),
             Err(format!("cannot follow {}: {err}", self.db.name())),
@@ -182,14 +185,7 @@ impl Follower {
             other => other?,
         };
         match ended {
-            Ended::Reconnect => {
-                self.metrics
-                    .feed_reconnects
-                    .get_or_create(&Metrics::db(self.db.name()))
-                    .inc();
-                self.board
-                    .update(&self.source, self.db.name(), |s| s.reconnects += 1);
-            }
+            Ended::Reconnect => self.count_reconnect(),
             Ended::Reset => {
                 self.count_reset();
                 tracing::warn!(
@@ -201,6 +197,15 @@ impl Follower {
             Ended::Cancelled => {}
         }
         Ok(true)
+    }
+
+    fn count_reconnect(&self) {
+        self.metrics
+            .feed_reconnects
+            .get_or_create(&Metrics::db(self.db.name()))
+            .inc();
+        self.board
+            .update(&self.source, self.db.name(), |s| s.reconnects += 1);
     }
 
     fn count_reset(&self) {
