@@ -451,6 +451,7 @@ fn start_building(
             shared.mirror.clone(),
             tx.clone(),
             shared.metrics.clone(),
+            shared.readiness.clone(),
         )
         .run(core.clone()),
     );

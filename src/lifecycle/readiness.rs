@@ -57,6 +57,15 @@ impl Readiness {
             .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
+    /// Whether one component has reported ready (false when unknown).
+    pub fn is_component_ready(&self, component: &str) -> bool {
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        matches!(components.get(component), Some(None))
+    }
+
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
@@ -88,6 +97,9 @@ mod tests {
         readiness.register("feed:a", "loading");
         readiness.register("mirror", "loading");
         readiness.set("feed:a", Ok(()));
+        assert!(readiness.is_component_ready("feed:a"));
+        assert!(!readiness.is_component_ready("mirror"));
+        assert!(!readiness.is_component_ready("unknown"));
         assert!(!readiness.is_ready());
         assert_eq!(readiness.reasons(), ["mirror: loading"]);
         readiness.set("mirror", Ok(()));

@@ -45,7 +45,9 @@ const PARALLEL_THRESHOLD: usize = 256;
 /// sysconf categories do not), which pays for starting the threads.
 const PARALLEL_MIN_WORK: Duration = Duration::from_millis(2);
 
-const COMPONENT: &str = "engine";
+/// The engine's readiness component: ready once the first build is written
+/// and every dynamic source has loaded.
+pub const COMPONENT: &str = "engine";
 
 #[derive(Default)]
 struct SourceState {
