@@ -321,6 +321,7 @@ fn follower(
         board: shared.board.clone(),
         readiness: shared.readiness.clone(),
         metrics: shared.metrics.clone(),
+        known: None,
     }
 }
 
@@ -336,7 +337,12 @@ fn start_mirror(
     let mirror = shared.mirror.clone();
     let readiness = shared.readiness.clone();
     readiness.register("mirror", "the cache database is not loaded yet");
-    tasks.spawn(follower(config, shared, "cache", cache_db, false, tx).run(core.clone()));
+    let mut cache_follower = follower(config, shared, "cache", cache_db, false, tx);
+    // The echo of this instance's own writes (already in the mirror) is
+    // skipped without parsing the documents.
+    let held = mirror.clone();
+    cache_follower.known = Some(Arc::new(move |id: &str, rev: &str| held.holds(id, rev)));
+    tasks.spawn(cache_follower.run(core.clone()));
     tasks.spawn(async move {
         // The follower ends a feed whose checkpoint channel its consumer
         // dropped ("moved on"): hold the current incarnation's channel.
@@ -351,6 +357,9 @@ fn start_mirror(
                     readiness.set("mirror", Ok(()));
                 }
                 FeedEvent::Change { id, rev, body, .. } => {
+                    if mirror.holds(&id, &rev) {
+                        continue;
+                    }
                     let json = match &body {
                         Some(Body::Json(json)) => Some(json),
                         Some(Body::Malformed(why)) => {

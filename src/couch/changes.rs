@@ -4,6 +4,7 @@
 //! follower treats as "reconnect from the last processed sequence".
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,8 +29,12 @@ pub struct FeedTimeouts {
 
 type BodyStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
+/// Whether a consumer already holds a document revision `(id, rev)`.
+pub type Known = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// An open `feed=continuous` response, read line by line.
 pub struct ChangesStream {
+    known: Option<Known>,
     client: Client,
     body: BodyStream,
     buffer: Vec<u8>,
@@ -52,6 +57,7 @@ impl Db {
         let operation = self.op(&Method::GET, "_changes");
         let body = self.open_feed(url, &operation, timeouts).await?;
         Ok(ChangesStream {
+            known: None,
             client: self.client.clone(),
             body,
             buffer: Vec::new(),
@@ -131,6 +137,16 @@ impl Db {
 }
 
 impl ChangesStream {
+    /// Rows whose `(id, rev)` `known` says the consumer holds come as
+    /// `Line::Known`, their documents never parsed: the cache database's
+    /// feed echoes every document this instance just wrote, and parsing
+    /// those (routing tables of megabytes) only to drop them doubled the
+    /// cost of a write.
+    pub fn skip_known(mut self, known: Known) -> ChangesStream {
+        self.known = Some(known);
+        self
+    }
+
     /// The next row or end-of-feed line; `None` when the server closed the
     /// stream cleanly. Heartbeat lines are consumed silently.
     ///
@@ -175,6 +191,12 @@ impl ChangesStream {
     }
 
     fn parse(&self, line: &[u8]) -> Result<Line> {
+        if let Some(known) = &self.known
+            && let Some((seq, id, rev)) = rows::peek(line)
+            && known(&id, &rev)
+        {
+            return Ok(Line::Known { seq });
+        }
         rows::parse_line(line)
             .map_err(|why| Error::new(ErrorKind::Transient, self.operation.clone(), why))
     }

@@ -19,7 +19,7 @@ use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub use changes::{ChangesStream, FeedTimeouts};
+pub use changes::{ChangesStream, FeedTimeouts, Known};
 pub use error::{Error, ErrorKind, Result};
 pub use rows::{Line, Page, Row};
 

@@ -25,7 +25,7 @@ use super::{Board, FeedEvent, FeedState};
 use crate::config::{FeedConfig, FeedMode};
 use crate::couch::retry::Backoff;
 use crate::couch::{
-    ChangesStream, Db, Error, ErrorKind, FeedTimeouts, Line, Page, Result, Row, Seq,
+    ChangesStream, Db, Error, ErrorKind, FeedTimeouts, Known, Line, Page, Result, Row, Seq,
 };
 use crate::lifecycle::readiness::Readiness;
 use crate::rebuild::index::{SourceDoc, SourceId};
@@ -44,6 +44,9 @@ pub struct Follower {
     pub board: Arc<Board>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Revisions the consumer already holds, skipped unparsed on a
+    /// continuous feed (the mirror's own writes echoed by the cache feed).
+    pub known: Option<Known>,
 }
 
 /// The incarnation of the database this follower has loaded.
@@ -317,11 +320,16 @@ impl Follower {
             self.readiness.set(&self.component(), Ok(()));
         }
         let mut feed = match self.config.mode {
-            FeedMode::Continuous => FeedReader::Continuous(
-                self.db
+            FeedMode::Continuous => {
+                let stream = self
+                    .db
                     .follow(&session.since, self.config.heartbeat, timeouts)
-                    .await?,
-            ),
+                    .await?;
+                FeedReader::Continuous(match &self.known {
+                    Some(known) => stream.skip_known(known.clone()),
+                    None => stream,
+                })
+            }
             FeedMode::Longpoll => FeedReader::longpoll(
                 self.db.clone(),
                 session.since.clone(),
@@ -374,6 +382,12 @@ impl Follower {
                         }
                         self.deliver(row, token).await;
                     }
+                    Some(Line::Known { seq }) => {
+                        if !seq.is_null() {
+                            session.since = seq.clone();
+                        }
+                        self.count_change(&seq);
+                    }
                     Some(Line::End { last_seq }) => {
                         session.since = last_seq;
                         return Ok(Ended::Reconnect);
@@ -400,8 +414,7 @@ impl Follower {
         Ok(checkpoint::read_marker(&self.db).await?.as_deref() == Some(marker))
     }
 
-    async fn deliver(&self, row: Row, token: &CancellationToken) {
-        let seq = row.seq.clone();
+    fn count_change(&self, seq: &Seq) {
         self.metrics
             .feed_changes
             .get_or_create(&Metrics::db(self.db.name()))
@@ -410,6 +423,11 @@ impl Follower {
             s.changes += 1;
             s.since = Some(seq.clone());
         });
+    }
+
+    async fn deliver(&self, row: Row, token: &CancellationToken) {
+        let seq = row.seq.clone();
+        self.count_change(&seq);
         let Some((id, doc)) = source_doc(row) else {
             return;
         };
