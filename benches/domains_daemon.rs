@@ -93,8 +93,22 @@ fn bench_config(couch: &Couch, names: &DbNames) -> DaemonConfig {
     config
         .set("log.level", "info")
         .set("feeds.heartbeat_ms", 5000);
+    if let Ok(level) = std::env::var("DOMAINS_BENCH_LOG") {
+        // e.g. `info,caldera::rebuild=debug` to see every batch's timing.
+        config.set("log.level", level);
+    }
     config.label = "bench".into();
     config
+}
+
+/// With `DOMAINS_BENCH_LOG` set, prints the daemon's log lines that hold
+/// `needle`.
+fn print_log(daemon: &Daemon, needle: &str) {
+    if std::env::var_os("DOMAINS_BENCH_LOG").is_some() {
+        for line in daemon.logs().iter().filter(|l| l.contains(needle)) {
+            println!("  {line}");
+        }
+    }
 }
 
 /// Starts the daemon; returns it, when it was spawned, and how long until
@@ -265,6 +279,8 @@ async fn routing(couch: &Couch) {
     );
 
     carrier_edits(couch, &daemon, &provisioning_db, &revs, &numbers).await;
+    print_log(&daemon, "batch written");
+    print_log(&daemon, "cache _bulk_docs");
     let (rss, peak) = rss_mb(daemon.pid());
     println!("daemon RSS at the end: {rss:.0} MB (peak {peak:.0})");
     drop(daemon);

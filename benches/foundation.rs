@@ -200,6 +200,15 @@ async fn bench_size(couch: &Couch, n: usize) -> Figures {
         .set("log.level", "info")
         .set("feeds.heartbeat_ms", 5000);
     config.label = "bench".into();
+    // `FOUNDATION_BENCH_DAEMON_ENV="NAME=value,..."`: extra environment for
+    // the daemon (e.g. allocator settings to compare).
+    if let Ok(extra) = std::env::var("FOUNDATION_BENCH_DAEMON_ENV") {
+        for pair in extra.split(',').filter(|p| !p.is_empty()) {
+            if let Some((name, value)) = pair.split_once('=') {
+                config.env.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
     let started = Instant::now();
     let daemon = Daemon::start(&config).await;
     wait_ready(&daemon, started).await;

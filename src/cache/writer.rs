@@ -329,7 +329,11 @@ impl Writer {
         let mut outcome = StoreOutcome::default();
         while let Some(batch) = queue.pop() {
             let bodies: Vec<&[u8]> = batch.iter().map(|p| p.json.as_slice()).collect();
-            match self.db.bulk_docs_serialized(&bodies).await {
+            let bytes: usize = bodies.iter().map(|b| b.len()).sum();
+            let started = std::time::Instant::now();
+            let sent = self.db.bulk_docs_serialized(&bodies).await;
+            tracing::debug!(docs = batch.len(), bytes, elapsed = ?started.elapsed(), "cache _bulk_docs");
+            match sent {
                 Ok(results) => {
                     self.readiness.set("cache_writes", Ok(()));
                     self.backoff.reset();
