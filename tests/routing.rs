@@ -412,9 +412,7 @@ async fn ready_only_once_every_ruleset_table_is_served() {
     }
     let daemon = Daemon::start_ready(&routing.env.config("n1")).await;
     for r in 0..routing.databases.len() {
-        let reply = daemon
-            .get(&format!("/v1/routes/{SDN}/r{r}/1{:04}9", r))
-            .await;
+        let reply = daemon.get(&format!("/v1/routes/{SDN}/r{r}/1{r:04}9")).await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
