@@ -612,3 +612,35 @@ async fn checkpoint_waits_until_the_outputs_are_durable() {
     )
     .await;
 }
+
+/// SIGTERM on a quiet daemon exits at once, whatever the heartbeat: a feed
+/// waiting for pouchdb-server's first heartbeat (which carries the headers
+/// of a feed with nothing new) must not hold the shutdown until the grace
+/// period runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_promptly_with_a_long_heartbeat() {
+    let env = TestEnv::new().await;
+    env.couch
+        .put(env.sysconf_db(), &category_doc("c1", 1))
+        .await;
+    let mut config = env.config("n1");
+    config
+        .set("feeds.heartbeat_ms", 20_000)
+        .set("shutdown.grace_ms", 8000);
+    let mut daemon = Daemon::start_ready(&config).await;
+    // Let every follower reach its feed (and wait for headers).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !daemon.logged("grace period over"),
+        "the shutdown ran into the grace period:\n{}",
+        daemon.log_tail(20)
+    );
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
+    // The checkpoint was still saved.
+    checkpoint(&env, "n1").await;
+}

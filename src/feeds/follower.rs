@@ -90,10 +90,18 @@ impl Follower {
         let mut session: Option<Session> = None;
         let mut announced_missing = false;
         while !token.is_cancelled() {
-            match self
-                .round(&mut session, &mut announced_missing, &token)
-                .await
-            {
+            // Shutdown must not wait for whatever the round is waiting on:
+            // pouchdb-server sends a quiet feed's headers only with the
+            // first heartbeat (30 s by default, longer than the grace
+            // period), and a request to an unreachable server runs to its
+            // deadline. Dropping the round is safe: the session keeps its
+            // position and the durable channel, drained below.
+            let round = tokio::select! {
+                biased;
+                () = token.cancelled() => break,
+                round = self.round(&mut session, &mut announced_missing, &token) => round,
+            };
+            match round {
                 Ok(progress) => {
                     if progress {
                         backoff.reset();
