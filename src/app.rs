@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::amqp;
 use crate::cache::CacheEntry;
 use crate::cache::mirror::{Mirror, update_from_doc};
 use crate::cache::writer::Writer;
@@ -257,6 +258,19 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         http_token.clone(),
         grace,
     ));
+    // The AMQP front door stops with the HTTP one: both drain before the
+    // core (the engine their writes go through) is told to stop.
+    http_tasks.spawn(
+        amqp::Listener {
+            config: config.amqp.clone(),
+            node: config.node.clone(),
+            service: sysconf.clone(),
+            mirror: shared.mirror.clone(),
+            metrics: shared.metrics.clone(),
+            readiness: shared.readiness.clone(),
+        }
+        .run(http_token.clone()),
+    );
     http_tasks.close();
 
     systemd::ready("serving; catching up with CouchDB");

@@ -3,6 +3,7 @@
 //! server `COUCHDB_URL` points at). Run with `cargo test --test integration`.
 
 mod acls;
+mod amqp;
 mod common;
 mod couch_client;
 mod feeds;

@@ -5,6 +5,7 @@
 //! Which keys a running daemon honours on SIGHUP is decided here too
 //! (`Config::needs_restart`).
 
+mod amqp;
 mod reader;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+pub use amqp::AmqpConfig;
 use reader::Reader;
 pub use reader::{ConfigError, env_name};
 
@@ -56,6 +58,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub sysconf: SysconfConfig,
     pub acls: AclsConfig,
+    /// The Kazoo-compatible AMQP front door of sysconf (`amqp.*`).
+    pub amqp: AmqpConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -319,6 +323,7 @@ impl Config {
         );
         check(self.log.format != new.log.format, "log.format");
         check(self.acls != new.acls, "acls.*");
+        check(self.amqp != new.amqp, "amqp.*");
         keys
     }
 }
@@ -347,6 +352,7 @@ fn read(r: &mut Reader<'_>) -> Config {
             write_attempts: r.int("sysconf.write_attempts", 10, 1, 100) as u32,
         },
         acls: read_acls(r),
+        amqp: amqp::read(r),
     }
 }
 

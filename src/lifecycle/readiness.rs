@@ -57,13 +57,19 @@ impl Readiness {
             .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
-    /// Whether one component has reported ready (false when unknown).
-    pub fn is_component_ready(&self, component: &str) -> bool {
+    /// Whether `component` is ready (`None`: not registered), for a part
+    /// of the daemon that waits for another before it starts.
+    pub fn component_ready(&self, component: &str) -> Option<bool> {
         let components = self
             .components
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        matches!(components.get(component), Some(None))
+        components.get(component).map(Option::is_none)
+    }
+
+    /// Whether one component has reported ready (false when unknown).
+    pub fn is_component_ready(&self, component: &str) -> bool {
+        self.component_ready(component) == Some(true)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -106,5 +112,11 @@ mod tests {
         assert!(readiness.is_ready());
         readiness.set("feed:a", Err("CouchDB unreachable".into()));
         assert!(!readiness.is_ready(), "readiness follows outages");
+        readiness.set("feed:a", Ok(()));
+        readiness.register("amqp", "connecting");
+        assert!(!readiness.is_ready());
+        assert_eq!(readiness.component_ready("mirror"), Some(true));
+        assert_eq!(readiness.component_ready("amqp"), Some(false));
+        assert_eq!(readiness.component_ready("engine"), None);
     }
 }

@@ -45,9 +45,14 @@ const PARALLEL_THRESHOLD: usize = 256;
 /// sysconf categories do not), which pays for starting the threads.
 const PARALLEL_MIN_WORK: Duration = Duration::from_millis(2);
 
-/// The engine's readiness component: ready once the first build is written
-/// and every dynamic source has loaded.
+/// The readiness component: ready once the first full build is written.
 pub const COMPONENT: &str = "engine";
+
+/// The readiness component of the dynamic sources: ready once every
+/// database the builders want followed (a ruleset's `database`) has loaded,
+/// so no output (a routing table) is still deferred. Separate from
+/// `COMPONENT`, which parts that need only the first build wait for.
+pub const DYNAMIC_COMPONENT: &str = "dynamic_sources";
 
 #[derive(Default)]
 struct SourceState {
@@ -107,6 +112,7 @@ impl Engine {
             .map(|name| (SourceId::from(*name), SourceState::default()))
             .collect();
         readiness.register(COMPONENT, "initial build not done");
+        readiness.register(DYNAMIC_COMPONENT, "initial build not done");
         let keyer_domains = domains.clone();
         let keyer: Keyer = Arc::new(move |source: &str, doc: &SourceDoc| {
             keyer_domains
@@ -529,13 +535,17 @@ impl Engine {
         self.full_build = false;
         batch.dirty.clear();
         self.durable(std::mem::take(batch));
-        self.built_once = true;
+        if !self.built_once {
+            self.built_once = true;
+            self.readiness.set(COMPONENT, Ok(()));
+        }
         Ok(())
     }
 
-    /// Ready once the first build is written and every dynamic source the
-    /// builders want has loaded: until then some outputs (a ruleset's
-    /// table) are deferred, and serving without them is not "caught up".
+    /// `DYNAMIC_COMPONENT` is ready once the first build is written and
+    /// every dynamic source the builders want has loaded: until then some
+    /// outputs (a ruleset's table) are deferred, and serving without them is
+    /// not "caught up".
     fn report_readiness(&self) {
         if !self.built_once {
             return;
@@ -554,7 +564,7 @@ impl Engine {
                 rest.len()
             )),
         };
-        self.readiness.set(COMPONENT, state);
+        self.readiness.set(DYNAMIC_COMPONENT, state);
     }
 
     /// Every output a from-scratch build has, every output the cache holds,

@@ -40,6 +40,19 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+/// An AMQP request by its event (`get_req`, `set_req`, `flush_req`,
+/// `unknown`) and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AmqpLabels {
+    pub event: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +85,14 @@ pub struct Metrics {
     pub dns_lookups: Family<OutcomeLabel, Counter>,
     /// ACL hostnames whose last resolution failed.
     pub dns_failing: Gauge,
+    /// AMQP requests handled, by event and outcome.
+    pub amqp_messages: Family<AmqpLabels, Counter>,
+    /// From an AMQP request's delivery to its reply being confirmed by the broker.
+    pub amqp_reply_seconds: Family<EventLabel, Histogram, fn() -> Histogram>,
+    /// Times the AMQP connection was lost or could not be opened.
+    pub amqp_reconnects: Counter,
+    /// 1 while consuming from the shared queue.
+    pub amqp_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -104,6 +125,10 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(latency_histogram),
             dns_lookups: Family::default(),
             dns_failing: Gauge::default(),
+            amqp_messages: Family::default(),
+            amqp_reply_seconds: Family::new_with_constructor(latency_histogram),
+            amqp_reconnects: Counter::default(),
+            amqp_connected: Gauge::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -204,6 +229,26 @@ impl Metrics {
             "ACL hostnames whose last resolution failed",
             m.dns_failing.clone(),
         );
+        r.register(
+            "amqp_messages",
+            "AMQP sysconf requests by event and outcome",
+            m.amqp_messages.clone(),
+        );
+        r.register(
+            "amqp_reply_seconds",
+            "From an AMQP request's delivery to its confirmed reply",
+            m.amqp_reply_seconds.clone(),
+        );
+        r.register(
+            "amqp_reconnects",
+            "Times the AMQP connection was lost or could not be opened",
+            m.amqp_reconnects.clone(),
+        );
+        r.register(
+            "amqp_connected",
+            "1 while consuming sysconf requests from RabbitMQ",
+            m.amqp_connected.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -257,6 +302,19 @@ impl Metrics {
     pub fn domain(domain: &str) -> DomainLabel {
         DomainLabel {
             domain: domain.to_string(),
+        }
+    }
+
+    pub fn amqp(event: &str, outcome: &str) -> AmqpLabels {
+        AmqpLabels {
+            event: event.to_string(),
+            outcome: outcome.to_string(),
+        }
+    }
+
+    pub fn event(event: &str) -> EventLabel {
+        EventLabel {
+            event: event.to_string(),
         }
     }
 
