@@ -179,6 +179,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         board: Arc::new(Board::default()),
         mirror: Arc::new(Mirror::default()),
     };
+    let domain_names: Vec<&str> = Domain::ALL.iter().map(|d| d.name()).collect();
+    shared.metrics.register_domains(&domain_names);
     let client = Client::new(&config.couchdb)?;
     let api_listener = http::bind("api", config.http.api_listen).await?;
     let phones_listener = http::bind("phones", config.http.phones_listen).await?;
@@ -391,6 +393,7 @@ fn follower(
         board: shared.board.clone(),
         readiness: shared.readiness.clone(),
         metrics: shared.metrics.clone(),
+        known: None,
     }
 }
 
@@ -406,7 +409,12 @@ fn start_mirror(
     let mirror = shared.mirror.clone();
     let readiness = shared.readiness.clone();
     readiness.register("mirror", "the cache database is not loaded yet");
-    tasks.spawn(follower(config, shared, "cache", cache_db, false, tx).run(core.clone()));
+    let mut cache_follower = follower(config, shared, "cache", cache_db, false, tx);
+    // The echo of this instance's own writes (already in the mirror) is
+    // skipped without parsing the documents.
+    let held = mirror.clone();
+    cache_follower.known = Some(Arc::new(move |id: &str, rev: &str| held.holds(id, rev)));
+    tasks.spawn(cache_follower.run(core.clone()));
     tasks.spawn(async move {
         // The follower ends a feed whose checkpoint channel its consumer
         // dropped ("moved on"): hold the current incarnation's channel.
@@ -421,6 +429,9 @@ fn start_mirror(
                     readiness.set("mirror", Ok(()));
                 }
                 FeedEvent::Change { id, rev, body, .. } => {
+                    if mirror.holds(&id, &rev) {
+                        continue;
+                    }
                     let json = match &body {
                         Some(Body::Json(json)) => Some(json),
                         Some(Body::Malformed(why)) => {
@@ -523,6 +534,7 @@ fn start_building(
             shared.mirror.clone(),
             tx.clone(),
             shared.metrics.clone(),
+            shared.readiness.clone(),
         )
         .run(core.clone()),
     );

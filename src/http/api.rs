@@ -368,8 +368,8 @@ async fn routes_lookup(
         .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
     let answer = state
         .routing
-        .lookup(&sdn, &groupid, &number, query.host.as_deref())?;
-    Ok(Json(answer).into_response())
+        .lookup_text(&sdn, &groupid, &number, query.host.as_deref())?;
+    Ok(json_text(answer))
 }
 
 /// A whole ruleset table, for export to a SIP proxy.

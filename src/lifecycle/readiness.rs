@@ -67,6 +67,11 @@ impl Readiness {
         components.get(component).map(Option::is_none)
     }
 
+    /// Whether one component has reported ready (false when unknown).
+    pub fn is_component_ready(&self, component: &str) -> bool {
+        self.component_ready(component) == Some(true)
+    }
+
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
@@ -98,6 +103,9 @@ mod tests {
         readiness.register("feed:a", "loading");
         readiness.register("mirror", "loading");
         readiness.set("feed:a", Ok(()));
+        assert!(readiness.is_component_ready("feed:a"));
+        assert!(!readiness.is_component_ready("mirror"));
+        assert!(!readiness.is_component_ready("unknown"));
         assert!(!readiness.is_ready());
         assert_eq!(readiness.reasons(), ["mirror: loading"]);
         readiness.set("mirror", Ok(()));

@@ -304,6 +304,38 @@ impl Metrics {
         out
     }
 
+    /// Creates a database's feed series at zero, so a dashboard or alert
+    /// sees `caldera_feed_reconnects_total 0` rather than no series at all
+    /// before the first reconnect.
+    pub fn register_feed(&self, db: &str) {
+        let label = Metrics::db(db);
+        drop(self.feed_changes.get_or_create(&label));
+        drop(self.feed_applied.get_or_create(&label));
+        drop(self.feed_reconnects.get_or_create(&label));
+        drop(self.feed_resets.get_or_create(&label));
+        drop(self.feed_connected.get_or_create(&label));
+        drop(self.feed_pending.get_or_create(&label));
+        drop(self.feed_lag_seconds.get_or_create(&label));
+        drop(self.checkpoints.get_or_create(&label));
+    }
+
+    /// Creates the per-domain build and cache series, and every cache write
+    /// outcome, at zero.
+    pub fn register_domains(&self, domains: &[&str]) {
+        for domain in domains {
+            let label = Metrics::domain(domain);
+            drop(self.rebuilds.get_or_create(&label));
+            drop(self.rebuild_errors.get_or_create(&label));
+            drop(self.rebuild_seconds.get_or_create(&label));
+            drop(self.cache_documents.get_or_create(&label));
+            drop(self.cache_bytes.get_or_create(&label));
+            drop(self.cache_documents_with_errors.get_or_create(&label));
+        }
+        for outcome in ["stored", "deleted", "conflict", "refused", "retried"] {
+            drop(self.cache_writes.get_or_create(&Metrics::outcome(outcome)));
+        }
+    }
+
     pub fn db(db: &str) -> DbLabel {
         DbLabel { db: db.to_string() }
     }
