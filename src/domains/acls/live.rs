@@ -48,6 +48,9 @@ pub struct LiveMerge {
     frozen: Option<Arc<Frozen>>,
     /// Pages rendered so far (what an edit costs, for tests and benches).
     rendered: u64,
+    /// Every winner as `key → entry`, the dynamic part of Kazoo's merged
+    /// object: made on first use (`object`), then kept up to date.
+    object: Option<Arc<Map<String, Value>>>,
 }
 
 impl Default for LiveMerge {
@@ -66,6 +69,7 @@ impl LiveMerge {
             lists: BTreeMap::new(),
             frozen: None,
             rendered: 0,
+            object: None,
         }
     }
 
@@ -112,8 +116,21 @@ impl LiveMerge {
             self.contests.remove(&net);
         }
         let max = self.bounds().1;
+        if before.as_ref().map(Arc::as_ptr) == after.as_ref().map(Arc::as_ptr) {
+            return;
+        }
+        self.frozen = None;
+        if let Some(object) = &mut self.object {
+            // Copied only if a request still holds the previous version.
+            let object = Arc::make_mut(object);
+            if let Some(before) = &before {
+                object.remove(&before.key);
+            }
+            if let Some(after) = &after {
+                object.insert(after.key.clone(), after.entry.clone());
+            }
+        }
         match (before, after) {
-            (Some(before), Some(after)) if Arc::ptr_eq(&before, &after) => return,
             (Some(before), Some(after)) if before.list == after.list => {
                 self.pages(&after.list).replace(after);
             }
@@ -126,7 +143,6 @@ impl LiveMerge {
                 }
             }
         }
-        self.frozen = None;
     }
 
     fn withdraw(&mut self, entry: &Digested) {
@@ -193,6 +209,21 @@ impl LiveMerge {
         frozen
     }
 
+    /// Every winner as `key → entry` (the dynamic part of Kazoo's merged
+    /// object). The first call builds it; from then on every change keeps
+    /// it current, so callers only pay for the copy they take.
+    pub fn object(&mut self) -> Arc<Map<String, Value>> {
+        let lists = &self.lists;
+        let object = self.object.get_or_insert_with(|| {
+            let winners = lists
+                .values()
+                .flat_map(|l| &l.pages)
+                .flat_map(|p| p.entries.iter());
+            Arc::new(winners.map(|e| (e.key.clone(), e.entry.clone())).collect())
+        });
+        object.clone()
+    }
+
     /// The answer for a node whose static section is `statics`.
     pub fn answer(&mut self, statics: Option<&Map<String, Value>>) -> NodeAnswer {
         let frozen = self.freeze();
@@ -255,6 +286,14 @@ impl LiveMerge {
                 "{paged} entries paged for {} networks",
                 self.contests.len()
             ));
+        }
+        if let Some(object) = &self.object {
+            let winners = self.contests.values().filter_map(|c| winner(c));
+            let expected: Map<String, Value> =
+                winners.map(|e| (e.key.clone(), e.entry.clone())).collect();
+            if **object != expected {
+                return Err("the kept object differs from the winners".into());
+            }
         }
         Ok(())
     }
@@ -589,17 +628,18 @@ impl NodeAnswer {
         (json, ranges)
     }
 
-    /// Kazoo's merged object, as `model::Merged::object`.
-    pub fn object(&self) -> Map<String, Value> {
-        let dynamic = self
-            .frozen
-            .lists
-            .iter()
-            .flat_map(|l| &l.pages)
-            .flat_map(|p| p.entries.iter())
-            .filter(|e| !self.shadowed.contains(&e.net))
-            .map(|e| (e.key.clone(), e.entry.clone()));
-        let statics = self.statics.iter().map(|(k, v)| (k.clone(), v.clone()));
-        dynamic.chain(statics).collect()
+    /// Kazoo's merged object, as `model::Merged::object`, from the
+    /// dynamic part `LiveMerge::object` gave for the same state: a copy of
+    /// it without the overruled entries, with the static ones.
+    pub fn object(&self, dynamic: &Map<String, Value>) -> Map<String, Value> {
+        let mut object = dynamic.clone();
+        // A dynamic entry is keyed by its network (`Digested::key`).
+        for net in &self.shadowed {
+            object.remove(&net.key());
+        }
+        for (name, entry) in &self.statics {
+            object.insert(name.clone(), entry.clone());
+        }
+        object
     }
 }

@@ -194,7 +194,7 @@ fn live_answer(live: &mut LiveMerge, system: Option<&Value>, node: &str) -> Answ
         xml: answer.freeswitch_xml(),
         lists,
         each,
-        object: answer.object(),
+        object: answer.object(&live.object()),
     }
 }
 
@@ -424,7 +424,8 @@ fn the_service_follows_the_mirror_like_a_fresh_merge() {
                 assert_eq!(served.list_json(list), Some(json.as_str()), "{context}");
             }
             assert_eq!(served.list_json("no such list"), None);
-            assert_eq!(served.merged(), Value::Object(expected.object), "{context}");
+            let merged = service.merged(Some(node)).unwrap();
+            assert_eq!(merged, Value::Object(expected.object), "{context}");
             let outputs = shards.len() + usize::from(system.is_some());
             assert_eq!(
                 served.errors.as_array().map(Vec::len),

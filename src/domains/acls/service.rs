@@ -8,7 +8,9 @@
 //! the pages holding them. The answer for a node is memoised until an ACL
 //! cache document changes; each rendering (XML, JSON) is made on first use
 //! by copying pre-rendered pages, so after an edit the first request costs
-//! a shard's digest plus a copy, not a merge of every entry.
+//! a shard's digest plus a copy, not a merge of every entry. Kazoo's merged
+//! object is taken by value by sysconf: its dynamic part is kept current
+//! in the merge once asked for, and each request copies it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -74,13 +76,6 @@ impl Served {
 
     fn lists(&self) -> &(String, BTreeMap<String, Range<usize>>) {
         self.lists.get_or_init(|| self.answer.lists_json())
-    }
-
-    /// Kazoo's merged object (sysconf get `ecallmgr`/`acls`), built on
-    /// each call: the caller takes it by value, and building it costs
-    /// about what cloning a kept one would, without keeping one per node.
-    pub fn merged(&self) -> Value {
-        Value::Object(self.answer.object())
     }
 }
 
@@ -204,6 +199,27 @@ impl AclsService {
     /// # Errors
     /// `NotReady` before the mirror is warm.
     pub fn view(&self, node: Option<&str>) -> Result<Arc<Served>, AclsError> {
+        Ok(self.view_and(node, |_| ())?.0)
+    }
+
+    /// Kazoo's merged object for `node` (sysconf get `ecallmgr`/`acls`).
+    /// The caller takes it by value: the kept dynamic part
+    /// (`LiveMerge::object`) is copied, outside the lock, and the node's
+    /// static section laid over it.
+    ///
+    /// # Errors
+    /// `NotReady` before the mirror is warm.
+    pub fn merged(&self, node: Option<&str>) -> Result<Value, AclsError> {
+        let (served, dynamic) = self.view_and(node, |memo| memo.live.object())?;
+        Ok(Value::Object(served.answer.object(&dynamic)))
+    }
+
+    /// The ACLs for `node`, and what `also` takes from the same state.
+    fn view_and<T>(
+        &self,
+        node: Option<&str>,
+        also: impl FnOnce(&mut Memo) -> T,
+    ) -> Result<(Arc<Served>, T), AclsError> {
         if !self.mirror.is_loaded() {
             return Err(AclsError::NotReady);
         }
@@ -215,15 +231,19 @@ impl AclsService {
         if memo.refresh(&self.keys, &entries) {
             memo.views.clear();
         }
-        if let Some(served) = memo.views.get(node) {
-            return Ok(served.clone());
-        }
-        let served = Arc::new(memo.served(node, &place.1));
-        if memo.views.len() >= MEMO_NODES {
-            memo.views.clear();
-        }
-        memo.views.insert(node.to_string(), served.clone());
-        Ok(served)
+        let served = match memo.views.get(node) {
+            Some(served) => served.clone(),
+            None => {
+                let served = Arc::new(memo.served(node, &place.1));
+                if memo.views.len() >= MEMO_NODES {
+                    memo.views.clear();
+                }
+                memo.views.insert(node.to_string(), served.clone());
+                served
+            }
+        };
+        let also = also(&mut memo);
+        Ok((served, also))
     }
 
     /// The hook sysconf get calls: `ecallmgr`/`acls` answers the merged
@@ -239,8 +259,8 @@ impl AclsService {
         if category != model::ECALLMGR || key != ["acls"] {
             return None;
         }
-        let served = self.view(Some(node)).ok()?;
-        Some((served.merged(), "caldera:acls".to_string()))
+        let merged = self.merged(Some(node)).ok()?;
+        Some((merged, "caldera:acls".to_string()))
     }
 
     /// How many nodes' answers are memoised now (at most `MEMO_NODES`).

@@ -579,7 +579,7 @@ fn random_edits_incrementally_equal_a_from_scratch_build() {
                 "seed {seed}, step {step}: live merge"
             );
             assert_eq!(
-                answer.object(),
+                answer.object(&live.object()),
                 fresh.merged,
                 "seed {seed}, step {step}: live merge"
             );
