@@ -452,3 +452,51 @@ fn the_service_keeps_a_bounded_number_of_node_answers() {
         );
     }
 }
+
+/// Readers racing a writer: each sees the versions in order, and the
+/// last one in the end.
+#[test]
+fn concurrent_readers_never_go_back_in_time() {
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(Vec::new());
+    let service = Arc::new(AclsService::new(mirror.clone(), "n".into(), ZONE.into()));
+    let version = |n: u64| {
+        let mut content = devices(1, 1, "a");
+        content["device"]["10.0.0.1"]["authorizing_id"] = json!(format!("v{n:06}"));
+        cache_entry(
+            &model::shard_key(model::SIP_AUTH, 1),
+            content,
+            json!([]),
+            n + 1,
+        )
+    };
+    let observed = |service: &AclsService| {
+        let served = service.view(Some("n")).unwrap();
+        let json = served.lists_json();
+        json.find("\"v")
+            .map(|at| json[at + 2..at + 8].parse::<u64>().unwrap())
+    };
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let service = service.clone();
+                scope.spawn(move || {
+                    let mut last = 0;
+                    for _ in 0..3_000 {
+                        if let Some(seen) = observed(&service) {
+                            assert!(seen >= last, "saw v{seen} after v{last}");
+                            last = seen;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for n in 1..=3_000 {
+            mirror.apply_written(Update::Live(version(n)));
+        }
+        for reader in readers {
+            reader.join().unwrap();
+        }
+    });
+    assert_eq!(observed(&service), Some(3_000));
+}

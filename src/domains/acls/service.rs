@@ -225,9 +225,12 @@ impl AclsService {
         }
         let place = self.place.load();
         let node = node.filter(|n| !n.is_empty()).unwrap_or(&place.0);
+        let mut memo = self.lock();
+        // Read under the lock: a request that waited for it would
+        // otherwise apply the older state it read over a newer one, and the
+        // next request digest the newer one again.
         let entries: Vec<Option<Arc<CacheEntry>>> =
             self.keys.iter().map(|id| self.mirror.get(id)).collect();
-        let mut memo = self.lock();
         if memo.refresh(&self.keys, &entries) {
             memo.views.clear();
         }
