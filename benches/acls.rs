@@ -455,17 +455,19 @@ impl Scratch {
             json_times.push(started.elapsed());
             assert!(!xml.is_empty() && !json.0.is_empty());
         }
-        let frozen = {
+        let (applied, frozen) = {
             let mut live = LiveMerge::default();
+            let started = Instant::now();
             for (key, digest) in &self.digests {
                 live.apply(key, Some(digest.clone()));
             }
+            let applied = started.elapsed();
             let started = Instant::now();
             let frozen = live.freeze();
-            (started.elapsed(), frozen.pages())
+            (applied, (started.elapsed(), frozen.pages()))
         };
         println!(
-            "  from-scratch serving parts: digest all shards p50 {:.1?}, merge p50 {:.1?}, XML render p50 {:.1?}, JSON lists p50 {:.1?}; live merge: {} pages, first snapshot {:.1?}",
+            "  from-scratch serving parts: digest all shards p50 {:.1?}, merge p50 {:.1?}, XML render p50 {:.1?}, JSON lists p50 {:.1?}; live merge from scratch: every digest applied {applied:.1?}, {} pages, first snapshot {:.1?}",
             percentile(&mut digest_times, 0.5),
             percentile(&mut merge_times, 0.5),
             percentile(&mut xml_times, 0.5),
