@@ -30,8 +30,8 @@ use serde_json::{Map, Value};
 use super::model::{self, Digest, Digested, Net};
 
 /// The page size used by the service: a page holds `PAGE_SIZE / 2` to
-/// `2 * PAGE_SIZE` entries (the last ones of a list may hold fewer), so
-/// one changed entry re-renders at most ~64 kB.
+/// `2 * PAGE_SIZE` entries (a list's only page may hold fewer), so one
+/// changed entry re-renders at most ~64 kB.
 pub const PAGE_SIZE: usize = 128;
 
 /// The incrementally maintained merge of the dynamic (shard) outputs.
@@ -246,10 +246,11 @@ impl LiveMerge {
         }
     }
 
-    /// Checks the internal invariants (for tests): every page non-empty,
-    /// in order and within its bounds; every paged entry the winner of its
-    /// network; every winner paged once.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the internal invariants: every page non-empty, in order and
+    /// within its bounds; every paged entry the winner of its network;
+    /// every winner paged once; the kept object equal to the winners.
+    #[cfg(test)]
+    pub(super) fn check(&self) -> Result<(), String> {
         let (min, max) = self.bounds();
         let mut paged = 0;
         for (list, pages) in &self.lists {
