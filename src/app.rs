@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::amqp;
 use crate::cache::CacheEntry;
 use crate::cache::mirror::{Mirror, update_from_doc};
 use crate::cache::writer::Writer;
@@ -26,6 +27,7 @@ use crate::couch::retry::Backoff;
 use crate::couch::{Body, Client, Db};
 use crate::domains::Domain;
 use crate::domains::acls::{self, service::AclsService};
+use crate::domains::edge::{self, service::EdgeService};
 use crate::domains::phones::{
     self,
     service::{PhonesService, Settings as PhonesSettings},
@@ -226,6 +228,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         board: Arc::new(Board::default()),
         mirror: Arc::new(Mirror::default()),
     };
+    let domain_names: Vec<&str> = Domain::ALL.iter().map(|d| d.name()).collect();
+    shared.metrics.register_domains(&domain_names);
     let client = Client::new(&config.couchdb)?;
     let api_listener = http::bind("api", config.http.api_listen).await?;
     let phones_listener = http::bind("phones", config.http.phones_listen).await?;
@@ -257,6 +261,16 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         PhonesSettings::from_config(&config.phones),
         phones::service::nonce_key(config.phones.nonce_secret.as_ref().map(|s| s.expose())),
     ));
+    let edge_key = edge_fallback_key(&config);
+    let edge = Arc::new(EdgeService::new(
+        shared.mirror.clone(),
+        client.db(&config.databases.edge_config),
+        client.db(&config.databases.edge_telemetry),
+        engine.clone(),
+        edge::service::Settings::from_config(&config.edge, &edge_key),
+        shared.metrics.clone(),
+    ));
+    tasks.spawn(prepare_edge_store(&config, &client, core.clone()));
     let acls = Arc::new(AclsService::new(
         shared.mirror.clone(),
         config.node.clone(),
@@ -302,8 +316,12 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         service: phones.clone(),
         write_wait: config.phones.write_wait,
     });
-    let api_router =
-        api::router(api_state, config.http.request_timeout).merge(http::phones_api::router(
+    let edge_router = http::edge::router(Arc::new(http::edge::EdgeHttp {
+        service: edge.clone(),
+        json_limit: config.http.max_body_bytes,
+    }));
+    let api_router = api::router_with(api_state, config.http.request_timeout, Some(edge_router))
+        .merge(http::phones_api::router(
             phones_api,
             admin.clone(),
             config.http.max_body_bytes,
@@ -331,6 +349,19 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         http_token.clone(),
         grace,
     ));
+    // The AMQP front door stops with the HTTP one: both drain before the
+    // core (the engine their writes go through) is told to stop.
+    http_tasks.spawn(
+        amqp::Listener {
+            config: config.amqp.clone(),
+            node: config.node.clone(),
+            service: sysconf.clone(),
+            mirror: shared.mirror.clone(),
+            metrics: shared.metrics.clone(),
+            readiness: shared.readiness.clone(),
+        }
+        .run(http_token.clone()),
+    );
     http_tasks.close();
 
     systemd::ready("serving; catching up with CouchDB");
@@ -342,6 +373,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         sysconf,
         acls,
         phones,
+        edge,
+        edge_key,
         current: config,
     };
     let grace = reloader.current.shutdown.grace;
@@ -367,6 +400,47 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The key that signs edge download URLs when `edge.download_key` is unset.
+fn edge_fallback_key(config: &Config) -> Vec<u8> {
+    if config.edge.download_key.is_none() {
+        tracing::warn!(
+            "edge.download_key is not set: edge download URLs are signed with a random key and work only on this instance until it restarts"
+        );
+    }
+    let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+    key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
+}
+
+/// Creates the edge store's databases and seed classes, retrying until
+/// CouchDB answers.
+fn prepare_edge_store(
+    config: &Config,
+    client: &Client,
+    token: CancellationToken,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let names = &config.databases;
+    let db = client.db(&names.edge_config);
+    let others = [
+        client.db(&names.edge_registry),
+        client.db(&names.edge_telemetry),
+    ];
+    let mut backoff = Backoff::new(config.feeds.backoff_initial, config.feeds.backoff_max);
+    async move {
+        loop {
+            match edge::couchdb::prepare(&db, &others).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot prepare the edge store's databases yet");
+                    if !backoff.wait(err.kind, &token).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn sysconf_settings(config: &Config) -> Settings {
@@ -396,6 +470,7 @@ fn follower(
         board: shared.board.clone(),
         readiness: shared.readiness.clone(),
         metrics: shared.metrics.clone(),
+        known: None,
     }
 }
 
@@ -411,7 +486,12 @@ fn start_mirror(
     let mirror = shared.mirror.clone();
     let readiness = shared.readiness.clone();
     readiness.register("mirror", "the cache database is not loaded yet");
-    tasks.spawn(follower(config, shared, "cache", cache_db, false, tx).run(core.clone()));
+    let mut cache_follower = follower(config, shared, "cache", cache_db, false, tx);
+    // The echo of this instance's own writes (already in the mirror) is
+    // skipped without parsing the documents.
+    let held = mirror.clone();
+    cache_follower.known = Some(Arc::new(move |id: &str, rev: &str| held.holds(id, rev)));
+    tasks.spawn(cache_follower.run(core.clone()));
     tasks.spawn(async move {
         // The follower ends a feed whose checkpoint channel its consumer
         // dropped ("moved on"): hold the current incarnation's channel.
@@ -426,6 +506,9 @@ fn start_mirror(
                     readiness.set("mirror", Ok(()));
                 }
                 FeedEvent::Change { id, rev, body, .. } => {
+                    if mirror.holds(&id, &rev) {
+                        continue;
+                    }
                     let json = match &body {
                         Some(Body::Json(json)) => Some(json),
                         Some(Body::Malformed(why)) => {
@@ -524,6 +607,7 @@ fn start_building(
     for source in engine.sources() {
         if acls::SYNTHETIC_SOURCES.contains(&&*source)
             || phones::SYNTHETIC_SOURCES.contains(&&*source)
+            || edge::SYNTHETIC_SOURCES.contains(&&*source)
         {
             continue;
         }
@@ -557,7 +641,18 @@ fn start_building(
             shared.mirror.clone(),
             tx.clone(),
             shared.metrics.clone(),
+            shared.readiness.clone(),
         )
+        .run(core.clone()),
+    );
+    tasks.spawn(
+        edge::blobs::Task {
+            mirror: shared.mirror.clone(),
+            db: client.db(&config.databases.edge_config),
+            engine: tx.clone(),
+            metrics: shared.metrics.clone(),
+            backoff: backoff.clone(),
+        }
         .run(core.clone()),
     );
     tasks.spawn(install_design_docs(cache_db, backoff, core.clone()));
@@ -645,6 +740,8 @@ struct Reloader {
     sysconf: Arc<SysconfService>,
     acls: Arc<AclsService>,
     phones: Arc<PhonesService>,
+    edge: Arc<EdgeService>,
+    edge_key: Vec<u8>,
     current: Config,
 }
 
@@ -673,6 +770,10 @@ impl Reloader {
                 self.sysconf.reload(settings);
                 self.acls.set_zone(new.zone.clone());
                 self.phones.reload(PhonesSettings::from_config(&new.phones));
+                self.edge.reload(edge::service::Settings::from_config(
+                    &new.edge,
+                    &self.edge_key,
+                ));
                 tracing::info!(path = %self.path.display(), "configuration reloaded");
                 self.current = new;
             }

@@ -17,6 +17,7 @@
 //! * `cache`: cache documents (format, hashing), the writer that stores them
 //!   with `_bulk_docs`, and the in-memory mirror the HTTP layer reads.
 //! * `http`: the phones and api listeners; they read the mirror, never CouchDB.
+//! * `amqp`: the second front door of sysconf, Kazoo's AMQP API on RabbitMQ.
 //!
 //! Around them: `config` (load, validate, reload), `lifecycle` (signals,
 //! readiness, systemd), `telemetry` (logs, metrics) and `app` (the wiring).
@@ -27,6 +28,7 @@ pub mod config;
 pub mod lifecycle;
 pub mod telemetry;
 
+pub mod amqp;
 pub mod cache;
 pub mod couch;
 pub mod domains;

@@ -24,10 +24,10 @@ use crate::common::{TestEnv, assert_equals_from_scratch, cache_docs};
 use crate::support::daemon::{Daemon, DaemonConfig};
 use crate::support::eventually;
 
-const KZ1: &str = "ecallmgr@kz1.example.net";
-const KZ2: &str = "ecallmgr@kz2.example.net";
+pub(crate) const KZ1: &str = "ecallmgr@kz1.example.net";
+pub(crate) const KZ2: &str = "ecallmgr@kz2.example.net";
 
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/acls/kazoo")
         .join(name);
@@ -39,15 +39,16 @@ fn name(text: &str) -> Name {
     Name::from_str(text).unwrap()
 }
 
-/// The zones the fixtures' hostnames live in, served on 127.0.0.1.
-struct Dns {
+/// The zones the fixtures' hostnames live in, served on 127.0.0.1 (the
+/// AMQP tests use it too).
+pub(crate) struct Dns {
     zones: BTreeMap<&'static str, Arc<InMemoryZoneHandler>>,
     port: u16,
     _server: Server<Catalog>,
 }
 
 impl Dns {
-    async fn start() -> Dns {
+    pub(crate) async fn start() -> Dns {
         let mut catalog = Catalog::new();
         let mut zones = BTreeMap::new();
         for origin in ["example.com.", "example.org.", "invalid."] {
@@ -130,7 +131,7 @@ impl Dns {
     }
 }
 
-fn config(env: &TestEnv, dns: &Dns) -> DaemonConfig {
+pub(crate) fn config(env: &TestEnv, dns: &Dns) -> DaemonConfig {
     let mut config = env.config(KZ1);
     config
         .set("acls.dns_servers", format!("127.0.0.1:{}", dns.port))

@@ -176,3 +176,68 @@ async fn errors_are_classified_by_what_the_caller_must_do() {
         .unwrap_err();
     assert!(err.is(ErrorKind::Fatal), "{err}");
 }
+
+/// Credentials given as `couchdb.username`/`couchdb.password` (the URL
+/// without them) authenticate like credentials in the URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_from_the_config_keys_authenticate() {
+    let env = TestEnv::new().await;
+    let url = reqwest::Url::parse(server_url()).unwrap();
+    if url.username().is_empty() {
+        // A server without an admin (COUCHDB_URL without credentials).
+        return;
+    }
+    let user = percent_encoding::percent_decode_str(url.username())
+        .decode_utf8_lossy()
+        .into_owned();
+    let password = percent_encoding::percent_decode_str(url.password().unwrap_or(""))
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut bare = url.clone();
+    bare.set_username("").unwrap();
+    bare.set_password(None).unwrap();
+    let text = format!(
+        "[couchdb]\nurl = {:?}\nusername = {user:?}\npassword = {password:?}\n",
+        bare.as_str()
+    );
+    let config = Config::from_toml(&text, &|_| None).expect("a valid config");
+    let client = Client::new(&config.couchdb).unwrap();
+    let db = client.db(&env.names.system_config);
+    db.put(&json!({"_id": "with_config_credentials"}))
+        .await
+        .expect("authenticated by couchdb.username/password");
+    // Creating a database needs the admin: the credentials were sent.
+    let created = client.db(&format!(
+        "{}_created_by_config_credentials",
+        env.names.prefix
+    ));
+    assert!(
+        created
+            .create()
+            .await
+            .expect("an admin may create a database")
+    );
+}
+
+/// A server that accepts the connection and then says nothing: the request
+/// fails after `couchdb.request_timeout_ms` as transient (retried), and
+/// never hangs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_server_times_out_as_transient() {
+    let proxy = crate::support::proxy::FaultProxy::in_front_of(server_url()).await;
+    proxy.stall();
+    let text = format!(
+        "[couchdb]\nurl = {:?}\nrequest_timeout_ms = 400\n",
+        proxy.url_for(server_url())
+    );
+    let config = Config::from_toml(&text, &|_| None).expect("a valid config");
+    let client = Client::new(&config.couchdb).unwrap();
+    let started = std::time::Instant::now();
+    let err = client.db("any").info().await.unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is(ErrorKind::Transient), "{err}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(5),
+        "timed out after {took:?} (request_timeout_ms = 400)"
+    );
+}

@@ -220,6 +220,109 @@ async fn couchdb_outage_through_a_fault_proxy_with_queued_edits() {
     outage_scenario(&env, &url, Outage::Proxy(proxy)).await;
 }
 
+/// A server that goes silent without closing the connection (no byte, no
+/// FIN): only the feed's inactivity deadline (`feeds.inactivity_heartbeats`
+/// × the heartbeat) can notice. The follower gives up on the dead feed,
+/// `/readyz` shows it, and after the server answers again every edit made
+/// meanwhile is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_server_is_noticed_by_the_inactivity_deadline() {
+    let env = TestEnv::new().await;
+    let db = env.sysconf_db().to_string();
+    env.couch
+        .put(&db, &json!({"_id": "c1", "default": {"k": 1}}))
+        .await;
+    let proxy = FaultProxy::in_front_of(env.couch.url()).await;
+    let mut config = env.config("n1");
+    config
+        .set("couchdb.url", proxy.url_for(env.couch.url()))
+        .set("feeds.heartbeat_ms", 300)
+        .set("feeds.inactivity_heartbeats", 3)
+        // Nothing else may notice first: no periodic database check, and
+        // ordinary requests wait longer than the test looks.
+        .set("feeds.missing_db_poll_ms", 60_000)
+        .set("couchdb.request_timeout_ms", 4000);
+    let daemon = Daemon::start_ready(&config).await;
+    wait_value(&daemon, "c1", "k", json!(1)).await;
+
+    proxy.stall();
+    let stalled = Instant::now();
+    wait_readyz(
+        &daemon,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(3),
+    )
+    .await;
+    let noticed = stalled.elapsed();
+    assert!(
+        noticed < Duration::from_millis(3000),
+        "the silent feed was noticed only after {noticed:?}"
+    );
+    env.couch
+        .upsert(&db, &json!({"_id": "c1", "default": {"k": 2}}))
+        .await;
+    proxy.restore();
+    wait_value(&daemon, "c1", "k", json!(2)).await;
+    wait_readyz(&daemon, StatusCode::OK, Duration::from_secs(20)).await;
+    let metrics = daemon.get("/metrics").await.text;
+    let reconnects = metrics
+        .lines()
+        .find(|l| l.starts_with("caldera_feed_reconnects_total") && l.contains(&db))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(
+        reconnects.is_some_and(|n| n >= 1.0),
+        "reconnects after the silent feed: {reconnects:?}"
+    );
+}
+
+/// pouchdb-server sends a continuous feed's headers only with its first
+/// row or heartbeat; readiness must not wait for them, or `/readyz` stays
+/// 503 for a whole heartbeat (30 s by default) after a start or an outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_at_once_after_start_and_outage_even_with_a_long_heartbeat() {
+    const HEARTBEAT: Duration = Duration::from_secs(20);
+    let env = TestEnv::new().await;
+    let db = env.sysconf_db().to_string();
+    env.couch
+        .put(&db, &json!({"_id": "c1", "default": {"k": 1}}))
+        .await;
+    let proxy = FaultProxy::in_front_of(env.couch.url()).await;
+    let mut config = env.config("n1");
+    config
+        .set("couchdb.url", proxy.url_for(env.couch.url()))
+        .set("feeds.heartbeat_ms", HEARTBEAT.as_millis() as i64);
+    let started = Instant::now();
+    let daemon = Daemon::start(&config).await;
+    daemon.wait_ready_within(Duration::from_secs(60)).await;
+    let ready_after = started.elapsed();
+    assert!(
+        ready_after < HEARTBEAT / 2,
+        "ready only {ready_after:?} after start (heartbeat {HEARTBEAT:?})"
+    );
+    wait_value(&daemon, "c1", "k", json!(1)).await;
+
+    proxy.cut();
+    wait_readyz(
+        &daemon,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(15),
+    )
+    .await;
+    proxy.restore();
+    let restored = Instant::now();
+    wait_readyz(&daemon, StatusCode::OK, Duration::from_secs(60)).await;
+    let back_after = restored.elapsed();
+    assert!(
+        back_after < HEARTBEAT / 2,
+        "ready again only {back_after:?} after the outage (heartbeat {HEARTBEAT:?})"
+    );
+    // Still following: an edit after the outage is served.
+    env.couch
+        .upsert(&db, &json!({"_id": "c1", "default": {"k": 2}}))
+        .await;
+    wait_value(&daemon, "c1", "k", json!(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_and_recreated_database_serves_only_the_new_content() {
     let env = TestEnv::new().await;

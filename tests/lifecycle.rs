@@ -527,3 +527,120 @@ async fn systemd_hears_ready_watchdog_reloading_and_stopping() {
     assert!(status.success(), "exit status {status}");
     assert_eq!(count(&seen, "STOPPING=1"), 1, "{:?}", seen.lock().unwrap());
 }
+
+/// The `_local` checkpoint never gets ahead of the cache: while every cache
+/// `_bulk_docs` fails (CouchDB otherwise fine, the feed still delivering),
+/// the checkpoint stays at the last durable position; once writes go
+/// through again it moves past the edit.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoint_waits_until_the_outputs_are_durable() {
+    use crate::support::proxy::FaultProxy;
+    let env = TestEnv::new().await;
+    if crate::support::couch::is_external() {
+        // CouchDB's sequences are opaque strings: this test compares
+        // pouchdb-server's integer sequences.
+        return;
+    }
+    let db = env.sysconf_db().to_string();
+    env.couch.put(&db, &category_doc("c1", 1)).await;
+    let proxy = FaultProxy::in_front_of(env.couch.url()).await;
+    let mut config = env.config("n1");
+    config.set("couchdb.url", proxy.url_for(env.couch.url()));
+    let daemon = Daemon::start_ready(&config).await;
+    let since = async || {
+        env.couch
+            .get_local(&db, "caldera-checkpoint-n1")
+            .await
+            .and_then(|c| c["since"].as_u64())
+    };
+    eventually("a first checkpoint", Duration::from_secs(10), async || {
+        since().await.ok_or_else(|| "none yet".to_string())
+    })
+    .await;
+
+    proxy.refuse_requests_containing(&format!("POST /{}/_bulk_docs", env.names.cache));
+    env.couch.upsert(&db, &category_doc("c1", 2)).await;
+    let edit_seq = env.couch.db_info(&db).await.unwrap()["update_seq"]
+        .as_u64()
+        .expect("pouchdb-server sequences are integers");
+    // The feed delivers the edit (the build happens), the write keeps failing.
+    eventually(
+        "the edit reached the engine",
+        Duration::from_secs(10),
+        async || {
+            let metrics = daemon.get("/metrics").await.text;
+            let retried = metrics
+                .lines()
+                .find(|l| l.starts_with("caldera_cache_writes_total") && l.contains("retried"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            (retried >= 2.0)
+                .then_some(())
+                .ok_or(format!("retried {retried}"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = since().await.unwrap_or(0);
+    assert!(
+        held < edit_seq,
+        "checkpoint {held} saved for edit seq {edit_seq} before its output was durable"
+    );
+    // Still the durable value (node n1's section holds 10 × n).
+    let reply = daemon.sysconf_get("c1", &["n"], None).await;
+    assert_eq!(reply.json["value"], json!(10), "{}", reply.text);
+
+    proxy.restore();
+    eventually(
+        "the edit is served once written",
+        Duration::from_secs(20),
+        async || {
+            let reply = daemon.sysconf_get("c1", &["n"], None).await;
+            (reply.json["value"] == json!(20))
+                .then_some(())
+                .ok_or(reply.text)
+        },
+    )
+    .await;
+    eventually(
+        "the checkpoint moves past the edit",
+        Duration::from_secs(10),
+        async || match since().await {
+            Some(seq) if seq >= edit_seq => Ok(()),
+            other => Err(format!("checkpoint {other:?} < {edit_seq}")),
+        },
+    )
+    .await;
+}
+
+/// SIGTERM on a quiet daemon exits at once, whatever the heartbeat: a feed
+/// waiting for pouchdb-server's first heartbeat (which carries the headers
+/// of a feed with nothing new) must not hold the shutdown until the grace
+/// period runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_promptly_with_a_long_heartbeat() {
+    let env = TestEnv::new().await;
+    env.couch
+        .put(env.sysconf_db(), &category_doc("c1", 1))
+        .await;
+    let mut config = env.config("n1");
+    config
+        .set("feeds.heartbeat_ms", 20_000)
+        .set("shutdown.grace_ms", 8000);
+    let mut daemon = Daemon::start_ready(&config).await;
+    // Let every follower reach its feed (and wait for headers).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    daemon.sigterm();
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        !daemon.logged("grace period over"),
+        "the shutdown ran into the grace period:\n{}",
+        daemon.log_tail(20)
+    );
+    assert!(took < Duration::from_secs(3), "SIGTERM took {took:?}");
+    // The checkpoint was still saved.
+    checkpoint(&env, "n1").await;
+}

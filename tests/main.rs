@@ -3,8 +3,10 @@
 //! server `COUCHDB_URL` points at). Run with `cargo test --test integration`.
 
 mod acls;
+mod amqp;
 mod common;
 mod couch_client;
+mod edge;
 mod feeds;
 mod incremental;
 mod lifecycle;

@@ -54,8 +54,8 @@ impl PhonesEnv {
     }
 
     /// Two accounts, each with a Yealink; the first with a line, and
-    /// global overrides of every template the minimal Yealink uses (so the
-    /// tests control the bytes).
+    /// global overrides of the templates of `<mac>.cfg` and
+    /// `y000000000066.cfg` (so the tests control those bytes).
     pub async fn seed(&self) {
         for doc in [
             json!({"_id": ACME, "type": "account", "name": "Acme", "realm": REALM}),
@@ -80,11 +80,11 @@ impl PhonesEnv {
     }
 }
 
-/// The template names the minimal Yealink's files use (asked from the
-/// vendor module, so the tests follow it).
+/// The templates of the Yealink T46S's `<mac>.cfg` and `y000000000066.cfg`
+/// (asked from the vendor module, so the tests follow it).
 fn templates() -> (String, String) {
     use caldera::domains::phones::mac::Mac;
-    use caldera::domains::phones::vendors::{self, FileClass, ModelRef};
+    use caldera::domains::phones::vendors::{self, ModelRef};
     let meta = json!({"file_id": "66"});
     let model = ModelRef {
         brand: "yealink",
@@ -95,15 +95,15 @@ fn templates() -> (String, String) {
     let files = vendors::by_brand("yealink")
         .unwrap()
         .files(&model, &Mac::parse(MAC).unwrap());
-    let of = |class| {
+    let of = |name: &str| {
         files
             .iter()
-            .find(|f| f.class == class)
-            .unwrap()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("the T46S has {name}: {files:?}"))
             .template
             .to_string()
     };
-    (of(FileClass::Device), of(FileClass::Common))
+    (of(&format!("{MAC}.cfg")), of("y000000000066.cfg"))
 }
 
 pub fn device_template() -> String {
@@ -689,6 +689,11 @@ async fn mac_enumeration_cools_the_source_down_while_an_authenticated_phone_keep
 async fn allow_lists_conditional_requests_head_and_log_uploads() {
     let env = PhonesEnv::new().await;
     env.seed().await;
+    env.unit_doc(
+        json!({"_id": "unit-vvx", "type": "unit", "account_id": ACME, "mac_address": "0004f2abcdef",
+                        "brand": "polycom", "model": "vvx500"}),
+    )
+    .await;
     let mut config = env.config();
     config
         .set("phones.trusted_proxies", "127.0.0.1")
@@ -754,38 +759,53 @@ async fn allow_lists_conditional_requests_head_and_log_uploads() {
     );
     assert_eq!(head.headers["etag"].to_str().unwrap(), etag);
 
-    // Polycom-style log uploads: accepted for a known unit, capped in size.
-    let put = |path: &str, body: &str| {
+    // Polycom log uploads: accepted for a known Polycom, capped in size.
+    const VVX_UA: &str = "FileTransport PolycomVVX-VVX_500-UA/5.9.7.47435 Type/Updater";
+    wait_status(
+        &daemon,
+        "/0004f2abcdef-phone.cfg",
+        REALM,
+        VVX_UA,
+        StatusCode::OK,
+    )
+    .await;
+    let put = |path: &str, body: &str, ua: &str| {
         daemon
             .http()
             .put(daemon.phones_url(path))
             .header("Host", REALM)
-            .header(
-                "User-Agent",
-                "FileTransport PolycomVVX-VVX_500-UA/5.9.7.47435 Type/Updater",
-            )
+            .header("User-Agent", ua.to_string())
             .body(body.to_string())
     };
-    let taken = daemon
-        .try_send(put("/805ec0123456-boot.log", "boot ok"))
-        .await
-        .unwrap();
-    assert_eq!(taken.status, StatusCode::NO_CONTENT);
+    for taken in [
+        "/0004f2abcdef-boot.log",
+        "/0004f2abcdef-app.log",
+        "/0004f2abcdef-calls.xml",
+    ] {
+        let reply = daemon.try_send(put(taken, "ok", VVX_UA)).await.unwrap();
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{taken}");
+    }
     let large = daemon
-        .try_send(put("/805ec0123456-app.log", &"x".repeat(65)))
+        .try_send(put("/0004f2abcdef-app.log", &"x".repeat(65), VVX_UA))
         .await
         .unwrap();
     assert_eq!(large.status, StatusCode::PAYLOAD_TOO_LARGE);
     let unknown = daemon
-        .try_send(put("/805ec0999999-boot.log", "x"))
+        .try_send(put("/0004f2999999-boot.log", "x", VVX_UA))
         .await
         .unwrap();
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    let not_a_log = daemon
-        .try_send(put("/805ec0123456.cfg", "x"))
+    let not_an_upload = daemon
+        .try_send(put("/0004f2abcdef.cfg", "x", VVX_UA))
         .await
         .unwrap();
-    assert_eq!(not_a_log.status, StatusCode::NOT_FOUND);
+    assert_eq!(not_an_upload.status, StatusCode::NOT_FOUND);
+    // A Yealink does not upload: its vendor refuses the name.
+    let yealink = daemon
+        .try_send(put("/805ec0123456-boot.log", "x", YEALINK_UA))
+        .await
+        .unwrap();
+    assert_eq!(yealink.status, StatusCode::NOT_FOUND);
 
     // An allow list: only its networks get the account's files.
     env.unit_doc(json!({"_id": "pc-acme", "type": "provision_config", "account_id": ACME, "allowed_cidrs": ["10.0.0.0/8"]})).await;
@@ -817,14 +837,21 @@ async fn allow_lists_conditional_requests_head_and_log_uploads() {
     )
     .await;
     assert_eq!(outside.status, StatusCode::NOT_FOUND);
-    let log = daemon.get("/v1/units/unit-1/requests").await;
-    let reasons: Vec<&str> = log.json["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["reason"].as_str())
-        .collect();
-    assert!(reasons.contains(&"log upload"), "{reasons:?}");
+    let reasons = |log: &Value| -> Vec<String> {
+        log["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["reason"].as_str().map(str::to_string))
+            .collect()
+    };
+    let vvx = reasons(&daemon.get("/v1/units/unit-vvx/requests").await.json);
+    assert!(vvx.contains(&"log upload".to_string()), "{vvx:?}");
+    let yealink = reasons(&daemon.get("/v1/units/unit-1/requests").await.json);
+    assert!(
+        yealink.contains(&"the unit's vendor does not upload this file".to_string()),
+        "{yealink:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -122,7 +122,7 @@ async fn units_are_validated_before_writing_and_accepted_writes_are_served() {
         "the duplicate MAC names the unit"
     );
 
-    let locked = json!({"mac_address": "805ec0000002", "brand": "yealink", "model": "t46s", "config": {"codecs": ["opus"]}});
+    let locked = json!({"mac_address": "805ec0000002", "brand": "yealink", "model": "t46s", "config": {"codecs": ["g729"]}});
     let reply = call(&daemon, Method::POST, &units, Some(locked), None).await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text);
     assert_eq!(problem_paths(&reply), [("/config/codecs".into(), true)]);

@@ -381,3 +381,43 @@ async fn route_errors_have_the_spec_shapes() {
         "g0"
     );
 }
+
+/// `/readyz` answers 200 only once every ruleset database a ruleset names
+/// has loaded and its table is served: a SIP proxy that waits for
+/// readiness must never see `unknown_ruleset` for a ruleset that exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_only_once_every_ruleset_table_is_served() {
+    const RULES: usize = 3000;
+    let routing = Routing::new().await;
+    routing
+        .put(
+            &routing.provisioning,
+            json!({"_id": format!("gateway:{SDN}:g0"), "address": "192.0.2.1:5060"}),
+        )
+        .await;
+    for (r, db) in routing.databases.iter().enumerate() {
+        routing
+            .put(
+                &routing.provisioning,
+                json!({"_id": format!("ruleset:{SDN}:r{r}"), "database": db}),
+            )
+            .await;
+        routing.couch().create_db(db).await;
+        let rules: Vec<Value> = (0..RULES)
+            .map(|i| json!({"_id": format!("rule:{}", 10_000 + i), "gwlist": [{"gwid": "g0"}]}))
+            .collect();
+        for chunk in rules.chunks(1000) {
+            routing.couch().bulk_docs(db, chunk).await;
+        }
+    }
+    let daemon = Daemon::start_ready(&routing.env.config("n1")).await;
+    for r in 0..routing.databases.len() {
+        let reply = daemon.get(&format!("/v1/routes/{SDN}/r{r}/1{r:04}9")).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "r{r} right after /readyz said ready: {}",
+            reply.text
+        );
+    }
+}

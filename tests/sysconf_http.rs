@@ -2,7 +2,7 @@
 //! lookup order and default write-back, set, flush, the whole document,
 //! errors, limits, admin auth, health and metrics.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -698,6 +698,73 @@ async fn health_metrics_and_status_report_the_daemon() {
         Some(2.0),
         "{text}"
     );
+    // Every series issue 2 lists exists from the start (at zero before the
+    // first event), so dashboards and alerts never see a missing series.
+    for name in [
+        "caldera_feed_changes_total",
+        "caldera_feed_applied_total",
+        "caldera_feed_pending",
+        "caldera_feed_lag_seconds",
+        "caldera_feed_connected",
+        "caldera_feed_reconnects_total",
+        "caldera_feed_resets_total",
+        "caldera_checkpoints_total",
+    ] {
+        assert!(
+            sample(text, name, &[&db_label]).is_some(),
+            "no {name}{{{db_label}}}:\n{text}"
+        );
+    }
+    assert_eq!(
+        sample(text, "caldera_feed_reconnects_total", &[&db_label]),
+        Some(0.0),
+        "{text}"
+    );
+    for domain in ["sysconf", "acls", "routing"] {
+        let label = format!("domain=\"{domain}\"");
+        for name in [
+            "caldera_rebuilds_total",
+            "caldera_rebuild_errors_total",
+            "caldera_rebuild_seconds_count",
+            "caldera_cache_documents",
+            "caldera_cache_bytes",
+            "caldera_cache_documents_with_errors",
+        ] {
+            assert!(
+                sample(text, name, &[&label]).is_some(),
+                "no {name}{{{label}}}:\n{text}"
+            );
+        }
+    }
+    assert!(
+        sample(text, "caldera_cache_bytes", &["domain=\"sysconf\""]).is_some_and(|b| b > 0.0),
+        "{text}"
+    );
+    for outcome in ["stored", "deleted", "conflict", "refused", "retried"] {
+        let label = format!("outcome=\"{outcome}\"");
+        assert!(
+            sample(text, "caldera_cache_writes_total", &[&label]).is_some(),
+            "no cache write outcome {outcome}:\n{text}"
+        );
+    }
+    assert!(
+        sample(text, "caldera_change_to_cache_seconds_count", &[]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    let route = "route=\"/v1/sysconf/{category}/{*key}\"";
+    assert!(
+        sample(
+            text,
+            "caldera_http_requests_total",
+            &[route, "status=\"200\""]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "requests by route:\n{text}"
+    );
+    assert!(
+        sample(text, "caldera_http_request_seconds_count", &[route]).is_some_and(|n| n >= 1.0),
+        "latency by route:\n{text}"
+    );
 
     let status = daemon.get("/v1/status").await;
     assert_eq!(status.status, StatusCode::OK, "{}", status.text);
@@ -759,6 +826,97 @@ async fn missing_system_config_database_is_ready_and_created_by_a_default() {
     assert_value(
         &daemon.sysconf_get("cat", &["k"], None).await,
         json!([1]),
+        "default",
+    );
+}
+
+/// Sends raw bytes on a fresh connection and returns what the server
+/// answers before closing (or within `wait`).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Hostile HTTP: too many headers, an oversized head, a client that never
+/// finishes its head, and a request that outlives `http.request_timeout_ms`
+/// (CouchDB gone silent under a write) all end quickly with an error, and
+/// the daemon keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_hit_the_limits_and_timeouts() {
+    use crate::support::proxy::FaultProxy;
+    let env = TestEnv::new().await;
+    let db = env.sysconf_db().to_string();
+    env.couch
+        .put(&db, &json!({"_id": "cat", "default": {"k": 1}}))
+        .await;
+    let proxy = FaultProxy::in_front_of(env.couch.url()).await;
+    let mut config = env.config("n1");
+    config
+        .set("couchdb.url", proxy.url_for(env.couch.url()))
+        .set("http.max_headers", 16)
+        .set("http.max_header_bytes", 8192)
+        .set("http.header_read_timeout_ms", 500)
+        .set("http.request_timeout_ms", 600);
+    let daemon = Daemon::start_ready(&config).await;
+
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..40 {
+        many.push_str(&format!("X-Header-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let answer = raw_exchange(daemon.api, many.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "too many headers: {answer:?}"
+    );
+
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = raw_exchange(daemon.api, big.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "oversized head: {answer:?}"
+    );
+
+    // Slowloris: half a head, then nothing. The server hangs up.
+    let started = Instant::now();
+    let answer = raw_exchange(
+        daemon.api,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow:",
+        Duration::from_secs(10),
+    )
+    .await;
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "a client that never finished its head kept the connection for {closed_after:?}"
+    );
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+
+    // A write that cannot finish (CouchDB silent) is answered 503 in JSON
+    // once the request deadline passes, not after CouchDB's own timeout.
+    proxy.stall();
+    let started = Instant::now();
+    let reply = daemon
+        .sysconf_put("cat", &["k"], &json!({"value": 2}))
+        .await;
+    let took = started.elapsed();
+    assert_json_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "timeout");
+    assert!(
+        took < Duration::from_secs(3),
+        "the request deadline (600 ms) did not apply: {took:?}"
+    );
+    proxy.restore();
+    // Reads never waited on CouchDB and still work.
+    assert_value(
+        &daemon.sysconf_get("cat", &["k"], None).await,
+        json!(1),
         "default",
     );
 }

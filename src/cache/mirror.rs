@@ -86,6 +86,11 @@ impl Mirror {
         }
     }
 
+    /// Whether the mirror holds exactly this revision of a live document.
+    pub fn holds(&self, id: &str, rev: &str) -> bool {
+        matches!(self.read().slots.get(id), Some(Slot::Live(entry)) if entry.rev == rev)
+    }
+
     /// The ids of a domain's live entries.
     pub fn ids_of(&self, domain: &str) -> Vec<String> {
         let state = self.read();

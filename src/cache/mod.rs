@@ -28,9 +28,27 @@ pub fn doc_id(domain: Domain, key: &str) -> String {
 /// `sha256-<hex>` of the canonical JSON of content, errors and staleness.
 /// serde_json's maps are sorted, so the serialisation is canonical.
 pub fn content_hash(content: &Value, errors: &Value, stale: bool) -> String {
-    let canonical = json!({ "content": content, "errors": errors, "stale": stale });
-    let bytes = serde_json::to_vec(&canonical).expect("JSON values serialize");
-    format!("sha256-{:x}", Sha256::digest(&bytes))
+    let content = serde_json::to_vec(content).expect("JSON values serialize");
+    serialized_content_hash(&content, errors, stale)
+}
+
+/// `content_hash` of a content already serialized (compact serde_json, as
+/// `serde_json::to_vec` writes it): the same bytes are hashed —
+/// `{"content":…,"errors":…,"stale":…}`, keys in sorted order — without
+/// copying the content into a new JSON tree.
+pub fn serialized_content_hash(content: &[u8], errors: &Value, stale: bool) -> String {
+    let errors = serde_json::to_vec(errors).expect("JSON values serialize");
+    let mut hasher = Sha256::new();
+    hasher.update(b"{\"content\":");
+    hasher.update(content);
+    hasher.update(b",\"errors\":");
+    hasher.update(&errors);
+    hasher.update(if stale {
+        &b",\"stale\":true}"[..]
+    } else {
+        &b",\"stale\":false}"[..]
+    });
+    format!("sha256-{:x}", hasher.finalize())
 }
 
 /// A cache document as held in the mirror.
@@ -85,6 +103,25 @@ impl CacheEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hash is part of the cache format: it must stay the sha256 of
+    /// the canonical `{"content","errors","stale"}` object.
+    #[test]
+    fn hash_is_sha256_of_the_canonical_object() {
+        let content: Value = serde_json::from_str(
+            r#"{"z": [1, 2.5, "é\"\\\u0001"], "a": {"null": null, "t": true}, "n": -3}"#,
+        )
+        .unwrap();
+        let errors = json!([{"db": "d", "doc": "x", "reason": "r"}]);
+        for stale in [false, true] {
+            let canonical = json!({ "content": content, "errors": errors, "stale": stale });
+            let expected = format!(
+                "sha256-{:x}",
+                Sha256::digest(serde_json::to_vec(&canonical).unwrap())
+            );
+            assert_eq!(content_hash(&content, &errors, stale), expected);
+        }
+    }
 
     #[test]
     fn hash_is_independent_of_key_insertion_order() {

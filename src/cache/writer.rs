@@ -15,11 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::{Mirror, Update};
-use super::{CacheEntry, FORMAT, content_hash, doc_id};
+use super::{CacheEntry, FORMAT, doc_id, serialized_content_hash};
 use crate::couch::retry::Backoff;
 use crate::couch::{BulkResult, Db, ErrorKind, Seq};
 use crate::domains::{Built, Domain, Issue};
@@ -145,14 +146,16 @@ impl Writer {
         let mut pending: Vec<Output> = outputs;
         let mut conflict_rounds = 0;
         while !pending.is_empty() {
-            let (docs, unchanged) = self.plan(&pending, seqs);
+            let (mut docs, unchanged) = self.plan(&pending, seqs);
             written.unchanged += unchanged;
             if docs.is_empty() {
                 break;
             }
             let mut conflicted = Vec::new();
-            for chunk in docs.chunks(self.batch) {
-                let outcome = self.store(chunk.to_vec(), token).await?;
+            while !docs.is_empty() {
+                let rest = docs.split_off(docs.len().min(self.batch));
+                let chunk = std::mem::replace(&mut docs, rest);
+                let outcome = self.store(chunk, token).await?;
                 written.stored += outcome.stored;
                 written.deleted += outcome.deleted;
                 written.refused += outcome.refused;
@@ -180,13 +183,13 @@ impl Writer {
 
     /// The cache documents to send (those whose hash changed) and how many
     /// outputs need no write.
-    fn plan(&self, outputs: &[Output], seqs: &BTreeMap<SourceId, Seq>) -> (Vec<Value>, usize) {
+    fn plan(&self, outputs: &[Output], seqs: &BTreeMap<SourceId, Seq>) -> (Vec<Planned>, usize) {
         let mut docs = Vec::new();
         let mut unchanged = 0;
         for output in outputs {
             let id = doc_id(output.domain, &output.key);
             let current = self.mirror.get(&id);
-            match self.document(output, &id, current.as_deref(), seqs) {
+            match self.document(output, id, current.as_deref(), seqs) {
                 Some(doc) => docs.push(doc),
                 None => unchanged += 1,
             }
@@ -195,23 +198,34 @@ impl Writer {
     }
 
     /// The cache document for `output`, or `None` when nothing must change.
+    /// The content is serialized once: for its size, its hash and the
+    /// request body.
     fn document(
         &self,
         output: &Output,
-        id: &str,
+        id: String,
         current: Option<&CacheEntry>,
         seqs: &BTreeMap<SourceId, Seq>,
-    ) -> Option<Value> {
-        let (content, issues, stale) = match &output.built {
+    ) -> Option<Planned> {
+        let (content, content_json, issues, stale) = match &output.built {
             Built::Absent => {
                 let current = current?;
-                return Some(json!({ "_id": id, "_rev": current.rev, "_deleted": true }));
+                let json = serde_json::to_vec(
+                    &json!({ "_id": id, "_rev": current.rev, "_deleted": true }),
+                )
+                .expect("JSON values serialize");
+                return Some(Planned {
+                    id,
+                    json,
+                    entry: None,
+                });
             }
             Built::Content { content, issues } => {
-                let size = serde_json::to_vec(content).map_or(usize::MAX, |b| b.len());
-                if size > self.max_output_bytes {
+                let content_json = serde_json::to_vec(content).expect("JSON values serialize");
+                if content_json.len() > self.max_output_bytes {
                     let reason = format!(
-                        "the output is {size} bytes, over build.max_output_bytes ({})",
+                        "the output is {} bytes, over build.max_output_bytes ({})",
+                        content_json.len(),
                         self.max_output_bytes
                     );
                     let mut issues = issues.clone();
@@ -222,36 +236,47 @@ impl Writer {
                     });
                     last_good(current, issues)
                 } else {
-                    (content.clone(), issues.clone(), false)
+                    (content.clone(), content_json, issues.clone(), false)
                 }
             }
             Built::Failed { issues } => last_good(current, issues.clone()),
         };
         let errors = self.errors_json(&issues);
-        let hash = content_hash(&content, &errors, stale);
+        let hash = serialized_content_hash(&content_json, &errors, stale);
         if current.is_some_and(|c| c.hash == hash) {
             return None;
         }
-        let mut doc = Map::new();
-        doc.insert("_id".into(), json!(id));
-        if let Some(current) = current {
-            doc.insert("_rev".into(), json!(current.rev));
-        }
-        doc.insert("caldera".into(), json!(FORMAT));
-        doc.insert("domain".into(), json!(output.domain.name()));
-        doc.insert("key".into(), json!(output.key));
-        doc.insert("hash".into(), json!(hash));
-        doc.insert("content".into(), content);
-        doc.insert("errors".into(), errors);
-        doc.insert("stale".into(), json!(stale));
-        doc.insert("built_from".into(), self.built_from(output));
-        doc.insert("seqs".into(), self.seqs(output, seqs));
-        doc.insert("built_by".into(), json!(self.node));
-        doc.insert(
-            "built_at".into(),
-            json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-        );
-        Some(Value::Object(doc))
+        let head = CacheDocHead {
+            id: &id,
+            rev: current.map(|c| c.rev.as_str()),
+            caldera: FORMAT,
+            domain: output.domain.name(),
+            key: &output.key,
+            hash: &hash,
+            errors: &errors,
+            stale,
+            built_from: self.built_from(output),
+            seqs: self.seqs(output, seqs),
+            built_by: &self.node,
+            built_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        };
+        let json = with_content(&head, &content_json);
+        let entry = CacheEntry {
+            id: id.clone(),
+            rev: String::new(),
+            domain: output.domain.name().to_string(),
+            key: output.key.clone(),
+            hash,
+            content,
+            errors,
+            stale,
+            bytes: json.len(),
+        };
+        Some(Planned {
+            id,
+            json,
+            entry: Some(entry),
+        })
     }
 
     /// Names the physical database of a source registered after start-up
@@ -297,17 +322,22 @@ impl Writer {
     /// server finds it too large.
     async fn store(
         &mut self,
-        docs: Vec<Value>,
+        docs: Vec<Planned>,
         token: &CancellationToken,
     ) -> Result<StoreOutcome, Cancelled> {
         let mut queue = vec![docs];
         let mut outcome = StoreOutcome::default();
         while let Some(batch) = queue.pop() {
-            match self.db.bulk_docs(&batch).await {
+            let bodies: Vec<&[u8]> = batch.iter().map(|p| p.json.as_slice()).collect();
+            let bytes: usize = bodies.iter().map(|b| b.len()).sum();
+            let started = std::time::Instant::now();
+            let sent = self.db.bulk_docs_serialized(&bodies).await;
+            tracing::debug!(docs = batch.len(), bytes, elapsed = ?started.elapsed(), "cache _bulk_docs");
+            match sent {
                 Ok(results) => {
                     self.readiness.set("cache_writes", Ok(()));
                     self.backoff.reset();
-                    self.apply_results(&batch, results, &mut outcome);
+                    self.apply_results(batch, results, &mut outcome);
                 }
                 Err(err) if err.is(ErrorKind::TooLarge) && batch.len() > 1 => {
                     let mut first = batch;
@@ -316,8 +346,7 @@ impl Writer {
                     queue.push(first);
                 }
                 Err(err) if err.is(ErrorKind::TooLarge) => {
-                    let id = batch[0]["_id"].as_str().unwrap_or_default().to_string();
-                    tracing::error!(id, error = %err, "CouchDB refuses this cache document as too large");
+                    tracing::error!(id = batch[0].id, error = %err, "CouchDB refuses this cache document as too large");
                     self.metrics
                         .cache_writes
                         .get_or_create(&Metrics::outcome("refused"))
@@ -349,48 +378,35 @@ impl Writer {
         Ok(outcome)
     }
 
-    fn apply_results(&self, batch: &[Value], results: Vec<BulkResult>, outcome: &mut StoreOutcome) {
-        let sent: BTreeMap<&str, &Value> = batch
-            .iter()
-            .filter_map(|d| Some((d["_id"].as_str()?, d)))
-            .collect();
+    fn apply_results(
+        &self,
+        batch: Vec<Planned>,
+        results: Vec<BulkResult>,
+        outcome: &mut StoreOutcome,
+    ) {
+        let mut sent: BTreeMap<String, Option<CacheEntry>> =
+            batch.into_iter().map(|p| (p.id, p.entry)).collect();
         for result in results {
-            let Some(doc) = sent.get(result.id.as_str()) else {
+            let Some(entry) = sent.remove(&result.id) else {
                 continue;
             };
             match (result.rev, result.error.as_deref()) {
-                (Some(rev), None) => {
-                    let deleted = doc
-                        .get("_deleted")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    if deleted {
+                (Some(rev), None) => match entry {
+                    None => {
                         self.mirror
                             .apply_written(Update::Deleted { id: result.id, rev });
                         outcome.deleted += 1;
-                        self.metrics
-                            .cache_writes
-                            .get_or_create(&Metrics::outcome("deleted"))
-                            .inc();
-                    } else {
-                        let mut stored = (*doc).clone();
-                        stored["_rev"] = json!(rev);
-                        let bytes = serde_json::to_vec(&stored).map_or(0, |b| b.len());
-                        if let Ok(entry) = CacheEntry::from_doc(&stored, bytes) {
-                            self.mirror.apply_written(Update::Live(entry));
-                        }
-                        outcome.stored += 1;
-                        self.metrics
-                            .cache_writes
-                            .get_or_create(&Metrics::outcome("stored"))
-                            .inc();
+                        self.count_write("deleted");
                     }
-                }
+                    Some(mut entry) => {
+                        entry.rev = rev;
+                        self.mirror.apply_written(Update::Live(entry));
+                        outcome.stored += 1;
+                        self.count_write("stored");
+                    }
+                },
                 (_, Some("conflict")) => {
-                    self.metrics
-                        .cache_writes
-                        .get_or_create(&Metrics::outcome("conflict"))
-                        .inc();
+                    self.count_write("conflict");
                     outcome.conflicted.push(result.id);
                 }
                 (_, error) => {
@@ -401,14 +417,18 @@ impl Writer {
                         reason,
                         "CouchDB refused a cache document"
                     );
-                    self.metrics
-                        .cache_writes
-                        .get_or_create(&Metrics::outcome("refused"))
-                        .inc();
+                    self.count_write("refused");
                     outcome.refused += 1;
                 }
             }
         }
+    }
+
+    fn count_write(&self, outcome: &str) {
+        self.metrics
+            .cache_writes
+            .get_or_create(&Metrics::outcome(outcome))
+            .inc();
     }
 
     /// Re-reads conflicting documents into the mirror so the next plan uses
@@ -437,12 +457,62 @@ impl Writer {
     }
 }
 
-/// The last good content kept and flagged stale, with the new problems.
-fn last_good(current: Option<&CacheEntry>, issues: Vec<Issue>) -> (Value, Vec<Issue>, bool) {
-    match current {
-        Some(current) if !current.content.is_null() => (current.content.clone(), issues, true),
-        _ => (Value::Null, issues, false),
-    }
+/// The last good content (and its JSON) kept and flagged stale, with the
+/// new problems.
+fn last_good(
+    current: Option<&CacheEntry>,
+    issues: Vec<Issue>,
+) -> (Value, Vec<u8>, Vec<Issue>, bool) {
+    let (content, stale) = match current {
+        Some(current) if !current.content.is_null() => (current.content.clone(), true),
+        _ => (Value::Null, false),
+    };
+    let json = serde_json::to_vec(&content).expect("JSON values serialize");
+    (content, json, issues, stale)
+}
+
+/// A cache document planned for `_bulk_docs`.
+struct Planned {
+    id: String,
+    /// The document as sent.
+    json: Vec<u8>,
+    /// What the mirror holds once it is stored (its `_rev` filled in then);
+    /// `None` for a deletion.
+    entry: Option<CacheEntry>,
+}
+
+/// Every field of a cache document but `content` (see `with_content`).
+#[derive(Serialize)]
+struct CacheDocHead<'a> {
+    #[serde(rename = "_id")]
+    id: &'a str,
+    #[serde(rename = "_rev", skip_serializing_if = "Option::is_none")]
+    rev: Option<&'a str>,
+    caldera: u64,
+    domain: &'a str,
+    key: &'a str,
+    hash: &'a str,
+    errors: &'a Value,
+    stale: bool,
+    built_from: Value,
+    seqs: Value,
+    built_by: &'a str,
+    built_at: String,
+}
+
+/// The document's JSON: `head`'s object with `"content":<content_json>`
+/// added as its last member. Splicing the already serialized content in
+/// saves serializing (or copying) a possibly large tree a second time.
+fn with_content(head: &CacheDocHead<'_>, content_json: &[u8]) -> Vec<u8> {
+    let mut json = serde_json::to_vec(head).expect("JSON values serialize");
+    // A serialized struct is an object: it ends with `}` and has members.
+    debug_assert_eq!(json.last(), Some(&b'}'));
+    json.pop();
+    json.reserve(content_json.len() + 12);
+    json.extend_from_slice(b",\"content\":");
+    json.extend_from_slice(content_json);
+    json.push(b'}');
+    json
 }
 
 fn apply_current(mirror: &Mirror, row: crate::couch::AllDocsRow) {

@@ -5,6 +5,8 @@
 //! Which keys a running daemon honours on SIGHUP is decided here too
 //! (`Config::needs_restart`).
 
+mod amqp;
+mod edge;
 mod reader;
 
 use std::net::SocketAddr;
@@ -13,6 +15,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+pub use amqp::AmqpConfig;
+pub use edge::{DeviceAuth, EdgeConfig, ProxyPolicyName};
 use reader::Reader;
 pub use reader::{ConfigError, env_name};
 
@@ -57,6 +61,9 @@ pub struct Config {
     pub sysconf: SysconfConfig,
     pub acls: AclsConfig,
     pub phones: PhonesConfig,
+    /// The Kazoo-compatible AMQP front door of sysconf (`amqp.*`).
+    pub amqp: AmqpConfig,
+    pub edge: EdgeConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -354,6 +361,7 @@ impl Config {
             self.phones.write_wait != new.phones.write_wait,
             "phones.write_wait_ms",
         );
+        check(self.amqp != new.amqp, "amqp.*");
         keys
     }
 }
@@ -383,6 +391,8 @@ fn read(r: &mut Reader<'_>) -> Config {
         },
         acls: read_acls(r),
         phones: read_phones(r),
+        amqp: amqp::read(r),
+        edge: edge::read(r),
     }
 }
 

@@ -4,6 +4,7 @@
 //! follower treats as "reconnect from the last processed sequence".
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use futures_util::{Stream, StreamExt};
 use reqwest::Method;
 
 use super::rows::{self, Line, Page};
-use super::{Db, Error, ErrorKind, Result, Seq};
+use super::{Client, Db, Error, ErrorKind, Result, Seq};
 
 /// A single line (one change with its document) may not exceed this.
 const MAX_LINE_BYTES: usize = 64 << 20;
@@ -28,8 +29,13 @@ pub struct FeedTimeouts {
 
 type BodyStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
+/// Whether a consumer already holds a document revision `(id, rev)`.
+pub type Known = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// An open `feed=continuous` response, read line by line.
 pub struct ChangesStream {
+    known: Option<Known>,
+    client: Client,
     body: BodyStream,
     buffer: Vec<u8>,
     inactivity: Duration,
@@ -51,6 +57,8 @@ impl Db {
         let operation = self.op(&Method::GET, "_changes");
         let body = self.open_feed(url, &operation, timeouts).await?;
         Ok(ChangesStream {
+            known: None,
+            client: self.client.clone(),
             body,
             buffer: Vec::new(),
             inactivity: timeouts.inactivity,
@@ -77,7 +85,9 @@ impl Db {
         let read = async {
             let mut body = self.open_feed(url, &operation, timeouts).await?;
             let mut buffer = Vec::new();
-            while let Some(chunk) = next_chunk(&mut body, timeouts.inactivity, &operation).await? {
+            while let Some(chunk) =
+                next_chunk(&self.client, &mut body, timeouts.inactivity, &operation).await?
+            {
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() > MAX_LINE_BYTES {
                     return Err(Error::new(
@@ -111,6 +121,7 @@ impl Db {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(Error::transport(operation.to_string(), &err)),
             Err(_) => {
+                self.client.stalled();
                 let why = format!("no response headers within {:?}", timeouts.headers);
                 return Err(Error::new(ErrorKind::Transient, operation, why));
             }
@@ -126,6 +137,16 @@ impl Db {
 }
 
 impl ChangesStream {
+    /// Rows whose `(id, rev)` `known` says the consumer holds come as
+    /// `Line::Known`, their documents never parsed: the cache database's
+    /// feed echoes every document this instance just wrote, and parsing
+    /// those (routing tables of megabytes) only to drop them doubled the
+    /// cost of a write.
+    pub fn skip_known(mut self, known: Known) -> ChangesStream {
+        self.known = Some(known);
+        self
+    }
+
     /// The next row or end-of-feed line; `None` when the server closed the
     /// stream cleanly. Heartbeat lines are consumed silently.
     ///
@@ -141,7 +162,14 @@ impl ChangesStream {
                 }
                 return self.parse(line).map(Some);
             }
-            match next_chunk(&mut self.body, self.inactivity, &self.operation).await? {
+            match next_chunk(
+                &self.client,
+                &mut self.body,
+                self.inactivity,
+                &self.operation,
+            )
+            .await?
+            {
                 Some(chunk) => {
                     self.buffer.extend_from_slice(&chunk);
                     if self.buffer.len() > MAX_LINE_BYTES {
@@ -163,12 +191,19 @@ impl ChangesStream {
     }
 
     fn parse(&self, line: &[u8]) -> Result<Line> {
+        if let Some(known) = &self.known
+            && let Some((seq, id, rev)) = rows::peek(line)
+            && known(&id, &rev)
+        {
+            return Ok(Line::Known { seq });
+        }
         rows::parse_line(line)
             .map_err(|why| Error::new(ErrorKind::Transient, self.operation.clone(), why))
     }
 }
 
 async fn next_chunk(
+    client: &Client,
     body: &mut BodyStream,
     inactivity: Duration,
     operation: &str,
@@ -178,6 +213,7 @@ async fn next_chunk(
         Ok(Some(Err(err))) => Err(Error::transport(operation.to_string(), &err)),
         Ok(None) => Ok(None),
         Err(_) => {
+            client.stalled();
             let why = format!("no data for {inactivity:?} (heartbeats stopped)");
             Err(Error::new(ErrorKind::Transient, operation, why))
         }

@@ -10,15 +10,16 @@ mod json_scan;
 pub mod retry;
 mod rows;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub use changes::{ChangesStream, FeedTimeouts};
+pub use changes::{ChangesStream, FeedTimeouts, Known};
 pub use error::{Error, ErrorKind, Result};
 pub use rows::{Line, Page, Row};
 
@@ -41,18 +42,24 @@ pub struct Client {
 }
 
 struct Inner {
-    /// Ordinary requests, with a total deadline.
-    http: reqwest::Client,
-    /// Feed requests: no total deadline; the feed code enforces its own.
-    feed_http: reqwest::Client,
+    pools: ArcSwap<Pools>,
+    /// When the pools were last replaced (see `Client::stalled`).
+    pools_since: Mutex<Instant>,
+    config: CouchConfig,
     base: Url,
     credentials: Option<Credentials>,
 }
 
-impl Client {
-    /// # Errors
-    /// The HTTP client cannot be built (TLS set-up failed).
-    pub fn new(config: &CouchConfig) -> Result<Client> {
+/// The HTTP clients, each with its pool of keep-alive connections.
+struct Pools {
+    /// Ordinary requests, with a total deadline.
+    http: reqwest::Client,
+    /// Feed requests: no total deadline; the feed code enforces its own.
+    feed_http: reqwest::Client,
+}
+
+impl Pools {
+    fn new(config: &CouchConfig) -> Result<Pools> {
         let build = |total: Option<Duration>| {
             let mut builder = reqwest::Client::builder()
                 .connect_timeout(config.connect_timeout)
@@ -66,14 +73,54 @@ impl Client {
                 .build()
                 .map_err(|err| Error::transport("building the HTTP client".into(), &err))
         };
+        Ok(Pools {
+            http: build(Some(config.request_timeout))?,
+            feed_http: build(None)?,
+        })
+    }
+}
+
+/// Least time between two replacements of the connection pools.
+const POOL_RESET_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Client {
+    /// # Errors
+    /// The HTTP client cannot be built (TLS set-up failed).
+    pub fn new(config: &CouchConfig) -> Result<Client> {
         Ok(Client {
             inner: Arc::new(Inner {
-                http: build(Some(config.request_timeout))?,
-                feed_http: build(None)?,
+                pools: ArcSwap::from_pointee(Pools::new(config)?),
+                pools_since: Mutex::new(Instant::now()),
+                config: config.clone(),
                 base: config.url.clone(),
                 credentials: config.credentials.clone(),
             }),
         })
+    }
+
+    /// A request got no answer in time. The server, or the route to it,
+    /// may have gone silent without closing anything: then every idle
+    /// connection in the pools is dead too, and each later request would
+    /// wait out its own deadline on one of them before a fresh connection is
+    /// tried. Replacing the pools (at most once a second) makes the next
+    /// requests connect afresh; requests in flight keep their connections.
+    pub(crate) fn stalled(&self) {
+        let mut since = self
+            .inner
+            .pools_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if since.elapsed() < POOL_RESET_INTERVAL {
+            return;
+        }
+        match Pools::new(&self.inner.config) {
+            Ok(pools) => {
+                self.inner.pools.store(Arc::new(pools));
+                *since = Instant::now();
+                tracing::debug!(url = %self.inner.base, "request timed out; opening fresh connections");
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot rebuild the HTTP clients"),
+        }
     }
 
     pub fn db(&self, name: &str) -> Db {
@@ -101,11 +148,8 @@ impl Client {
     }
 
     fn request(&self, method: Method, url: Url, feed: bool) -> reqwest::RequestBuilder {
-        let http = if feed {
-            &self.inner.feed_http
-        } else {
-            &self.inner.http
-        };
+        let pools = self.inner.pools.load();
+        let http = if feed { &pools.feed_http } else { &pools.http };
         let mut request = http
             .request(method, url)
             .header(reqwest::header::ACCEPT, "application/json");
@@ -137,10 +181,12 @@ impl Client {
                 .body(bytes),
             None => request,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|err| Error::transport(operation.clone(), &err))?;
+        let response = request.send().await.map_err(|err| {
+            if err.is_timeout() {
+                self.stalled();
+            }
+            Error::transport(operation.clone(), &err)
+        })?;
         let status = response.status();
         let content_type = response
             .headers()
@@ -148,10 +194,12 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_string();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| Error::transport(operation.clone(), &err))?;
+        let body = response.bytes().await.map_err(|err| {
+            if err.is_timeout() {
+                self.stalled();
+            }
+            Error::transport(operation.clone(), &err)
+        })?;
         if !status.is_success() {
             return Err(Error::from_response(operation, status, &body));
         }
@@ -200,6 +248,16 @@ pub struct AllDocsValue {
     pub rev: String,
     #[serde(default)]
     pub deleted: bool,
+}
+
+/// A key range of `_all_docs`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRange<'a> {
+    pub start: &'a str,
+    pub end: &'a str,
+    pub descending: bool,
+    pub include_docs: bool,
+    pub limit: Option<u64>,
 }
 
 /// One database on a server.
@@ -360,16 +418,44 @@ impl Db {
     /// # Errors
     /// The request as a whole failed.
     pub async fn bulk_docs(&self, docs: &[Value]) -> Result<Vec<BulkResult>> {
-        let body = json!({ "docs": docs });
+        let serialized: Vec<Vec<u8>> = docs
+            .iter()
+            .map(|doc| serde_json::to_vec(doc).expect("JSON values serialize"))
+            .collect();
+        self.bulk_docs_serialized(&serialized).await
+    }
+
+    /// `_bulk_docs` with documents already serialized (the cache writer
+    /// serializes each document once and keeps the bytes for its size).
+    ///
+    /// # Errors
+    /// The request as a whole failed.
+    pub async fn bulk_docs_serialized<D: AsRef<[u8]>>(
+        &self,
+        docs: &[D],
+    ) -> Result<Vec<BulkResult>> {
+        let total: usize = docs.iter().map(|d| d.as_ref().len() + 1).sum();
+        let mut body = Vec::with_capacity(total + 12);
+        body.extend_from_slice(b"{\"docs\":[");
+        for (i, doc) in docs.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(doc.as_ref());
+        }
+        body.extend_from_slice(b"]}");
+        let operation = self.op(&Method::POST, "_bulk_docs");
         let answer = self
-            .json_call(
+            .client
+            .send(
                 Method::POST,
                 self.url(Some("_bulk_docs"), &[]),
-                Some(&body),
-                "_bulk_docs",
+                Some(RequestBody::Json(body)),
+                operation.clone(),
+                false,
             )
             .await?;
-        parse_json(&answer.body, &self.op(&Method::POST, "_bulk_docs"))
+        parse_json(&answer.body, &operation)
     }
 
     /// `POST /{db}/_all_docs` with `keys`: one row per key, in order.
@@ -390,6 +476,37 @@ impl Db {
             .json_call(Method::POST, url, Some(&body), "_all_docs")
             .await?;
         parse_json::<Rows>(&answer.body, &self.op(&Method::POST, "_all_docs")).map(|r| r.rows)
+    }
+
+    /// `GET /{db}/_all_docs` over the keys from `range.start` to
+    /// `range.end` (both inclusive; descending swaps their roles as
+    /// CouchDB does), in key order.
+    ///
+    /// # Errors
+    /// The request failed.
+    pub async fn all_docs_range(&self, range: &KeyRange<'_>) -> Result<Vec<AllDocsRow>> {
+        #[derive(Deserialize)]
+        struct Rows {
+            rows: Vec<AllDocsRow>,
+        }
+        let mut url = self.url(Some("_all_docs"), &[]);
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("startkey", &Value::from(range.start).to_string())
+                .append_pair("endkey", &Value::from(range.end).to_string());
+            if range.descending {
+                query.append_pair("descending", "true");
+            }
+            if range.include_docs {
+                query.append_pair("include_docs", "true");
+            }
+            if let Some(limit) = range.limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+        }
+        let answer = self.json_call(Method::GET, url, None, "_all_docs").await?;
+        parse_json::<Rows>(&answer.body, &self.op(&Method::GET, "_all_docs")).map(|r| r.rows)
     }
 
     /// `GET /{db}/_local/{name}`.
@@ -473,6 +590,8 @@ impl Db {
     }
 
     /// One page of `_changes?feed=normal&include_docs=true` after `since`.
+    /// A normal feed answers at once, so the ordinary request deadline
+    /// applies: a server gone silent must not hang a load or a probe.
     ///
     /// # Errors
     /// The request failed or the answer is not a changes page.
@@ -486,7 +605,7 @@ impl Db {
         let operation = self.op(&Method::GET, "_changes");
         let answer = self
             .client
-            .send(Method::GET, url, None, operation.clone(), true)
+            .send(Method::GET, url, None, operation.clone(), false)
             .await?;
         rows::parse_page(&answer.body)
             .map_err(|why| Error::new(ErrorKind::Transient, operation, why))

@@ -26,6 +26,11 @@ pub struct Row {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     Row(Row),
+    /// A change the consumer already holds (see `ChangesStream::skip_known`):
+    /// only its position, the document left unparsed.
+    Known {
+        seq: Seq,
+    },
     /// The server ended the feed; reconnect from this sequence.
     End {
         last_seq: Seq,
@@ -83,6 +88,26 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     slow_row(line, &members).map(Line::Row)
 }
 
+/// The `(seq, id, rev)` of a live (not deleted) change row, read by
+/// scanning the line without parsing its document; `None` for anything else.
+pub fn peek(line: &[u8]) -> Option<(Seq, String, String)> {
+    let members = json_scan::members(line)?;
+    let field = |name: &str| {
+        members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, s)| &line[s.clone()])
+    };
+    if field("deleted").is_some_and(|raw| raw == b"true") {
+        return None;
+    }
+    let id: String = serde_json::from_slice(field("id")?).ok()?;
+    let seq: Seq = serde_json::from_slice(field("seq")?).ok()?;
+    let changes: Vec<RevOnly> = serde_json::from_slice(field("changes")?).ok()?;
+    let rev = changes.into_iter().next()?.rev;
+    Some((seq, id, rev))
+}
+
 /// Parses one item of a page's `results`.
 ///
 /// # Errors
@@ -90,7 +115,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
 pub fn parse_row(item: &[u8]) -> Result<Row, String> {
     match parse_line(item)? {
         Line::Row(row) => Ok(row),
-        Line::End { .. } => Err(garbage(item)),
+        Line::End { .. } | Line::Known { .. } => Err(garbage(item)),
     }
 }
 
@@ -190,6 +215,24 @@ fn garbage(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn peek_reads_position_id_and_rev_without_the_document() {
+        let line = br#"{"seq":"12-g1AA","id":"sysconf:a","changes":[{"rev":"3-abc"}],"doc":{"_id":"sysconf:a","_rev":"3-abc","deep":[[[[1]]]]}}"#;
+        assert_eq!(
+            peek(line),
+            Some((
+                json!("12-g1AA"),
+                "sysconf:a".to_string(),
+                "3-abc".to_string()
+            ))
+        );
+        // Deletions are never skipped (they are small, and must be applied).
+        let deleted = br#"{"seq":13,"id":"x","changes":[{"rev":"4-d"}],"deleted":true}"#;
+        assert_eq!(peek(deleted), None);
+        assert_eq!(peek(br#"{"last_seq":14}"#), None);
+        assert_eq!(peek(b"garbage"), None);
+    }
 
     #[test]
     fn a_row_with_its_document() {

@@ -4,6 +4,7 @@
 //! each other; anything they share lives in this file.
 
 pub mod acls;
+pub mod edge;
 pub mod phones;
 pub mod routing;
 pub mod sysconf;
@@ -21,14 +22,16 @@ pub enum Domain {
     Acls,
     Routing,
     Phones,
+    Edge,
 }
 
 impl Domain {
-    pub const ALL: [Domain; 4] = [
+    pub const ALL: [Domain; 5] = [
         Domain::Sysconf,
         Domain::Acls,
         Domain::Routing,
         Domain::Phones,
+        Domain::Edge,
     ];
 
     /// The name used in cache document ids (`sysconf:ecallmgr`), metrics and logs.
@@ -38,6 +41,7 @@ impl Domain {
             Domain::Acls => "acls",
             Domain::Routing => "routing",
             Domain::Phones => "phones",
+            Domain::Edge => "edge",
         }
     }
 
@@ -52,6 +56,7 @@ impl Domain {
             Domain::Acls => &acls::AclsBuilder,
             Domain::Routing => &routing::RoutingBuilder,
             Domain::Phones => &phones::PhonesBuilder,
+            Domain::Edge => &edge::EdgeBuilder,
         }
     }
 }

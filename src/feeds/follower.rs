@@ -25,7 +25,7 @@ use super::{Board, FeedEvent, FeedState};
 use crate::config::{FeedConfig, FeedMode};
 use crate::couch::retry::Backoff;
 use crate::couch::{
-    ChangesStream, Db, Error, ErrorKind, FeedTimeouts, Line, Page, Result, Row, Seq,
+    ChangesStream, Db, Error, ErrorKind, FeedTimeouts, Known, Line, Page, Result, Row, Seq,
 };
 use crate::lifecycle::readiness::Readiness;
 use crate::rebuild::index::{SourceDoc, SourceId};
@@ -44,6 +44,9 @@ pub struct Follower {
     pub board: Arc<Board>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Revisions the consumer already holds, skipped unparsed on a
+    /// continuous feed (the mirror's own writes echoed by the cache feed).
+    pub known: Option<Known>,
 }
 
 /// The incarnation of the database this follower has loaded.
@@ -81,15 +84,24 @@ impl Follower {
     /// Runs until `token` is cancelled and the consumer has let go.
     pub async fn run(self, token: CancellationToken) {
         self.readiness.register(&self.component(), "not loaded yet");
+        self.metrics.register_feed(self.db.name());
         self.set_state(FeedState::Starting, None);
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut session: Option<Session> = None;
         let mut announced_missing = false;
         while !token.is_cancelled() {
-            match self
-                .round(&mut session, &mut announced_missing, &token)
-                .await
-            {
+            // Shutdown must not wait for whatever the round is waiting on:
+            // pouchdb-server sends a quiet feed's headers only with the
+            // first heartbeat (30 s by default, longer than the grace
+            // period), and a request to an unreachable server runs to its
+            // deadline. Dropping the round is safe: the session keeps its
+            // position and the durable channel, drained below.
+            let round = tokio::select! {
+                biased;
+                () = token.cancelled() => break,
+                round = self.round(&mut session, &mut announced_missing, &token) => round,
+            };
+            match round {
                 Ok(progress) => {
                     if progress {
                         backoff.reset();
@@ -119,6 +131,9 @@ impl Follower {
             .feed_connected
             .get_or_create(&Metrics::db(self.db.name()))
             .set(0);
+        // Every failure is followed by a reconnection attempt: count it with
+        // the planned reopenings, so a flapping server shows in one series.
+        self.count_reconnect();
         self.readiness.set(
             &self.component(),
             Err(format!("cannot follow {}: {err}", self.db.name())),
@@ -181,14 +196,7 @@ impl Follower {
             other => other?,
         };
         match ended {
-            Ended::Reconnect => {
-                self.metrics
-                    .feed_reconnects
-                    .get_or_create(&Metrics::db(self.db.name()))
-                    .inc();
-                self.board
-                    .update(&self.source, self.db.name(), |s| s.reconnects += 1);
-            }
+            Ended::Reconnect => self.count_reconnect(),
             Ended::Reset => {
                 self.count_reset();
                 tracing::warn!(
@@ -200,6 +208,15 @@ impl Follower {
             Ended::Cancelled => {}
         }
         Ok(true)
+    }
+
+    fn count_reconnect(&self) {
+        self.metrics
+            .feed_reconnects
+            .get_or_create(&Metrics::db(self.db.name()))
+            .inc();
+        self.board
+            .update(&self.source, self.db.name(), |s| s.reconnects += 1);
     }
 
     fn count_reset(&self) {
@@ -307,12 +324,20 @@ impl Follower {
             headers: self.config.inactivity_timeout,
             inactivity: self.config.inactivity_timeout,
         };
+        if self.caught_up(&session.since).await? {
+            self.readiness.set(&self.component(), Ok(()));
+        }
         let mut feed = match self.config.mode {
-            FeedMode::Continuous => FeedReader::Continuous(
-                self.db
+            FeedMode::Continuous => {
+                let stream = self
+                    .db
                     .follow(&session.since, self.config.heartbeat, timeouts)
-                    .await?,
-            ),
+                    .await?;
+                FeedReader::Continuous(match &self.known {
+                    Some(known) => stream.skip_known(known.clone()),
+                    None => stream,
+                })
+            }
             FeedMode::Longpoll => FeedReader::longpoll(
                 self.db.clone(),
                 session.since.clone(),
@@ -365,6 +390,12 @@ impl Follower {
                         }
                         self.deliver(row, token).await;
                     }
+                    Some(Line::Known { seq }) => {
+                        if !seq.is_null() {
+                            session.since = seq.clone();
+                        }
+                        self.count_change(&seq);
+                    }
                     Some(Line::End { last_seq }) => {
                         session.since = last_seq;
                         return Ok(Ended::Reconnect);
@@ -375,6 +406,15 @@ impl Follower {
         }
     }
 
+    /// Whether the database has no change after `since`. Asked with a
+    /// normal feed, which answers at once: pouchdb-server sends a continuous
+    /// or longpoll feed's headers only with its first row or heartbeat, so
+    /// waiting for them would keep `/readyz` false for up to a heartbeat
+    /// (30 s by default) after every start and reconnection.
+    async fn caught_up(&self, since: &Seq) -> Result<bool> {
+        Ok(self.db.changes_page(since, 1).await?.rows.is_empty())
+    }
+
     async fn same_incarnation(&self, marker: &str) -> Result<bool> {
         if self.db.info().await?.is_none() {
             return Ok(false);
@@ -382,8 +422,7 @@ impl Follower {
         Ok(checkpoint::read_marker(&self.db).await?.as_deref() == Some(marker))
     }
 
-    async fn deliver(&self, row: Row, token: &CancellationToken) {
-        let seq = row.seq.clone();
+    fn count_change(&self, seq: &Seq) {
         self.metrics
             .feed_changes
             .get_or_create(&Metrics::db(self.db.name()))
@@ -392,6 +431,11 @@ impl Follower {
             s.changes += 1;
             s.since = Some(seq.clone());
         });
+    }
+
+    async fn deliver(&self, row: Row, token: &CancellationToken) {
+        let seq = row.seq.clone();
+        self.count_change(&seq);
         let Some((id, doc)) = source_doc(row) else {
             return;
         };

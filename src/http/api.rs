@@ -49,6 +49,12 @@ type Shared = State<Arc<ApiState>>;
 const SYSCONF_PREFIX: &str = "/v1/sysconf/";
 
 pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
+    router_with(state, timeout, None)
+}
+
+/// The api router with the edge store's seed API nested at `/api/v1.0`
+/// (its own auth, answers and fallbacks: see `http::edge`).
+pub fn router_with(state: Arc<ApiState>, timeout: Duration, edge: Option<Router>) -> Router {
     let admin = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/sysconf/{category}", any(sysconf_category))
@@ -69,7 +75,10 @@ pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
-    let router = middleware::json_fallbacks(open.merge(admin).with_state(state.clone()));
+    let mut router = middleware::json_fallbacks(open.merge(admin).with_state(state.clone()));
+    if let Some(edge) = edge {
+        router = router.nest("/api/v1.0", edge);
+    }
     middleware::common(router, "api", state.metrics.clone(), timeout)
 }
 
@@ -359,8 +368,8 @@ async fn routes_lookup(
         .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
     let answer = state
         .routing
-        .lookup(&sdn, &groupid, &number, query.host.as_deref())?;
-    Ok(Json(answer).into_response())
+        .lookup_text(&sdn, &groupid, &number, query.host.as_deref())?;
+    Ok(json_text(answer))
 }
 
 /// A whole ruleset table, for export to a SIP proxy.

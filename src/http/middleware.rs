@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use super::ApiError;
 use crate::config::Secret;
@@ -42,9 +41,8 @@ pub fn common(
     timeout: Duration,
 ) -> Router {
     router
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| deadline(timeout, request, next),
         ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
@@ -60,6 +58,23 @@ pub fn common(
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
         ]))
+}
+
+/// A request still running after `timeout` is answered 503 in the JSON
+/// error shape (tower-http's timeout layer answers with an empty body).
+async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request did not finish within http.request_timeout_ms ({} ms)",
+                timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn record(

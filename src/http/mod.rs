@@ -10,6 +10,7 @@
 //! shutdown is graceful: stop accepting, let in-flight requests finish.
 
 pub mod api;
+pub mod edge;
 mod error;
 mod middleware;
 pub mod phones;

@@ -57,6 +57,21 @@ impl Readiness {
             .send_if_modified(|current| std::mem::replace(current, ready) != ready);
     }
 
+    /// Whether `component` is ready (`None`: not registered), for a part
+    /// of the daemon that waits for another before it starts.
+    pub fn component_ready(&self, component: &str) -> Option<bool> {
+        let components = self
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        components.get(component).map(Option::is_none)
+    }
+
+    /// Whether one component has reported ready (false when unknown).
+    pub fn is_component_ready(&self, component: &str) -> bool {
+        self.component_ready(component) == Some(true)
+    }
+
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
@@ -88,11 +103,20 @@ mod tests {
         readiness.register("feed:a", "loading");
         readiness.register("mirror", "loading");
         readiness.set("feed:a", Ok(()));
+        assert!(readiness.is_component_ready("feed:a"));
+        assert!(!readiness.is_component_ready("mirror"));
+        assert!(!readiness.is_component_ready("unknown"));
         assert!(!readiness.is_ready());
         assert_eq!(readiness.reasons(), ["mirror: loading"]);
         readiness.set("mirror", Ok(()));
         assert!(readiness.is_ready());
         readiness.set("feed:a", Err("CouchDB unreachable".into()));
         assert!(!readiness.is_ready(), "readiness follows outages");
+        readiness.set("feed:a", Ok(()));
+        readiness.register("amqp", "connecting");
+        assert!(!readiness.is_ready());
+        assert_eq!(readiness.component_ready("mirror"), Some(true));
+        assert_eq!(readiness.component_ready("amqp"), Some(false));
+        assert_eq!(readiness.component_ready("engine"), None);
     }
 }

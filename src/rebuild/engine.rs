@@ -37,10 +37,22 @@ use crate::feeds::{CheckpointTx, FeedEvent, WantedFeed, WantedFeeds};
 use crate::lifecycle::readiness::Readiness;
 use crate::telemetry::metrics::Metrics;
 
-/// Below this many outputs a batch is built on the engine's own thread.
+/// From this many outputs a batch is built on the worker threads.
 const PARALLEL_THRESHOLD: usize = 256;
 
-const COMPONENT: &str = "engine";
+/// A smaller batch goes to the worker threads when its outputs are expected
+/// to take at least this long to build (a few routing tables do; a few
+/// sysconf categories do not), which pays for starting the threads.
+const PARALLEL_MIN_WORK: Duration = Duration::from_millis(2);
+
+/// The readiness component: ready once the first full build is written.
+pub const COMPONENT: &str = "engine";
+
+/// The readiness component of the dynamic sources: ready once every
+/// database the builders want followed (a ruleset's `database`) has loaded,
+/// so no output (a routing table) is still deferred. Separate from
+/// `COMPONENT`, which parts that need only the first build wait for.
+pub const DYNAMIC_COMPONENT: &str = "dynamic_sources";
 
 #[derive(Default)]
 struct SourceState {
@@ -81,6 +93,8 @@ pub struct Engine {
     wanted: watch::Sender<WantedFeeds>,
     /// Outputs that read a dynamic source not loaded yet.
     deferred: BTreeSet<OutputId>,
+    /// Recent build time of one output, per domain (a moving average).
+    build_cost: BTreeMap<Domain, Duration>,
 }
 
 impl Engine {
@@ -98,6 +112,7 @@ impl Engine {
             .map(|name| (SourceId::from(*name), SourceState::default()))
             .collect();
         readiness.register(COMPONENT, "initial build not done");
+        readiness.register(DYNAMIC_COMPONENT, "initial build not done");
         let keyer_domains = domains.clone();
         let keyer: Keyer = Arc::new(move |source: &str, doc: &SourceDoc| {
             keyer_domains
@@ -121,6 +136,7 @@ impl Engine {
             incarnations: 0,
             wanted: watch::channel(WantedFeeds::new()).0,
             deferred: BTreeSet::new(),
+            build_cost: BTreeMap::new(),
         }
     }
 
@@ -166,6 +182,7 @@ impl Engine {
             if self.can_build() && self.flush(&mut batch, &abort).await.is_err() {
                 return;
             }
+            self.report_readiness();
         }
         // Shutdown: whatever the followers already handed over gets written.
         while let Ok(event) = events.try_recv() {
@@ -525,6 +542,31 @@ impl Engine {
         Ok(())
     }
 
+    /// `DYNAMIC_COMPONENT` is ready once the first build is written and
+    /// every dynamic source the builders want has loaded: until then some
+    /// outputs (a ruleset's table) are deferred, and serving without them is
+    /// not "caught up".
+    fn report_readiness(&self) {
+        if !self.built_once {
+            return;
+        }
+        let waiting: Vec<&str> = self
+            .dynamic
+            .iter()
+            .filter(|(id, _)| self.sources.get(*id).is_none_or(|s| !s.loaded))
+            .map(|(_, (feed, _))| feed.db.as_str())
+            .collect();
+        let state = match waiting.as_slice() {
+            [] => Ok(()),
+            [db] => Err(format!("database {db} is not loaded yet")),
+            [db, rest @ ..] => Err(format!(
+                "databases {db} and {} more are not loaded yet",
+                rest.len()
+            )),
+        };
+        self.readiness.set(DYNAMIC_COMPONENT, state);
+    }
+
     /// Every output a from-scratch build has, every output the cache holds,
     /// and every output with recorded dependencies.
     fn every_output(&self) -> Vec<OutputId> {
@@ -553,34 +595,35 @@ impl Engine {
     fn build(&mut self, keys: &[OutputId]) -> Vec<Output> {
         let index = &self.index;
         let metrics = &self.metrics;
-        let results: Vec<BuildResult> =
-            if keys.len() < PARALLEL_THRESHOLD || self.config.workers < 2 {
-                keys.iter()
-                    .map(|key| build_one(index, metrics, key))
-                    .collect()
-            } else {
-                let chunk = keys.len().div_ceil(self.config.workers);
-                tokio::task::block_in_place(|| {
-                    std::thread::scope(|scope| {
-                        let handles: Vec<_> = keys
-                            .chunks(chunk)
-                            .map(|part| {
-                                scope.spawn(move || {
-                                    part.iter()
-                                        .map(|k| build_one(index, metrics, k))
-                                        .collect::<Vec<_>>()
-                                })
+        let results: Vec<BuildResult> = if !self.worth_parallel(keys) {
+            keys.iter()
+                .map(|key| build_one(index, metrics, key))
+                .collect()
+        } else {
+            let chunk = keys.len().div_ceil(self.config.workers);
+            tokio::task::block_in_place(|| {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = keys
+                        .chunks(chunk)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                part.iter()
+                                    .map(|k| build_one(index, metrics, k))
+                                    .collect::<Vec<_>>()
                             })
-                            .collect();
-                        handles
-                            .into_iter()
-                            .flat_map(|h| h.join().expect("build_one catches panics"))
-                            .collect()
-                    })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("build_one catches panics"))
+                        .collect()
                 })
-            };
+            })
+        };
         let mut outputs = Vec::with_capacity(results.len());
-        for (id, built, deps, built_from) in results {
+        for (id, built, deps, built_from, took) in results {
+            let cost = self.build_cost.entry(id.0).or_insert(took);
+            *cost = (*cost * 4 + took) / 5;
             if self.waits_for_source(&deps) {
                 // Written once every dynamic source it read has loaded.
                 self.deps.set(id.clone(), deps);
@@ -600,6 +643,22 @@ impl Engine {
             });
         }
         outputs
+    }
+
+    /// Whether to spread a batch over the worker threads: many outputs, or
+    /// a few that are expected to be slow to build.
+    fn worth_parallel(&self, keys: &[OutputId]) -> bool {
+        if self.config.workers < 2 || keys.len() < 2 {
+            return false;
+        }
+        if keys.len() >= PARALLEL_THRESHOLD {
+            return true;
+        }
+        let expected: Duration = keys
+            .iter()
+            .filter_map(|(domain, _)| self.build_cost.get(domain))
+            .sum();
+        expected >= PARALLEL_MIN_WORK
     }
 
     /// Reports everything absorbed so far as durable.
@@ -631,11 +690,13 @@ impl Engine {
     }
 }
 
+/// An output, its dependencies, the revisions it read, and how long it took.
 type BuildResult = (
     OutputId,
     Built,
     BTreeSet<Dep>,
     BTreeMap<SourceId, BTreeMap<String, String>>,
+    Duration,
 );
 
 /// Builds one output; a panicking builder becomes a failed output, never a
@@ -662,16 +723,17 @@ fn build_one(index: &Index, metrics: &Metrics, id: &OutputId) -> BuildResult {
             }],
         }
     });
+    let took = started.elapsed();
     let label = Metrics::domain(domain.name());
     metrics.rebuilds.get_or_create(&label).inc();
     metrics
         .rebuild_seconds
         .get_or_create(&label)
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
     if has_issues(&built) {
         metrics.rebuild_errors.get_or_create(&label).inc();
     }
-    (id.clone(), built, deps, revs)
+    (id.clone(), built, deps, revs, took)
 }
 
 fn has_issues(built: &Built) -> bool {

@@ -40,6 +40,28 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+/// An AMQP request by its event (`get_req`, `set_req`, `flush_req`,
+/// `unknown`) and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AmqpLabels {
+    pub event: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+/// Edge store telemetry reports.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeReportLabels {
+    /// download, consumption
+    pub kind: String,
+    /// ok, skipped, unknown, bad_type, refused
+    pub proxy_check: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +94,22 @@ pub struct Metrics {
     pub dns_lookups: Family<OutcomeLabel, Counter>,
     /// ACL hostnames whose last resolution failed.
     pub dns_failing: Gauge,
+    /// AMQP requests handled, by event and outcome.
+    pub amqp_messages: Family<AmqpLabels, Counter>,
+    /// From an AMQP request's delivery to its reply being confirmed by the broker.
+    pub amqp_reply_seconds: Family<EventLabel, Histogram, fn() -> Histogram>,
+    /// Times the AMQP connection was lost or could not be opened.
+    pub amqp_reconnects: Counter,
+    /// 1 while consuming from the shared queue.
+    pub amqp_connected: Gauge,
+    /// Edge packages by outcome (built_class, built_per_edge, cached, needs_edge, failed).
+    pub edge_packages: Family<OutcomeLabel, Counter>,
+    /// Time to build one edge package.
+    pub edge_package_seconds: Histogram,
+    /// Edge telemetry reports received.
+    pub edge_reports: Family<EdgeReportLabels, Counter>,
+    /// Edge attachment fetches by outcome (ok, missing, error).
+    pub edge_blob_fetches: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +142,14 @@ impl Metrics {
             http_seconds: Family::new_with_constructor(latency_histogram),
             dns_lookups: Family::default(),
             dns_failing: Gauge::default(),
+            amqp_messages: Family::default(),
+            amqp_reply_seconds: Family::new_with_constructor(latency_histogram),
+            amqp_reconnects: Counter::default(),
+            amqp_connected: Gauge::default(),
+            edge_packages: Family::default(),
+            edge_package_seconds: latency_histogram(),
+            edge_reports: Family::default(),
+            edge_blob_fetches: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -204,6 +250,46 @@ impl Metrics {
             "ACL hostnames whose last resolution failed",
             m.dns_failing.clone(),
         );
+        r.register(
+            "amqp_messages",
+            "AMQP sysconf requests by event and outcome",
+            m.amqp_messages.clone(),
+        );
+        r.register(
+            "amqp_reply_seconds",
+            "From an AMQP request's delivery to its confirmed reply",
+            m.amqp_reply_seconds.clone(),
+        );
+        r.register(
+            "amqp_reconnects",
+            "Times the AMQP connection was lost or could not be opened",
+            m.amqp_reconnects.clone(),
+        );
+        r.register(
+            "amqp_connected",
+            "1 while consuming sysconf requests from RabbitMQ",
+            m.amqp_connected.clone(),
+        );
+        r.register(
+            "edge_packages",
+            "Edge packages asked for, by outcome",
+            m.edge_packages.clone(),
+        );
+        r.register(
+            "edge_package_seconds",
+            "Time to build one edge package",
+            m.edge_package_seconds.clone(),
+        );
+        r.register(
+            "edge_reports",
+            "Edge telemetry reports received",
+            m.edge_reports.clone(),
+        );
+        r.register(
+            "edge_blob_fetches",
+            "Edge attachments fetched from CouchDB, by outcome",
+            m.edge_blob_fetches.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -218,6 +304,38 @@ impl Metrics {
         out
     }
 
+    /// Creates a database's feed series at zero, so a dashboard or alert
+    /// sees `caldera_feed_reconnects_total 0` rather than no series at all
+    /// before the first reconnect.
+    pub fn register_feed(&self, db: &str) {
+        let label = Metrics::db(db);
+        drop(self.feed_changes.get_or_create(&label));
+        drop(self.feed_applied.get_or_create(&label));
+        drop(self.feed_reconnects.get_or_create(&label));
+        drop(self.feed_resets.get_or_create(&label));
+        drop(self.feed_connected.get_or_create(&label));
+        drop(self.feed_pending.get_or_create(&label));
+        drop(self.feed_lag_seconds.get_or_create(&label));
+        drop(self.checkpoints.get_or_create(&label));
+    }
+
+    /// Creates the per-domain build and cache series, and every cache write
+    /// outcome, at zero.
+    pub fn register_domains(&self, domains: &[&str]) {
+        for domain in domains {
+            let label = Metrics::domain(domain);
+            drop(self.rebuilds.get_or_create(&label));
+            drop(self.rebuild_errors.get_or_create(&label));
+            drop(self.rebuild_seconds.get_or_create(&label));
+            drop(self.cache_documents.get_or_create(&label));
+            drop(self.cache_bytes.get_or_create(&label));
+            drop(self.cache_documents_with_errors.get_or_create(&label));
+        }
+        for outcome in ["stored", "deleted", "conflict", "refused", "retried"] {
+            drop(self.cache_writes.get_or_create(&Metrics::outcome(outcome)));
+        }
+    }
+
     pub fn db(db: &str) -> DbLabel {
         DbLabel { db: db.to_string() }
     }
@@ -225,6 +343,19 @@ impl Metrics {
     pub fn domain(domain: &str) -> DomainLabel {
         DomainLabel {
             domain: domain.to_string(),
+        }
+    }
+
+    pub fn amqp(event: &str, outcome: &str) -> AmqpLabels {
+        AmqpLabels {
+            event: event.to_string(),
+            outcome: outcome.to_string(),
+        }
+    }
+
+    pub fn event(event: &str) -> EventLabel {
+        EventLabel {
+            event: event.to_string(),
         }
     }
 

@@ -1,9 +1,11 @@
-//! The integration-test harness: a real CouchDB-compatible server, the
-//! daemon as a child process, and a TCP fault proxy. Shared with the
+//! The integration-test harness: a real CouchDB-compatible server, a real
+//! RabbitMQ broker and a Kazoo-shaped AMQP client, the daemon as a child
+//! process, and a TCP fault proxy. Shared with the
 //! benchmarks (`#[path = "../tests/support/mod.rs"] mod support;`), so it
 //! holds no tests itself.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod couch;
 pub mod daemon;
 pub mod proxy;

@@ -2,10 +2,20 @@
 //! both ways until `cut()`, which closes every open connection and refuses
 //! new ones (accepted, then dropped at once) until `restore()`. This is how
 //! an outage is simulated against a server the tests cannot stop.
+//!
+//! `stall()` is the nastier fault: every open connection, and every one
+//! accepted until `restore()`, stays open but goes silent for good (no byte
+//! either way, no close) — a half-dead server or a dropped route, which only
+//! a client-side deadline notices.
+//!
+//! `refuse_requests_containing(text)` is the finest fault: a connection whose
+//! request bytes contain `text` (say `POST /db_cache/_bulk_docs`) is closed
+//! before that request reaches the server, every other request passes —
+//! one kind of call failing while the rest of CouchDB works.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use reqwest::Url;
 use tokio::net::{TcpListener, TcpStream};
@@ -14,10 +24,64 @@ use tokio::task::JoinHandle;
 
 struct State {
     cut: AtomicBool,
+    stalled: AtomicBool,
+    /// Silent connections, kept open (see `stall`).
+    graveyard: Mutex<Vec<TcpStream>>,
+    /// Requests containing these bytes are refused (see
+    /// `refuse_requests_containing`).
+    refused_pattern: Mutex<Option<Vec<u8>>>,
     /// Bumped by `cut()`: every connection opened before ends.
     generation: watch::Sender<u64>,
     accepted: AtomicU64,
     refused: AtomicU64,
+}
+
+/// Copies both ways until either side closes, or until a request carries
+/// the refused pattern (then both connections are dropped).
+async fn forward(client: &mut TcpStream, upstream: &mut TcpStream, state: &State) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let requests = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if state.refuses(&buffer[..n]) {
+                state.refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if upstream_write.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let answers = tokio::io::copy(&mut upstream_read, &mut client_write);
+    tokio::select! {
+        () = requests => {}
+        _ = answers => {}
+    }
+}
+
+impl State {
+    fn refuses(&self, bytes: &[u8]) -> bool {
+        let pattern = self
+            .refused_pattern
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pattern
+            .as_deref()
+            .is_some_and(|p| bytes.windows(p.len()).any(|w| w == p))
+    }
+
+    fn bury(&self, stream: TcpStream) {
+        self.graveyard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stream);
+    }
 }
 
 pub struct FaultProxy {
@@ -36,6 +100,9 @@ impl FaultProxy {
         let addr = listener.local_addr().expect("the proxy's address");
         let state = Arc::new(State {
             cut: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+            graveyard: Mutex::default(),
+            refused_pattern: Mutex::default(),
             generation: watch::channel(0).0,
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -52,14 +119,24 @@ impl FaultProxy {
                     drop(client);
                     continue;
                 }
+                if shared.stalled.load(Ordering::SeqCst) {
+                    shared.bury(client);
+                    continue;
+                }
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
+                let state = shared.clone();
                 tokio::spawn(async move {
                     let Ok(mut upstream) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                        _ = generation.changed() => {}
+                        () = forward(&mut client, &mut upstream, &state) => {}
+                        _ = generation.changed() => {
+                            if state.stalled.load(Ordering::SeqCst) {
+                                state.bury(client);
+                                state.bury(upstream);
+                            }
+                        }
                     }
                 });
             }
@@ -112,9 +189,33 @@ impl FaultProxy {
         self.state.generation.send_modify(|g| *g += 1);
     }
 
-    /// Forwards again.
+    /// Silences every connection for good, and every new one until
+    /// `restore()`, without closing any.
+    pub fn stall(&self) {
+        self.state.stalled.store(true, Ordering::SeqCst);
+        self.state.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Forwards again (new connections; stalled ones stay silent), every
+    /// request included.
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
+        self.state.stalled.store(false, Ordering::SeqCst);
+        *self
+            .state
+            .refused_pattern
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Closes any connection as soon as a request on it contains `text`
+    /// (before that request reaches the server), until `restore()`.
+    pub fn refuse_requests_containing(&self, text: &str) {
+        *self
+            .state
+            .refused_pattern
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(text.as_bytes().to_vec());
     }
 
     /// Connections forwarded so far.

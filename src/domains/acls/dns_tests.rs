@@ -26,6 +26,7 @@ use crate::cache::CacheEntry;
 use crate::cache::mirror::Mirror;
 use crate::couch::Body;
 use crate::feeds::FeedEvent;
+use crate::lifecycle::readiness::Readiness;
 use crate::telemetry::metrics::Metrics;
 
 /// A zone `test.` served over UDP on 127.0.0.1.
@@ -242,6 +243,18 @@ async fn until(
     }
 }
 
+async fn eventually_ready(readiness: &Readiness) {
+    let started = std::time::Instant::now();
+    while !readiness.is_ready() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not ready: {:?}",
+            readiness.reasons()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_task_seeds_refreshes_on_ttl_and_keeps_last_good_addresses() {
     let dns = TestDns::start().await;
@@ -254,6 +267,9 @@ async fn the_task_seeds_refreshes_on_ttl_and_keeps_last_good_addresses() {
     )]);
     let (tx, mut rx) = mpsc::channel(64);
     let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    // The first round is judged once the engine has built the outputs.
+    readiness.set(crate::rebuild::engine::COMPONENT, Ok(()));
     let task = Task {
         resolver: Ok(Arc::new(
             Resolver::new(&settings(vec![dns.addr], 300)).unwrap(),
@@ -262,6 +278,7 @@ async fn the_task_seeds_refreshes_on_ttl_and_keeps_last_good_addresses() {
         mirror: mirror.clone(),
         engine: tx,
         metrics: metrics.clone(),
+        readiness: readiness.clone(),
     };
     let token = CancellationToken::new();
     let handle = tokio::spawn(task.run(token.clone()));
@@ -283,6 +300,13 @@ async fn the_task_seeds_refreshes_on_ttl_and_keeps_last_good_addresses() {
     assert_eq!(seen.addresses("steady.test"), ["192.0.2.9"]);
     assert_eq!(seen.addresses("gone.test"), Vec::<String>::new());
     assert!(seen.error("gone.test").unwrap().contains("NXDOMAIN"));
+    // Not ready while the outputs still use the seed's addresses...
+    assert!(!readiness.is_ready(), "{:?}", readiness.reasons());
+    // ... ready once they use the answers (the engine's rebuild, here by hand).
+    mirror.replace_all(vec![acl_entry(
+        json!({"moving.test": ["192.0.2.1"], "steady.test": ["192.0.2.9"], "gone.test": []}),
+    )]);
+    eventually_ready(&readiness).await;
 
     // The name changes address; the 1 s TTL expires and it is re-resolved.
     dns.a("moving.test.", 1, &["192.0.2.2", "2001:db8::2"])
@@ -327,12 +351,16 @@ async fn a_timing_out_server_keeps_the_last_good_addresses() {
     let mirror = Arc::new(Mirror::default());
     mirror.replace_all(vec![acl_entry(json!({"sbc.test": ["192.0.2.101"]}))]);
     let (tx, mut rx) = mpsc::channel(64);
+    let readiness = Arc::new(Readiness::default());
+    // The first round is judged once the engine has built the outputs.
+    readiness.set(crate::rebuild::engine::COMPONENT, Ok(()));
     let task = Task {
         resolver: Ok(Arc::new(Resolver::new(&settings(vec![addr], 150)).unwrap())),
         settings: settings(vec![addr], 150),
         mirror,
         engine: tx,
         metrics: Arc::new(Metrics::new()),
+        readiness: readiness.clone(),
     };
     let token = CancellationToken::new();
     let handle = tokio::spawn(task.run(token.clone()));
@@ -343,6 +371,9 @@ async fn a_timing_out_server_keeps_the_last_good_addresses() {
     .await;
     assert_eq!(seen.addresses("sbc.test"), ["192.0.2.101"]);
     assert!(seen.error("sbc.test").unwrap().contains("timed out"));
+    // A server that never answers does not keep the daemon unready: the
+    // name was asked, failed, and the outputs keep its last good addresses.
+    eventually_ready(&readiness).await;
     token.cancel();
     handle.await.unwrap();
 }

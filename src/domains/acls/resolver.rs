@@ -44,6 +44,8 @@ use crate::config::AclsConfig;
 use crate::couch::Body;
 use crate::domains::Domain;
 use crate::feeds::FeedEvent;
+use crate::lifecycle::readiness::Readiness;
+use crate::rebuild::engine;
 use crate::rebuild::index::{SourceDoc, SourceId};
 use crate::telemetry::metrics::{Metrics, OutcomeLabel};
 
@@ -246,6 +248,8 @@ struct Host {
     answer: DnsAnswer,
     /// When to resolve again.
     due: Instant,
+    /// Whether this process has looked it up at least once.
+    asked: bool,
 }
 
 /// The resolver task.
@@ -257,7 +261,14 @@ pub struct Task {
     pub mirror: Arc<Mirror>,
     pub engine: mpsc::Sender<FeedEvent>,
     pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
 }
+
+/// The readiness component of the first resolution round.
+const COMPONENT: &str = "acls:dns";
+
+/// How often the first round's completion is checked until it is done.
+const FIRST_ROUND_POLL: Duration = Duration::from_millis(50);
 
 impl Task {
     pub fn new(
@@ -265,6 +276,7 @@ impl Task {
         mirror: Arc<Mirror>,
         engine: mpsc::Sender<FeedEvent>,
         metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
     ) -> Task {
         let settings = DnsSettings::from_config(config);
         let resolver = Resolver::new(&settings).map(Arc::new);
@@ -277,11 +289,14 @@ impl Task {
             mirror,
             engine,
             metrics,
+            readiness,
         }
     }
 
     /// Runs until `token` fires (or the engine is gone).
     pub async fn run(self, token: CancellationToken) {
+        self.readiness
+            .register(COMPONENT, "the ACL hostnames are not resolved yet");
         let mut loaded = self.mirror.subscribe_loaded();
         tokio::select! {
             biased;
@@ -304,7 +319,14 @@ impl Task {
                 rev += 1;
                 seed.insert(host.clone(), source_doc(&host, &answer, rev));
             }
-            hosts.insert(host, Host { answer, due: now });
+            hosts.insert(
+                host,
+                Host {
+                    answer,
+                    due: now,
+                    asked: false,
+                },
+            );
         }
         let replace = FeedEvent::Replace {
             source: SourceId::from(DNS),
@@ -316,6 +338,7 @@ impl Task {
             return;
         }
         let mut fingerprint = Vec::new();
+        let mut caught_up = false;
         loop {
             let changed = self.mirror.changed();
             let current = self.fingerprint();
@@ -338,8 +361,14 @@ impl Task {
                     hosts.entry(host).or_insert_with(|| Host {
                         answer: DnsAnswer::default(),
                         due: Instant::now(),
+                        asked: false,
                     });
                 }
+            }
+            // The outputs name their hostnames only once the engine has
+            // built them: judge the first round against that build.
+            if !caught_up && self.readiness.is_component_ready(engine::COMPONENT) {
+                caught_up = self.report_first_round(&hosts, &self.wanted());
             }
             let now = Instant::now();
             let due: Vec<String> = hosts
@@ -357,6 +386,7 @@ impl Task {
                     };
                     let (answer, due) = self.apply(&state.answer, &outcome);
                     state.due = Instant::now() + due;
+                    state.asked = true;
                     if answer != state.answer {
                         state.answer = answer.clone();
                         rev += 1;
@@ -369,7 +399,12 @@ impl Task {
                 self.metrics.dns_failing.set(failing as i64);
                 continue;
             }
-            let next = hosts.values().map(|h| h.due).min();
+            let mut next = hosts.values().map(|h| h.due).min();
+            if !caught_up {
+                // Look again soon: the engine reports its build elsewhere.
+                let soon = Instant::now() + FIRST_ROUND_POLL;
+                next = Some(next.map_or(soon, |n| n.min(soon)));
+            }
             tokio::select! {
                 biased;
                 () = token.cancelled() => return,
@@ -377,6 +412,39 @@ impl Task {
                 () = sleep_until(next) => {}
             }
         }
+    }
+
+    /// Until the start-up round is done, `/readyz` waits: every hostname
+    /// the ACL outputs name has been asked at least once (answered or
+    /// failed), and the outputs use those answers — otherwise a fresh
+    /// instance would serve lists without their resolved addresses. Later
+    /// lookups never make the daemon unready (failures are reported in the
+    /// outputs' `errors` and the metrics). Returns whether it is done.
+    fn report_first_round(
+        &self,
+        hosts: &BTreeMap<String, Host>,
+        wanted: &BTreeMap<String, Vec<IpAddr>>,
+    ) -> bool {
+        let pending = wanted
+            .iter()
+            .filter(|(name, used)| {
+                hosts.get(*name).is_none_or(|host| {
+                    let used: BTreeSet<&IpAddr> = used.iter().collect();
+                    !host.asked || used != host.answer.addresses.iter().collect()
+                })
+            })
+            .count();
+        if pending == 0 {
+            self.readiness.set(COMPONENT, Ok(()));
+            return true;
+        }
+        self.readiness.set(
+            COMPONENT,
+            Err(format!(
+                "{pending} ACL hostname(s) not resolved and applied yet"
+            )),
+        );
+        false
     }
 
     /// The new answer after `outcome`, and when to ask again.

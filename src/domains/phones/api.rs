@@ -678,7 +678,7 @@ impl PhonesApi {
                 )
                 .map_err(ApiFailure::NotFound)?;
                 let mut answer = m.to_json();
-                answer["defaults"] = Value::Object(super::schema::defaults(&m.schema));
+                answer["defaults"] = super::vendors::defaults(&m.schema);
                 Ok(answer)
             }
             _ => Err(not_found()),

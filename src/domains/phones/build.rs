@@ -36,12 +36,6 @@ use super::vendors::{self, FileClass, FileSpec, ModelRef, Vendor};
 use crate::domains::{Built, Issue};
 use crate::rebuild::index::{Reads, SourceDoc};
 
-/// The MAC model-common file names are asked for with (they do not
-/// depend on it; the vendor interface takes one for every file).
-fn no_mac() -> Mac {
-    Mac::parse("000000000000").expect("twelve zeros are a MAC")
-}
-
 pub fn mac_view(account: &str, mac: &Mac) -> String {
     format!("phones:mac:{account}:{mac}")
 }
@@ -309,7 +303,10 @@ fn account_layers(
             account: None,
             via: None,
         },
-        value: super::schema::defaults(&model.schema),
+        value: match vendors::defaults(&model.schema) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        },
         rank: 0,
     }];
     let mut strong = Vec::new();
@@ -549,25 +546,20 @@ pub fn build_common(
     layers.extend(strong);
     let merged = merge::merge(&layers, &m.schema, &chain_locks(&chain));
     report_dropped(&mut docs, &merged);
-    let all = vendor.files(
-        &ModelRef {
-            brand,
-            family: Some(&m.family),
-            model: model_name,
-            meta: &m.meta,
-        },
-        &no_mac(),
-    );
-    let common: Vec<FileSpec> = all
-        .iter()
-        .filter(|f| f.class == FileClass::Common)
-        .cloned()
-        .collect();
+    let model_ref = ModelRef {
+        brand,
+        family: Some(&m.family),
+        model: model_name,
+        meta: &m.meta,
+    };
+    // Never `files()` with a made-up MAC: `000000000000.cfg` is Polycom's
+    // common master file, and a made-up MAC could collide the same way.
+    let common = vendor.common_files(&model_ref);
     let context = json!({
         "account": account_json(&account),
         "model": model_json(&m),
         "config": merged.config,
-        "files": file_names(&all),
+        "files": file_names(&common),
     });
     let templates = templates_for(&mut docs, account_id, &m, &common);
     let Ok(files) = render_files(&mut docs, &templates, &common, &context) else {
@@ -703,16 +695,17 @@ pub fn build_unit(id: &str, reads: &mut Reads<'_>) -> Built {
     content["config"] = Value::Object(merged.config.clone());
     set_provenance(&mut content, &merged);
     content["lines"] = Value::Array(lines.iter().map(without_secret).collect());
-    let mac = unit.mac.unwrap_or_else(no_mac);
-    let all = vendor.files(
-        &ModelRef {
-            brand: &m.brand,
-            family: Some(&m.family),
-            model: &m.model,
-            meta: &m.meta,
-        },
-        &mac,
-    );
+    let model_ref = ModelRef {
+        brand: &m.brand,
+        family: Some(&m.family),
+        model: &m.model,
+        meta: &m.meta,
+    };
+    docs.problems(&unit.id, vendor.model_problems(&model_ref));
+    let all = match &unit.mac {
+        Some(mac) => vendor.files(&model_ref, mac),
+        None => vendor.common_files(&model_ref),
+    };
     let device: Vec<FileSpec> = all
         .iter()
         .filter(|f| f.class == FileClass::Device)
@@ -722,13 +715,14 @@ pub fn build_unit(id: &str, reads: &mut Reads<'_>) -> Built {
         "key": common_key(&unit.account_id, &m.brand, &m.model),
         "files": all.iter().filter(|f| f.class == FileClass::Common).map(|f| f.name.clone()).collect::<Vec<_>>(),
     });
-    if unit.mac.is_some() {
+    if let Some(mac) = unit.mac {
         let context = json!({
             "account": account_json(&account), "model": model_json(&m), "config": merged.config,
             "files": file_names(&all), "unit": {"id": unit.id, "name": unit.name},
             "mac": {"lower": mac.lower(), "upper": mac.upper(), "colons": mac.colons()},
             "lines": lines,
         });
+        docs.problems(&unit.id, vendors::config_problems(&context));
         let templates = templates_for(&mut docs, &unit.account_id, &m, &device);
         match render_files(&mut docs, &templates, &device, &context) {
             Ok(files) => content["files"] = Value::Object(files),

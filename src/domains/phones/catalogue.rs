@@ -11,8 +11,7 @@
 use serde_json::{Map, Value, json};
 
 use super::model::PhoneModelDoc;
-use super::schema::deep_merge;
-use super::vendors;
+use super::vendors::{self, merge as deep_merge};
 
 /// Where a `phone_model` document sits, as the builder reads it (each is
 /// an index view, so an edit reaches exactly the models below it).
@@ -180,7 +179,7 @@ pub fn effective_model(
         &mut sources,
         issues,
     );
-    let Some(family_node) = family_node else {
+    let Some(mut family_node) = family_node else {
         return Err(format!(
             "family {family_name:?} of {brand} {model} is not in the catalogue"
         ));
@@ -192,21 +191,31 @@ pub fn effective_model(
         issues,
     )
     .ok_or_else(|| format!("model {model:?} is not in the catalogue of {brand}"))?;
-    let mut merged = vendor_node.unwrap_or_else(|| json!({}));
-    deep_merge(&mut merged, &family_node);
-    deep_merge(&mut merged, &model_node);
+    // The one branch of the tree this model needs, merged by the vendors'
+    // own lookup (the same one the unit options API lists from).
+    family_node["models"] = json!({ model: model_node });
+    let mut vendor_node = vendor_node.unwrap_or_else(|| json!({}));
+    vendor_node["families"] = json!({ &family_name: family_node });
+    let branch = json!({ brand: vendor_node });
+    let found = vendors::effective_model(&branch, brand, Some(&family_name), model)
+        .ok_or_else(|| format!("model {model:?} is not in the catalogue of {brand}"))?;
     let mut seen = std::collections::BTreeSet::new();
     sources.retain(|s| seen.insert(s.clone()));
     Ok(EffectiveModel {
         brand: brand.into(),
         family: family_name,
         model: model.into(),
-        description: merged
+        description: found
+            .node
             .get("description")
             .and_then(Value::as_str)
             .map(str::to_string),
-        schema: merged.get("schema").cloned().unwrap_or_else(|| json!({})),
-        meta: merged.get("meta").cloned().unwrap_or_else(|| json!({})),
+        schema: found
+            .node
+            .get("schema")
+            .cloned()
+            .unwrap_or_else(|| json!({})),
+        meta: found.node.get("meta").cloned().unwrap_or_else(|| json!({})),
         sources,
     })
 }

@@ -117,29 +117,29 @@ fn render_error(err: &handlebars::RenderError) -> String {
     text
 }
 
-fn base_registry() -> Handlebars<'static> {
-    let mut handlebars = Handlebars::new();
-    handlebars.set_strict_mode(true);
-    handlebars.register_escape_fn(no_escape);
-    vendors::register_helpers(&mut handlebars);
-    handlebars.unregister_helper("log");
-    handlebars
-}
-
-/// The shipped templates, compiled once.
+/// The shipped templates, compiled once: the vendors' own registry
+/// (strict mode, their helpers, no HTML escaping), without `log`. A
+/// shipped template that does not compile (a build defect the vendors'
+/// tests catch) fails every shipped file with the reason, not the daemon.
 fn shipped() -> &'static (Handlebars<'static>, BTreeMap<String, String>) {
     static SHIPPED: LazyLock<(Handlebars<'static>, BTreeMap<String, String>)> =
         LazyLock::new(|| {
-            let mut handlebars = base_registry();
-            let mut broken = BTreeMap::new();
-            for (name, source) in vendors::templates() {
-                match Template::compile(source) {
-                    Ok(template) => handlebars.register_template(name, template),
-                    Err(err) => {
-                        broken.insert(name.to_string(), format!("does not compile: {err}"));
-                    }
+            let (mut handlebars, broken) = match vendors::registry() {
+                Ok(registry) => (registry, BTreeMap::new()),
+                Err(err) => {
+                    let mut registry = Handlebars::new();
+                    registry.set_strict_mode(true);
+                    registry.register_escape_fn(no_escape);
+                    vendors::register_helpers(&mut registry);
+                    let why = format!("the shipped templates do not compile: {err}");
+                    let broken = vendors::templates()
+                        .iter()
+                        .map(|(name, _)| (name.to_string(), why.clone()))
+                        .collect();
+                    (registry, broken)
                 }
-            }
+            };
+            handlebars.unregister_helper("log");
             (handlebars, broken)
         });
     &SHIPPED
@@ -294,7 +294,15 @@ mod tests {
     fn shipped_templates_render_without_overrides() {
         let t = templates(&[]);
         assert!(is_shipped("yealink/common.cfg.hbs"));
-        assert!(t.render("yealink/common.cfg.hbs", &json!({})).is_ok());
+        let context = json!({
+            "account": {"id": "a", "name": "A", "realm": "acme.sip.example.net"},
+            "model": {"brand": "yealink", "family": "t4x", "model": "t46s", "meta": {"file_id": "66"}},
+            "config": {}, "files": {"common": [], "device": []},
+        });
+        let body = t.render("yealink/common.cfg.hbs", &context).unwrap();
+        assert!(body.starts_with("#!version:1.0.0.1"), "{body}");
+        // Strict mode: a context without what the template reads fails.
+        assert!(t.render("yealink/common.cfg.hbs", &json!({})).is_err());
         assert!(
             t.render("nope.hbs", &json!({}))
                 .unwrap_err()

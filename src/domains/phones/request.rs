@@ -77,40 +77,53 @@ pub fn realm_of_host(host: &str) -> Option<String> {
     super::model::normalise_realm(name)
 }
 
-/// The MAC a vendor's per-device file grammar finds in `file`.
-pub fn mac_in_file(file: &str) -> Option<Mac> {
-    vendors::all().iter().find_map(|v| v.mac_in_file(file))
+/// The MACs the vendors' per-device grammars read in `file`, each once
+/// (names several vendors claim read the same MAC; which vendor it is
+/// depends on the unit that owns the MAC, decided by the caller).
+pub fn macs_in_file(file: &str) -> Vec<Mac> {
+    let mut macs: Vec<Mac> = Vec::new();
+    for (_, mac) in vendors::vendors_claiming(file) {
+        if !macs.contains(&mac) {
+            macs.push(mac);
+        }
+    }
+    macs
 }
 
-/// The vendors that recognise a User-Agent.
-pub fn user_agent_vendors(user_agent: &str) -> Vec<&'static str> {
-    vendors::all()
-        .iter()
-        .filter(|v| v.recognises_user_agent(user_agent))
-        .map(|v| v.brand())
-        .collect()
-}
-
-/// The MAC in a User-Agent, from the first vendor that recognises it and
-/// finds one.
-pub fn mac_in_user_agent(user_agent: &str) -> Option<Mac> {
-    vendors::all()
-        .iter()
-        .filter(|v| v.recognises_user_agent(user_agent))
-        .find_map(|v| v.mac_in_user_agent(user_agent))
-}
-
-/// The MAC of a Polycom-style log upload name, `<mac>-<name>.log`.
-pub fn mac_of_log_upload(file: &str) -> Option<Mac> {
-    let stem = file.strip_suffix(".log")?;
-    let (mac, name) = stem.split_once('-')?;
+/// The MAC of an upload name, `<mac>-<name>` (Polycom's logs, local
+/// changes, contacts, call lists). Whether the unit's vendor takes the
+/// upload is its vendor's call (`Vendor::accepts_upload`).
+pub fn mac_of_upload(file: &str) -> Option<Mac> {
+    let (mac, name) = file.split_once('-')?;
     let name_ok = !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     (mac.len() == 12 && name_ok)
         .then(|| Mac::parse(mac))
         .flatten()
+}
+
+/// What a User-Agent says: whose phone it is, its MAC and its model, when
+/// it carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agent {
+    pub brand: Option<&'static str>,
+    pub mac: Option<Mac>,
+    pub model: Option<String>,
+}
+
+impl Agent {
+    pub fn of(user_agent: &str) -> Agent {
+        let Some(vendor) = vendors::vendor_of_user_agent(user_agent) else {
+            return Agent::default();
+        };
+        Agent {
+            brand: Some(vendor.brand()),
+            mac: vendor.mac_in_user_agent(user_agent),
+            model: vendor.model_in_user_agent(user_agent),
+        }
+    }
 }
 
 /// A string safe to put in a log line: control characters replaced, cut
@@ -192,31 +205,41 @@ mod tests {
     }
 
     #[test]
-    fn log_uploads_carry_the_mac() {
+    fn uploads_carry_the_mac() {
         assert_eq!(
-            mac_of_log_upload("0004f282e824-boot.log").unwrap().lower(),
+            mac_of_upload("0004f282e824-boot.log").unwrap().lower(),
             "0004f282e824"
         );
         assert_eq!(
-            mac_of_log_upload("0004F282E824-app.log").unwrap().lower(),
+            mac_of_upload("0004F282E824-app.log").unwrap().lower(),
             "0004f282e824"
         );
-        assert_eq!(mac_of_log_upload("0004f282e824.log"), None);
-        assert_eq!(mac_of_log_upload("0004f282e82-boot.log"), None);
-        assert_eq!(mac_of_log_upload("0004f282e824-boot.cfg"), None);
+        assert_eq!(
+            mac_of_upload("0004f282e824-calls.xml").unwrap().lower(),
+            "0004f282e824"
+        );
+        assert_eq!(mac_of_upload("0004f282e824.log"), None);
+        assert_eq!(mac_of_upload("0004f282e82-boot.log"), None);
+        assert_eq!(mac_of_upload("0004f282e824-"), None);
     }
 
     #[test]
-    fn the_minimal_yealink_finds_macs() {
+    fn user_agents_and_file_names_give_vendor_mac_and_model() {
         let ua = "Yealink SIP-T46S 66.86.0.15 80:5e:c0:12:34:56";
-        assert_eq!(mac_in_user_agent(ua).unwrap().lower(), "805ec0123456");
-        assert_eq!(user_agent_vendors(ua), ["yealink"]);
-        assert!(user_agent_vendors("curl/8.5.0").is_empty());
-        assert_eq!(
-            mac_in_file("805ec0123456.cfg").unwrap().lower(),
-            "805ec0123456"
-        );
-        assert_eq!(mac_in_file("y000000000066.cfg"), None);
+        let agent = Agent::of(ua);
+        assert_eq!(agent.brand, Some("yealink"));
+        assert_eq!(agent.mac.unwrap().lower(), "805ec0123456");
+        assert_eq!(agent.model.as_deref(), Some("t46s"));
+        assert_eq!(Agent::of("curl/8.5.0"), Agent::default());
+        let polycom = Agent::of("PolycomVVX-VVX_410-UA/5.9.7.4477");
+        assert_eq!(polycom.brand, Some("polycom"));
+        assert_eq!(polycom.model.as_deref(), Some("vvx410"));
+        // Shared by Yealink, Polycom and Fanvil: one MAC.
+        let macs = macs_in_file("805ec0123456.cfg");
+        assert_eq!(macs.len(), 1);
+        assert_eq!(macs[0].lower(), "805ec0123456");
+        assert!(macs_in_file("y000000000066.cfg").is_empty());
+        assert!(macs_in_file("000000000000.cfg").is_empty());
         assert_eq!(loggable("a\nb", 10), "a\u{fffd}b");
         assert_eq!(loggable("abcdef", 3), "abc…");
     }

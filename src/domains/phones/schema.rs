@@ -268,47 +268,6 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// The `default` values a schema declares, as an object (nested
-/// `properties` give nested objects; empty ones are left out).
-pub fn defaults(schema: &Value) -> Map<String, Value> {
-    let mut out = Map::new();
-    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
-        return out;
-    };
-    for (key, sub) in properties {
-        if let Some(value) = sub.get("default") {
-            out.insert(key.clone(), value.clone());
-        } else {
-            let nested = defaults(sub);
-            if !nested.is_empty() {
-                out.insert(key.clone(), Value::Object(nested));
-            }
-        }
-    }
-    out
-}
-
-/// `over` merged onto `base`, objects recursively, anything else replaced:
-/// how catalogue nodes combine (vendor → family → model, shipped →
-/// `phone_model` document).
-pub fn deep_merge(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(base), Value::Object(over)) => {
-            for (key, value) in over {
-                match base.get_mut(key) {
-                    Some(current) if current.is_object() && value.is_object() => {
-                        deep_merge(current, value);
-                    }
-                    _ => {
-                        base.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        (base, over) => *base = over.clone(),
-    }
-}
-
 /// Problems with a schema itself (for `phone_model` writes): wrong keyword
 /// types, unknown types, patterns that do not compile, defaults the schema
 /// refuses.
@@ -460,27 +419,6 @@ mod tests {
         // 10.0 is an integer in JSON Schema; 10.5 is not.
         assert!(cleaned(json!({"vlan": 10.0})).1.is_empty());
         assert_eq!(cleaned(json!({"vlan": 10.5})).1.len(), 1);
-    }
-
-    #[test]
-    fn defaults_follow_nested_properties() {
-        assert_eq!(
-            Value::Object(defaults(&schema())),
-            json!({"tz": "Europe/Paris", "ring": "a", "net": {"ntp": "pool.ntp.org"}})
-        );
-    }
-
-    #[test]
-    fn schemas_merge_child_winning() {
-        let mut base = json!({"properties": {"a": {"type": "string", "enum": ["x", "y"]}, "b": {"type": "integer"}}});
-        deep_merge(
-            &mut base,
-            &json!({"properties": {"a": {"enum": ["z"]}, "c": {}}}),
-        );
-        assert_eq!(
-            base,
-            json!({"properties": {"a": {"type": "string", "enum": ["z"]}, "b": {"type": "integer"}, "c": {}}})
-        );
     }
 
     #[test]

@@ -31,8 +31,9 @@ use serde_json::{Value, json};
 use super::auth::{self, NonceKey, Stored, Verdict};
 use super::limiter::{Limiter, Limits};
 use super::mac::Mac;
-use super::request::{self, Target};
-use super::serving::{ServedFile, Tables};
+use super::request::{self, Agent, Target};
+use super::serving::{ServedCommon, ServedFile, Tables};
+use super::vendors;
 use crate::cache::CacheEntry;
 use crate::cache::mirror::{Mirror, Observer};
 
@@ -244,21 +245,6 @@ impl Observer for RequestLogs {
     }
 }
 
-/// What the User-Agent says, worked out once per request.
-struct Agent {
-    vendors: Vec<&'static str>,
-    mac: Option<Mac>,
-}
-
-impl Agent {
-    fn of(user_agent: &str) -> Agent {
-        Agent {
-            vendors: request::user_agent_vendors(user_agent),
-            mac: request::mac_in_user_agent(user_agent),
-        }
-    }
-}
-
 /// How a request was decided, for the reply and the logs.
 struct Outcome {
     reply: Reply,
@@ -288,8 +274,16 @@ impl Outcome {
         }
     }
 
+    /// A miss that counts against the source: a MAC-shaped name whose MAC
+    /// the account does not serve (what enumeration looks like).
     fn counted(mut self) -> Outcome {
         self.miss = true;
+        self.device = true;
+        self
+    }
+
+    /// Addresses a device, so a source's cool-down applies to it.
+    fn of_device(mut self) -> Outcome {
         self.device = true;
         self
     }
@@ -390,7 +384,7 @@ impl PhonesService {
         let path = req.target.split('?').next().unwrap_or_default();
         let Some(Target { account, file }) = request::parse_target(path) else {
             let shown = request::loggable(path, 128);
-            return Outcome::deny(&shown, "malformed path").counted();
+            return Outcome::deny(&shown, "malformed path");
         };
         let upload = req.method == "PUT";
         if !matches!(req.method, "GET" | "HEAD" | "POST" | "PUT") {
@@ -398,18 +392,18 @@ impl PhonesService {
             return Outcome::deny(&file, why);
         }
         let ua = req.user_agent.unwrap_or_default();
-        let path_mac = if upload {
-            request::mac_of_log_upload(&file)
+        let path_macs = if upload {
+            request::mac_of_upload(&file).into_iter().collect()
         } else {
-            request::mac_in_file(&file)
+            request::macs_in_file(&file)
         };
         let agent = Agent::of(ua);
         let Some(account) = self.account_id(account.as_deref(), req.host) else {
             let outcome = Outcome::deny(&file, "unknown realm or account");
-            return if path_mac.is_some() {
-                outcome.counted()
-            } else {
+            return if path_macs.is_empty() {
                 outcome
+            } else {
+                outcome.counted()
             };
         };
         let Some(served) = self.tables.account(&account) else {
@@ -426,17 +420,17 @@ impl PhonesService {
             return Outcome::deny(&file, "address not in the account's allowed_cidrs")
                 .in_account(&account);
         }
-        if upload && path_mac.is_none() {
-            return Outcome::deny(&file, "PUT only takes <mac>-<name>.log uploads")
+        if upload && path_macs.is_empty() {
+            return Outcome::deny(&file, "PUT only takes <mac>-<name> uploads")
                 .in_account(&account);
         }
         if !upload && let Some(outcome) = self.common_file(req, &account, &file, &agent) {
             return outcome;
         }
-        let mac = match (path_mac, agent.mac) {
+        let mac = match (self.path_mac(&account, &path_macs), agent.mac) {
             (Some(path), Some(ua_mac)) if path != ua_mac => {
                 let why = format!("the User-Agent's MAC {ua_mac} is not the path's {path}");
-                return Outcome::deny(&file, why).in_account(&account).counted();
+                return Outcome::deny(&file, why).in_account(&account).of_device();
             }
             (Some(mac), _) | (None, Some(mac)) => mac,
             (None, None) => {
@@ -445,6 +439,15 @@ impl PhonesService {
             }
         };
         self.device_file(req, settings, &account, &file, mac, &agent)
+    }
+
+    /// The MAC a file name carries: the one of a unit of the account when
+    /// several vendors' grammars read different MACs, else the first.
+    fn path_mac(&self, account: &str, macs: &[Mac]) -> Option<Mac> {
+        macs.iter()
+            .find(|mac| !self.tables.units(account, mac).is_empty())
+            .or_else(|| macs.first())
+            .copied()
     }
 
     /// The account id from the path prefix, else from `Host`.
@@ -478,13 +481,16 @@ impl PhonesService {
                     .mac
                     .and_then(|mac| self.tables.units(account, &mac).into_iter().next())
                     .and_then(|unit| unit.common.clone());
+                let of_brand = |c: &&Arc<ServedCommon>| Some(c.brand.as_str()) == agent.brand;
                 own.and_then(|doc| candidates.iter().find(|c| c.doc == doc).cloned())
                     .or_else(|| {
                         candidates
                             .iter()
-                            .find(|c| agent.vendors.contains(&c.brand.as_str()))
+                            .filter(of_brand)
+                            .find(|c| agent.model.as_deref() == Some(c.model.as_str()))
                             .cloned()
                     })
+                    .or_else(|| candidates.iter().find(of_brand).cloned())
                     .unwrap_or_else(|| candidates[0].clone())
             }
         };
@@ -517,13 +523,18 @@ impl PhonesService {
                 .in_account(account)
                 .of_unit(&unit.id)
         };
-        if !agent.vendors.is_empty() && !agent.vendors.contains(&unit.brand.as_str()) {
-            return deny("the User-Agent is another vendor's phone").counted();
+        if agent.brand.is_some_and(|brand| brand != unit.brand) {
+            return deny("the User-Agent is another vendor's phone").of_device();
         }
         let upload = req.method == "PUT";
         let found = unit.files.get(file);
+        if upload
+            && !vendors::by_brand(&unit.brand).is_some_and(|vendor| vendor.accepts_upload(file))
+        {
+            return deny("the unit's vendor does not upload this file").of_device();
+        }
         if !upload && found.is_none() {
-            return deny("the unit's model does not produce this file");
+            return deny("the unit's model does not produce this file").of_device();
         }
         let mut outcome = deny("per-device file");
         if let Some(stored) = &unit.auth {

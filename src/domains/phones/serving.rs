@@ -76,6 +76,7 @@ pub struct ServedCommon {
     /// The cache document.
     pub doc: Arc<str>,
     pub brand: String,
+    pub model: String,
     pub files: HashMap<String, Arc<ServedFile>>,
 }
 
@@ -222,6 +223,7 @@ fn contribution(
         let common = Arc::new(ServedCommon {
             doc: Arc::from(entry.id.as_str()),
             brand: text(content, "brand").unwrap_or_default(),
+            model: text(content, "model").unwrap_or_default(),
             files: files(content, old_files, now),
         });
         return Some(Contribution::Common { account, common });

@@ -242,7 +242,7 @@ fn account_parameters_are_strongest() {
     assert!(common["config"].get("screensaver").is_none());
 }
 
-/// A world with one unit of the minimal Yealink, and overrides of every
+/// A world with one Yealink T46S unit, and overrides of every
 /// template its files use (so the test controls the bytes).
 fn rendering_world() -> World {
     let mut world = load_case("seed_account_wins");
@@ -291,23 +291,33 @@ fn device_files_carry_the_lines_and_common_files_carry_no_secrets() {
     let world = rendering_world();
     let unit = content(&world, "unit:unit-1");
     let bodies = file_bodies(&unit);
-    assert_eq!(bodies.len(), 1, "{bodies:?}");
-    let device = bodies.values().next().unwrap();
+    // The real Yealink: `<mac>.boot` and `<mac>.cfg` per device.
     assert_eq!(
-        device,
-        "1:alice:pw-1@acme.sip.example.net\nmac=0015654AA937 vol=3\n"
+        bodies.keys().collect::<Vec<_>>(),
+        ["0015654aa937.boot", "0015654aa937.cfg"]
     );
+    for device in bodies.values() {
+        assert_eq!(
+            device,
+            "1:alice:pw-1@acme.sip.example.net\nmac=0015654AA937 vol=3\n"
+        );
+    }
     assert!(
         unit["lines"][0].get("password").is_none(),
         "no secret outside the files"
     );
     let common = content(&world, "common:acct-acme:yealink:t46s");
     let bodies = file_bodies(&common);
-    assert_eq!(bodies.len(), 1);
     assert_eq!(
-        bodies.values().next().unwrap(),
-        "common realm=acme.sip.example.net ntp=ntp.acme.example.net\n"
+        bodies.keys().collect::<Vec<_>>(),
+        ["y000000000000.boot", "y000000000066.cfg"]
     );
+    for body in bodies.values() {
+        assert_eq!(
+            body,
+            "common realm=acme.sip.example.net ntp=ntp.acme.example.net\n"
+        );
+    }
     assert_eq!(
         unit["common"]["files"],
         json!(bodies.keys().collect::<Vec<_>>())
@@ -322,7 +332,7 @@ fn device_files_carry_the_lines_and_common_files_carry_no_secrets() {
 #[test]
 fn an_account_override_beats_a_global_one_and_a_broken_one_fails_the_output() {
     let mut world = rendering_world();
-    let template = world.sources[UNITS]["tpl-1"]["file"].clone();
+    let template = json!("yealink/device.cfg.hbs");
     world.put(
         UNITS,
         json!({"_id": "tpl-acme", "type": "template", "brand": "yealink", "account_id": "acct-acme", "model": "t46s",
@@ -333,7 +343,12 @@ fn an_account_override_beats_a_global_one_and_a_broken_one_fails_the_output() {
         json!({"_id": "tpl-acme", "text": "account {{unit.name}}\n"}),
     );
     let unit = content(&world, "unit:unit-1");
-    assert_eq!(file_bodies(&unit).values().next().unwrap(), "account \n");
+    let bodies = file_bodies(&unit);
+    assert_eq!(bodies["0015654aa937.cfg"], "account \n");
+    assert_eq!(
+        bodies["0015654aa937.boot"], "1:alice:pw-1@acme.sip.example.net\nmac=0015654AA937 vol=3\n",
+        "the global override of the other template still applies"
+    );
     world.put(
         TEMPLATE_BODIES,
         json!({"_id": "tpl-acme", "text": "{{config.nope}}"}),
@@ -733,49 +748,107 @@ fn the_demo_data_builds_as_the_readme_says() {
         );
     };
     assert_eq!(content["served"], true);
+    let config = &content["config"];
     assert_eq!(
-        content["config"]["codecs"],
+        config["codecs"],
         json!(["g722", "pcmu", "pcma"]),
         "the reseller's lock holds"
     );
-    assert_eq!(content["config"]["ntp_server"], "ntp.acme.example.net");
+    assert_eq!(config["time"]["ntp_server"], "ntp.acme.example.net");
     assert_eq!(
-        content["config"]["ringtone"], "Ring1.wav",
+        config["yealink"]["phone_setting"]["ring_type"], "Ring1.wav",
         "the sales profile's policy wins over the unit"
     );
     assert_eq!(
-        content["config"]["screensaver_timeout"], 600,
+        config["yealink"]["features"]["dnd"]["allow"], 0,
         "the account wins over the unit"
     );
-    assert!(content["files"].get("805ec0123456.cfg").is_some());
-    let lines = issue_lines(issues);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("/codecs") && l.contains("locked")),
-        "{lines:?}"
+    assert_eq!(
+        config["yealink"]["static"]["network"]["vlan"]["internet_port_vid"],
+        20
     );
-    for unit in [
-        "unit-acme-polycom",
-        "unit-acme-spa",
-        "unit-acme-mpp",
-        "unit-globex-grandstream",
-        "unit-globex-snom",
-        "unit-globex-fanvil",
+    assert_eq!(
+        config["yealink"]["local_time"]["time_zone"], "+1",
+        "the reseller's defaults"
+    );
+    assert_eq!(config["phone_book"]["entries"][1]["name"], "IT helpdesk");
+    let cfg = content["files"]["805ec0123456.cfg"]["body"]
+        .as_str()
+        .unwrap();
+    for wanted in [
+        "#!version:1.0.0.1",
+        "account.1.user_name = sales-desk",
+        "account.1.sip_server.1.address = acme.sip.example.net",
     ] {
-        let Some(Built::Content { content, .. }) = built.get(&format!("unit:{unit}")) else {
-            panic!("{unit} builds");
-        };
-        let brand = content["unit"]["brand"].as_str().unwrap();
-        // Served once its vendor's code is there; until then an error, not a crash.
-        let expected = vendors::by_brand(brand).is_some() && content["reason"] != "unknown_model";
-        assert_eq!(content["served"], json!(expected), "{unit}: {content}");
+        assert!(cfg.contains(wanted), "{wanted} in {cfg}");
     }
+    let lines = issue_lines(issues);
+    assert_eq!(
+        lines,
+        [
+            "provision_config:6f2a1b3c4d5e6f708192a3b4c5d6e7f8: account_config /codecs: \
+             locked by account 5e1f0a2b3c4d5e6f708192a3b4c5d6e7; ignored",
+            "unit-acme-yealink: unit /yealink/features/dnd: locked by account \
+             6f2a1b3c4d5e6f708192a3b4c5d6e7f8; ignored",
+        ],
+        "only the refused values the demo shows on purpose"
+    );
+}
+
+/// Every demo unit (one per vendor) builds and is served, and its only
+/// errors are the locked values the demo refuses on purpose.
+#[test]
+fn every_demo_unit_builds_without_errors() {
+    let built = demo_world().build_all();
+    let units: Vec<&String> = built.keys().filter(|k| k.starts_with("unit:")).collect();
+    assert_eq!(units.len(), 7, "{units:?}");
+    let mut brands = BTreeSet::new();
+    for key in units {
+        let Some(Built::Content { content, issues }) = built.get(key) else {
+            panic!("{key} builds: {:?}", built.get(key));
+        };
+        assert_eq!(content["served"], true, "{key}: {content}");
+        let unexpected: Vec<String> = issue_lines(issues)
+            .into_iter()
+            .filter(|l| !l.contains("locked by account"))
+            .collect();
+        assert!(unexpected.is_empty(), "{key}: {unexpected:?}");
+        let files = content["files"].as_object().unwrap();
+        assert!(!files.is_empty(), "{key} has per-device files");
+        assert!(
+            content["lines"][0]["username"].is_string(),
+            "{key} has its line"
+        );
+        brands.insert(content["unit"]["brand"].as_str().unwrap().to_string());
+        let common = content["common"]["key"].as_str().unwrap();
+        let Some(Built::Content { content, issues }) = built.get(common) else {
+            panic!("{common} builds");
+        };
+        assert_eq!(content["served"], true, "{common}");
+        assert!(
+            !content["files"].as_object().unwrap().is_empty(),
+            "{common}"
+        );
+        assert!(
+            issue_lines(issues)
+                .iter()
+                .all(|l| l.contains("locked by account")),
+            "{common}: {issues:?}"
+        );
+    }
+    assert_eq!(
+        brands.into_iter().collect::<Vec<_>>(),
+        [
+            "cisco",
+            "fanvil",
+            "grandstream",
+            "polycom",
+            "snom",
+            "yealink"
+        ]
+    );
     let Some(Built::Content { content, .. }) = built.get("unit:unit-globex-snom") else {
         unreachable!()
     };
-    assert!(
-        content["auth"].is_object() || content["reason"] == "unknown_model",
-        "Globex units need credentials"
-    );
+    assert!(content["auth"].is_object(), "Globex units need credentials");
 }

@@ -800,6 +800,7 @@ mod tests {
             [
                 ("/account_id".into(), false),
                 ("/config/codecs".into(), true),
+                ("/config/codecs/0".into(), false),
                 ("/config/vlan".into(), false),
                 ("/enabled".into(), false),
                 ("/family".into(), false),

@@ -86,6 +86,30 @@ impl RoutingService {
             })
     }
 
+    /// `lookup`'s answer as JSON text, written without building a JSON
+    /// tree (what the HTTP API sends).
+    ///
+    /// # Errors
+    /// As `lookup`.
+    pub fn lookup_text(
+        &self,
+        sdn: &str,
+        groupid: &str,
+        number: &str,
+        host: Option<&str>,
+    ) -> Result<String, RouteError> {
+        if !model::valid_number(number) {
+            return Err(RouteError::InvalidNumber(number.to_string()));
+        }
+        let table = self.table(sdn, groupid)?;
+        table
+            .lookup_text(number, host)
+            .ok_or_else(|| RouteError::NoRoute {
+                ruleset: format!("{sdn}:{groupid}"),
+                number: number.to_string(),
+            })
+    }
+
     /// The whole table, for export, with the build's errors.
     ///
     /// # Errors

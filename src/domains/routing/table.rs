@@ -76,6 +76,56 @@ enum Group {
 
 type States = HashMap<Box<str>, HashMap<(usize, Group), Smooth>>;
 
+/// A lookup's answer, borrowing from the table. Members in sorted order, so
+/// its text equals that of the JSON tree made from it (serde_json's maps
+/// are sorted).
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    destination: &'a Value,
+    gateways: Vec<GatewayAnswer<'a>>,
+    groupid: &'a Value,
+    host: Option<&'a str>,
+    number: &'a str,
+    prefix: &'a str,
+    rejected: Value,
+    rule: &'a str,
+    ruleset: &'a Value,
+    sip_domain_name: &'a Value,
+    warnings: &'a Value,
+}
+
+/// One gateway of an answer: its request-independent fields plus this
+/// request's `local` and `priority`, members in sorted order.
+struct GatewayAnswer<'a> {
+    fields: &'a Map<String, Value>,
+    priority: Value,
+    local: bool,
+}
+
+impl serde::Serialize for GatewayAnswer<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let local = Value::Bool(self.local);
+        let mut extra = [("local", &local), ("priority", &self.priority)]
+            .into_iter()
+            .peekable();
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.fields {
+            if key == "local" || key == "priority" {
+                continue; // replaced by this request's values
+            }
+            while let Some((name, extra_value)) = extra.next_if(|(name, _)| *name < key.as_str()) {
+                map.serialize_entry(name, extra_value)?;
+            }
+            map.serialize_entry(key, value)?;
+        }
+        for (name, value) in extra {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 /// A compiled table.
 #[derive(Debug)]
 pub struct Table {
@@ -205,6 +255,20 @@ impl Table {
     /// The answer for `number` asked by `host`; `None` when no rule matches.
     /// The caller validates the number (decision 15).
     pub fn lookup(&self, number: &str, host: Option<&str>) -> Option<Value> {
+        let answer = self.answer(number, host)?;
+        Some(serde_json::to_value(answer).expect("an answer serializes"))
+    }
+
+    /// The same answer as `lookup`, as JSON text written straight from the
+    /// table: no per-request copy of every gateway's fields into a JSON
+    /// tree (what the HTTP handler sends; the bytes are those of `lookup`'s
+    /// tree serialized).
+    pub fn lookup_text(&self, number: &str, host: Option<&str>) -> Option<String> {
+        let answer = self.answer(number, host)?;
+        Some(serde_json::to_string(&answer).expect("an answer serializes"))
+    }
+
+    fn answer<'a>(&'a self, number: &'a str, host: Option<&'a str>) -> Option<Answer<'a>> {
         let index = self.find(number)?;
         let rule = &self.rules[index];
         let host = host.filter(|h| !h.is_empty());
@@ -224,29 +288,27 @@ impl Table {
             let groups = states.get_mut(host_key).expect("inserted above");
             self.order(index, rule, &candidates, host, groups)
         };
-        let gateways: Vec<Value> = ordered
+        let gateways = ordered
             .into_iter()
-            .map(|(slot, priority, local)| {
-                let gateway = &self.gateways[candidates[slot].gateway];
-                let mut fields = gateway.fields.clone();
-                fields.insert("priority".into(), json_number(priority));
-                fields.insert("local".into(), json!(local));
-                Value::Object(fields)
+            .map(|(slot, priority, local)| GatewayAnswer {
+                fields: &self.gateways[candidates[slot].gateway].fields,
+                priority: json_number(priority),
+                local,
             })
             .collect();
-        Some(json!({
-            "ruleset": self.ruleset,
-            "sip_domain_name": self.sip_domain_name,
-            "groupid": self.groupid,
-            "number": number,
-            "host": host,
-            "rule": rule.id,
-            "prefix": rule.prefix,
-            "destination": rule.destination,
-            "gateways": gateways,
-            "rejected": self.rejected(rule),
-            "warnings": rule.warnings,
-        }))
+        Some(Answer {
+            destination: &rule.destination,
+            gateways,
+            groupid: &self.groupid,
+            host,
+            number,
+            prefix: &rule.prefix,
+            rejected: self.rejected(rule),
+            rule: &rule.id,
+            ruleset: &self.ruleset,
+            sip_domain_name: &self.sip_domain_name,
+            warnings: &rule.warnings,
+        })
     }
 
     /// The rule's candidates for this request, in answer order:

@@ -531,6 +531,41 @@ fn d15_called_numbers_use_the_sip_user_alphabet() {
     assert_eq!(answer(&w, "+331", None)["prefix"], json!("+33"));
 }
 
+// ---- the HTTP answer's text ---------------------------------------------------
+
+#[test]
+fn lookup_text_is_the_lookup_tree_serialized() {
+    let mut w = carrier_world();
+    w.prov(json!({"_id": "host@sbc1", "type": "host", "host": "sbc1", "sip_domain_name": "example.net",
+                  "sip_profiles": {"p": {"ingress_sip_ip": "192.0.2.1", "ingress_sip_port": 5060, "egress_gwid": "hp"}}}));
+    w.prov(
+        json!({"_id": "gateway:example.net:a", "address": "a:5060", "carrierid": "c", "weight": 2,
+                  "attrs": {"z": true, "list": [1]}, "priority": 1.5}),
+    );
+    w.put("rules", json!({"_id": "rule:", "gwlist": [{"carrierid": "c", "try": 1}, {"gwid": "hp"}, {"gwid": "nope"}]}));
+    w.put("rules", json!({"_id": "rule:33", "destination": "gone", "gwlist": [{"gwid": "a"}, {"gwid": "b"}, {"gwid": "x"}]}));
+    // Two tables in lockstep: the same round-robin state on both sides.
+    let (tree, text) = (
+        w.table("example.net:default"),
+        w.table("example.net:default"),
+    );
+    for step in 0..40 {
+        let number = if step % 2 == 0 { "331" } else { "4" };
+        let host = [None, Some("sbc1"), Some("")][step % 3];
+        let expected = tree.lookup(number, host).unwrap();
+        let got = text.lookup_text(number, host).unwrap();
+        assert_eq!(
+            got,
+            serde_json::to_string(&expected).unwrap(),
+            "step {step}"
+        );
+    }
+    assert_eq!(
+        text.lookup_text("", None).is_some(),
+        tree.lookup("", None).is_some()
+    );
+}
+
 // ---- round-robin cycles -----------------------------------------------------
 
 #[test]

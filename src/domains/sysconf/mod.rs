@@ -4,7 +4,7 @@
 //! `sysconf:<category>`, holding the category's sections; lookups run on the
 //! mirror of those cache documents. `model` is the pure core (lookup and
 //! write rules), `SysconfBuilder` the pure build, `service` the IO shell that
-//! both front doors (HTTP, later AMQP) call.
+//! both front doors (HTTP and AMQP) call.
 
 pub mod model;
 pub mod service;

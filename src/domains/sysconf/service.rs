@@ -1,5 +1,5 @@
 //! The IO shell of system_config values: get / set / flush, called by every
-//! front door (the HTTP API now, AMQP later) so they behave identically.
+//! front door (the HTTP API and the AMQP listener) so they behave identically.
 //!
 //! Reads come from the mirror and never touch CouchDB. Writes are
 //! read-modify-write cycles on the category document in `system_config`,
