@@ -907,7 +907,11 @@ async fn hostile_requests_do_not_hurt_the_listener() {
     assert!(matches!(status, 0 | 400), "not HTTP: {status}");
     let long_ua = format!("Yealink SIP-T46S {} 80:5e:c0:12:34:56", "9".repeat(8000));
     let reply = get(&daemon, "/805ec0123456.cfg", REALM, &long_ua).await;
-    assert_eq!(reply.status, StatusCode::OK, "a long User-Agent is fine");
+    assert_eq!(
+        reply.status,
+        StatusCode::NOT_FOUND,
+        "an 8 kB User-Agent is no phone's (the vendors bound what they parse)"
+    );
     let reply = get(
         &daemon,
         "/805ec0123456.cfg",
@@ -1143,18 +1147,100 @@ async fn realistic_phone_requests_get_what_their_model_produces() {
             YEALINK_UA,
             yealink,
         ),
+        // A browser or script is not the unit's phone (the unit has no
+        // credentials to ask for instead).
+        ("GET", "/805ec0123456.cfg".into(), REALM, "curl/8.5.0", None),
+        // A Polycom asking for the Yealink's `<mac>.cfg` (a name both use).
+        ("GET", "/805ec0123456.cfg".into(), REALM, polycom, None),
+        // Vendors caldera does not provision.
+        (
+            "GET",
+            "/7c2f80e0d605.xml".into(),
+            REALM,
+            "Gigaset N870 IP PRO/83.V2.11.0+build.a546b91;7C2F80E0D605",
+            None,
+        ),
+        (
+            "GET",
+            "/Config0080f0c8c381.cfg".into(),
+            REALM,
+            "Panasonic_KX-UT113/01.133 (0080f0c8c381)",
+            None,
+        ),
+        (
+            "GET",
+            "/1400E91B4524.cfg".into(),
+            REALM,
+            "Mitel6940 MAC:14-00-E9-1B-45-24 V:6.4.0.140-SIP",
+            None,
+        ),
+        // The account-id prefix with a MAC the account does not have.
+        (
+            "GET",
+            format!("/{ACME}/001565000000.cfg"),
+            "p.kazoo.io",
+            "yealink SIP-T22P 7.61.0.80 00:15:65:00:00:00",
+            None,
+        ),
+        (
+            "GET",
+            "/0004f282e824-reg-basic.cfg".into(),
+            REALM,
+            polycom,
+            None,
+        ),
+        (
+            "GET",
+            "/805ec0123456.cfg/../../x".into(),
+            REALM,
+            YEALINK_UA,
+            None,
+        ),
     ];
     assert!(rows.len() >= 15);
     for (method, path, host, ua, owner) in rows {
         let file = path.rsplit('/').next().unwrap().split('?').next().unwrap();
         let expected = match owner {
-            Some((brand, model, mac)) if vendor_lists(brand, model, mac, file) => StatusCode::OK,
-            _ => StatusCode::NOT_FOUND,
+            Some((brand, model, mac)) => {
+                assert!(
+                    vendor_lists(brand, model, mac, file),
+                    "{brand} {model} produces {file}"
+                );
+                StatusCode::OK
+            }
+            None => StatusCode::NOT_FOUND,
         };
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let reply = phone(&daemon, method.clone(), &path, host, ua, &[]).await;
         assert_eq!(reply.status, expected, "{method} {path} ({ua})");
+        if expected == StatusCode::OK && method == reqwest::Method::GET {
+            let format = &reply.headers["content-type"];
+            assert!(!reply.text.is_empty(), "{path}");
+            if format.to_str().unwrap().contains("xml") {
+                assert!(
+                    reply.text.trim_start().starts_with('<'),
+                    "{path}: {}",
+                    reply.text
+                );
+            }
+        }
     }
+    // The Polycom's upload (row 11 of the reference's table).
+    let upload = daemon
+        .try_send(
+            daemon
+                .http()
+                .put(daemon.phones_url("/0004f282e824-boot.log"))
+                .header("Host", REALM)
+                .header(
+                    "User-Agent",
+                    "FileTransport PolycomVVX-VVX_500-UA/5.9.7.47435 Type/Updater",
+                )
+                .body("boot log"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(upload.status, StatusCode::NO_CONTENT);
 }
 
 #[test]

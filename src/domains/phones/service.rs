@@ -523,8 +523,17 @@ impl PhonesService {
                 .in_account(account)
                 .of_unit(&unit.id)
         };
-        if agent.brand.is_some_and(|brand| brand != unit.brand) {
-            return deny("the User-Agent is another vendor's phone").of_device();
+        match agent.brand {
+            Some(brand) if brand != unit.brand => {
+                return deny("the User-Agent is another vendor's phone").of_device();
+            }
+            // Per-device files carry SIP credentials: without the unit's
+            // own HTTP credentials to ask for, only its vendor's phones get
+            // them (the reference: "unknown UA → deny or require auth").
+            None if unit.auth.is_none() => {
+                return deny("the User-Agent is not a phone's").of_device();
+            }
+            _ => {}
         }
         let upload = req.method == "PUT";
         let found = unit.files.get(file);
