@@ -615,3 +615,144 @@ async fn the_phones_admin_api_needs_the_admin_token() {
     .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 }
+
+/// Every verb on the policy and profile collections, with the real
+/// catalogue's schema (Yealink's `ring_type` enum) deciding what a policy a
+/// Yealink uses may say.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_verb_on_policies_and_profiles_against_the_real_catalogue() {
+    let env = PhonesEnv::new().await;
+    seed(&env).await;
+    let daemon = Daemon::start_ready(&env.config()).await;
+    wait_status(
+        &daemon,
+        "/805ec0123456.cfg",
+        REALM,
+        YEALINK_UA,
+        StatusCode::OK,
+    )
+    .await;
+    let base = format!("/v1/accounts/{ACME}");
+    let ring = |tone: &str| json!({"yealink": {"phone_setting": {"ring_type": tone}}});
+    for (collection, body, changed, patch) in [
+        (
+            "policies",
+            json!({"_id": "pol-x", "name": "X", "config": ring("Ring4.wav")}),
+            json!({"name": "X2", "config": ring("Ring6.wav")}),
+            json!({"name": "X3"}),
+        ),
+        (
+            "profiles",
+            json!({"_id": "prof-x", "name": "X", "policies": ["pol-x"]}),
+            json!({"name": "X2", "policies": []}),
+            json!({"name": "X3"}),
+        ),
+    ] {
+        let list = format!("{base}/{collection}");
+        let one = format!("{list}/{}", body["_id"].as_str().unwrap());
+        let created = call(&daemon, Method::POST, &list, Some(body.clone()), None).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+        let rev = created.json["_rev"].as_str().unwrap().to_string();
+        let got = call(&daemon, Method::GET, &one, None, None).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.json["name"], "X");
+        let listed = call(&daemon, Method::GET, &list, None, None).await;
+        assert!(
+            listed.text.contains(body["_id"].as_str().unwrap()),
+            "{}",
+            listed.text
+        );
+        let mut replaced = changed.clone();
+        replaced["_rev"] = json!(rev);
+        let put = call(&daemon, Method::PUT, &one, Some(replaced), None).await;
+        assert_eq!(put.status, StatusCode::OK, "{collection}: {}", put.text);
+        let new_rev = put.json["_rev"].as_str().unwrap().to_string();
+        assert_ne!(new_rev, rev);
+        // The first revision is stale now.
+        let stale = call(
+            &daemon,
+            Method::PATCH,
+            &one,
+            Some(patch.clone()),
+            Some(&rev),
+        )
+        .await;
+        assert_eq!(stale.status, StatusCode::CONFLICT, "{collection}");
+        let patched = call(&daemon, Method::PATCH, &one, Some(patch), Some(&new_rev)).await;
+        assert_eq!(
+            patched.status,
+            StatusCode::OK,
+            "{collection}: {}",
+            patched.text
+        );
+        assert_eq!(patched.json["name"], "X3");
+        if collection == "profiles" {
+            assert_eq!(patched.json["policies"], json!([]), "PATCH merges");
+        }
+    }
+    // A policy the Yealink uses (through a profile) is checked against the
+    // T46S's schema: an unknown ring tone and a VLAN out of range are both
+    // listed.
+    let used = call(
+        &daemon,
+        Method::PATCH,
+        &format!("{base}/profiles/prof-x"),
+        Some(json!({"policies": ["pol-x"]})),
+        None,
+    )
+    .await;
+    assert_eq!(used.status, StatusCode::OK, "{}", used.text);
+    let unit = call(
+        &daemon,
+        Method::PATCH,
+        &format!("{base}/units/unit-1"),
+        Some(json!({"profiles": ["prof-x"]})),
+        None,
+    )
+    .await;
+    assert_eq!(unit.status, StatusCode::OK, "{}", unit.text);
+    let bad = json!({"config": {"yealink": {"phone_setting": {"ring_type": "Ring99.wav"},
+                                "static": {"network": {"vlan": {"internet_port_vid": 5000}}}}}});
+    let refused = call(
+        &daemon,
+        Method::PATCH,
+        &format!("{base}/policies/pol-x"),
+        Some(bad),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert_eq!(
+        problem_paths(&refused),
+        [
+            ("/config/yealink/phone_setting/ring_type".into(), false),
+            (
+                "/config/yealink/static/network/vlan/internet_port_vid".into(),
+                false
+            ),
+        ]
+    );
+    // An accepted policy edit reaches the served file.
+    let ok = call(
+        &daemon,
+        Method::PATCH,
+        &format!("{base}/policies/pol-x"),
+        Some(json!({"config": ring("Ring8.wav")})),
+        None,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    let view = call(&daemon, Method::GET, "/v1/units/unit-1", None, None).await;
+    assert_eq!(
+        view.json["config"]["yealink"]["phone_setting"]["ring_type"], "Ring8.wav",
+        "{}",
+        view.text
+    );
+    for path in ["profiles/prof-x", "policies/pol-x"] {
+        let path = format!("{base}/{path}");
+        let gone = call(&daemon, Method::DELETE, &path, None, None).await;
+        assert_eq!(gone.status, StatusCode::OK, "{path}: {}", gone.text);
+        let missing = call(&daemon, Method::GET, &path, None, None).await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
