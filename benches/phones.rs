@@ -93,9 +93,10 @@ fn generate(units: usize, accounts: usize, big: usize) -> Data {
         docs.extend([doc(
             &format!("pc-{id}"),
             json!({"type": "provision_config", "account_id": id,
-            "config": {"codecs": ["g722", "pcmu"], "sip": {"proxy": format!("sbc{r}.example.net")}},
-            "defaults": {"timezone": "Europe/Paris", "ntp": "pool.ntp.org", "volume": 5},
-            "locks": {"codecs": true}}),
+            "config": {"codecs": ["g722", "pcmu"],
+                       "yealink": {"static": {"network": {"vlan": {"internet_port_enable": 1, "internet_port_vid": 20 + r % 10}}}}},
+            "defaults": {"time": {"ntp_server": "pool.ntp.org"}, "yealink": {"local_time": {"time_zone": "+1", "time_zone_name": "France(Paris)"}}},
+            "locks": {"codecs": true, "yealink": {"static": {"network": {"vlan": true}}}}}),
         )]);
     }
     let rest = units.saturating_sub(big);
@@ -105,12 +106,15 @@ fn generate(units: usize, accounts: usize, big: usize) -> Data {
         let reseller = format!("reseller-{}", c % resellers);
         docs.extend([doc(&account, json!({"type": "account", "name": account, "realm": format!("c{c}.example.net"), "tree": [reseller]}))]);
         docs.extend([doc(&format!("pc-{account}"), json!({"type": "provision_config", "account_id": account,
-            "config": {"ntp": format!("ntp.c{c}.example.net"), "screensaver": 600}, "defaults": {"volume": 6},
-            "locks": {"screensaver": true}}))]);
+            "config": {"time": {"ntp_server": format!("ntp.c{c}.example.net")}, "yealink": {"features": {"dnd": {"allow": 0}}}},
+            "defaults": {"yealink": {"lang": {"gui": "French"}}},
+            "locks": {"yealink": {"features": {"dnd": true}}}}))]);
         for p in 0..5 {
             let id = format!("pol-{c}-{p}");
             docs.extend([doc(&id, json!({"type": "policy", "account_id": account,
-                "config": {"book": [{"name": "Reception", "number": format!("{p}00")}], format!("key{p}"): p, "ring": format!("Ring{p}.wav")}}))]);
+                "config": {"phone_book": {"name": "Company", "entries": [{"name": "Reception", "number": format!("{p}00")}]},
+                           "keys": [{"key": 3 + p, "type": "blf", "value": format!("10{p}"), "label": format!("Key {p}")}],
+                           "yealink": {"phone_setting": {"ring_type": format!("Ring{}.wav", 1 + p)}}}}))]);
         }
         for f in 0..2 {
             let id = format!("prof-{c}-{f}");
@@ -139,7 +143,7 @@ fn generate(units: usize, accounts: usize, big: usize) -> Data {
                 .collect();
             docs.extend([doc(&id, json!({"type": "unit", "account_id": account, "name": format!("Desk {n}"),
                 "mac_address": mac_of(n), "brand": "yealink", "model": "t46s",
-                "profiles": [format!("prof-{c}-{}", n % 2)], "config": {"label": format!("Desk {n}"), "volume": n % 10},
+                "profiles": [format!("prof-{c}-{}", n % 2)], "config": {"yealink": {"local_time": {"time_format": n % 2}}},
                 "lines": lines}))]);
         }
     }
@@ -216,10 +220,13 @@ fn build_entries(
 }
 
 fn entry(key: &str, built: &Built) -> Option<CacheEntry> {
-    let Built::Content { content, .. } = built else {
+    let Built::Content { content, issues } = built else {
         return None;
     };
-    let errors = json!([]);
+    let errors: Value = issues
+        .iter()
+        .map(|i| json!({"doc": i.doc, "reason": i.reason}))
+        .collect();
     let hash = content_hash(content, &errors, false);
     Some(CacheEntry {
         id: format!("phones:{key}"),
@@ -493,6 +500,19 @@ fn main() {
         .filter(|e| e.key.starts_with("unit:") && e.content["served"] == true)
         .count();
     let bytes: usize = entries.iter().map(|e| e.bytes).sum();
+    let with_errors = entries
+        .iter()
+        .filter(|e| e.errors.as_array().is_some_and(|a| !a.is_empty()))
+        .count();
+    if let Some(first) = entries
+        .iter()
+        .find(|e| e.errors.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        println!(
+            "outputs with errors: {with_errors} (the first: {} {})",
+            first.key, first.errors
+        );
+    }
     println!(
         "full build (built and hashed): {} outputs ({unit_outputs} units, {served} served) in {elapsed:.2?} = {:.0} units/s ({:.0} µs per output per thread); cache documents {:.1} MB ({:.1} kB per unit)",
         entries.len(),
