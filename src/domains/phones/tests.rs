@@ -523,8 +523,26 @@ fn each_kind_of_edit_rebuilds_exactly_its_readers() {
     assert_eq!(sim.edit(UNITS, "pm-other", Some(model)), keys(&[]));
     let model = json!({"_id": "pm-t46s", "type": "phone_model", "brand": "yealink", "family": "t4x", "model": "t46s", "meta": {"x": 1}});
     assert_eq!(sim.edit(UNITS, "pm-t46s", Some(model)), everything_in_acme);
-    let template = json!({"_id": "tpl", "type": "template", "brand": "yealink", "model": "t48u", "file": "device.cfg.hbs", "template": "x"});
+    let template = json!({"_id": "tpl", "type": "template", "brand": "yealink", "model": "t48u", "file": "yealink/device.cfg.hbs", "template": "x"});
     assert_eq!(sim.edit(UNITS, "tpl", Some(template)), keys(&[]));
+    // Overrides reach exactly the outputs rendering that template at that
+    // scope: Acme's per-device `.cfg` for the T46S, then every account's
+    // model-common `.cfg`, then a family's `.boot` of another account.
+    let template = json!({"_id": "tpl-acme", "type": "template", "brand": "yealink", "model": "t46s", "account_id": "acct-acme",
+                          "file": "yealink/device.cfg.hbs", "template": "acme {{mac.lower}}"});
+    assert_eq!(
+        sim.edit(UNITS, "tpl-acme", Some(template)),
+        keys(&["unit:unit-sales-1", "unit:unit-support-1"])
+    );
+    let template = json!({"_id": "tpl-common", "type": "template", "brand": "yealink",
+                          "file": "yealink/common.cfg.hbs", "template": "common {{account.realm}}"});
+    assert_eq!(
+        sim.edit(UNITS, "tpl-common", Some(template)),
+        keys(&["common:acct-acme:yealink:t46s"])
+    );
+    let template = json!({"_id": "tpl-other", "type": "template", "brand": "yealink", "family": "t4x", "account_id": "acct-elsewhere",
+                          "file": "yealink/device.boot.hbs", "template": "x"});
+    assert_eq!(sim.edit(UNITS, "tpl-other", Some(template)), keys(&[]));
     let other =
         json!({"_id": "acct-elsewhere", "type": "account", "realm": "elsewhere.example.net"});
     assert_eq!(
