@@ -12,6 +12,7 @@ mod incremental;
 mod lifecycle;
 mod phones;
 mod phones_api;
+mod phones_demo;
 mod phones_incremental;
 mod robustness;
 mod routing;

@@ -774,7 +774,7 @@ fn the_demo_data_builds_as_the_readme_says() {
     );
     assert_eq!(config["time"]["ntp_server"], "ntp.acme.example.net");
     assert_eq!(
-        config["yealink"]["phone_setting"]["ring_type"], "Ring1.wav",
+        config["yealink"]["phone_setting"]["ring_type"], "Ring2.wav",
         "the sales profile's policy wins over the unit"
     );
     assert_eq!(
