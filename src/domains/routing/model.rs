@@ -668,6 +668,74 @@ mod tests {
         );
     }
 
+    /// A random level: scalars of every kind (invalid ones included) and
+    /// attrs whose values change type from level to level.
+    fn random_level(rng: &mut fastrand::Rng) -> Map<String, Value> {
+        let disabled = [json!(true), json!(false), json!(null), json!("x")][rng.usize(..4)].clone();
+        let scalars = [
+            ("disabled", disabled),
+            ("priority", json!(rng.i8(-2..3))),
+            ("weight", json!(rng.i8(-1..4))),
+            ("dialog_timeout", json!(rng.u8(..9))),
+            (
+                "local_gateway_extra_priority",
+                json!(f64::from(rng.u8(..4)) / 2.0),
+            ),
+        ];
+        let mut level: Map<String, Value> = scalars
+            .into_iter()
+            .filter(|_| rng.u8(..3) == 0)
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut attrs = Map::new();
+        for key in ["a", "b", "c"] {
+            let value = match rng.u8(..7) {
+                0 => json!(rng.bool()),
+                1 => json!(["x", "y"][rng.usize(..2)]),
+                2 => json!([rng.u8(..3)]),
+                3 => json!({ ["k", "m"][rng.usize(..2)]: rng.u8(..3) }),
+                4 => json!(rng.u8(..3)),
+                5 => Value::Null,
+                _ => continue,
+            };
+            attrs.insert(key.into(), value);
+        }
+        if rng.u8(..4) != 0 {
+            level.insert("attrs".into(), Value::Object(attrs));
+        }
+        level
+    }
+
+    #[test]
+    fn an_overlay_folds_its_levels_in_one_step() {
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for case in 0..5000 {
+            let mut base = Acc::default();
+            for _ in 0..rng.usize(..3) {
+                base.apply(&random_level(&mut rng), Origin::NOWHERE, &mut Vec::new());
+            }
+            let levels: Vec<_> = (0..rng.usize(..5))
+                .map(|_| random_level(&mut rng))
+                .collect();
+            let mut folded = base.clone();
+            let mut overlay = Overlay::default();
+            for level in &levels {
+                folded.apply(level, Origin::NOWHERE, &mut Vec::new());
+                overlay.apply(level);
+            }
+            // Through the cache document's form, as the service reads it.
+            let stored = Overlay::from_json(&overlay.to_json()).unwrap();
+            let base = Acc::from_json(&base.to_json()).unwrap();
+            let folded = Acc::from_json(&folded.to_json()).unwrap();
+            assert_eq!(
+                stored.compose(&base),
+                folded,
+                "seed {seed}, case {case}: {levels:?}"
+            );
+        }
+    }
+
     #[test]
     fn weights_are_positive_integers() {
         let w = |v: Value| weight(v.as_number().unwrap());

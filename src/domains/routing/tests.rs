@@ -1626,3 +1626,147 @@ fn a_directory_change_recomposes_only_the_tables_it_reaches() {
     let t0 = compose::recompose(&s0, &t0, &new_directory, &newer).expect("r0 changed");
     assert_same_answers(&t0, &edited.table("example.net:r0"), 2, &|| "r0".into());
 }
+
+// ---- the service: tables composed from the mirror ------------------------------
+
+/// Every output of `w` as the writer stores it in the mirror.
+fn mirror_entries(w: &World) -> Vec<crate::cache::CacheEntry> {
+    let index = w.index();
+    RoutingBuilder
+        .all_keys(&index)
+        .into_iter()
+        .filter_map(|key| {
+            let Built::Content { content, issues } =
+                RoutingBuilder.build(&key, &mut Reads::new(&index))
+            else {
+                return None;
+            };
+            let errors: Vec<Value> = issues
+                .iter()
+                .map(|i| json!({"db": i.source.as_ref(), "doc": i.doc, "reason": i.reason}))
+                .collect();
+            let errors = Value::Array(errors);
+            Some(crate::cache::CacheEntry {
+                id: format!("routing:{key}"),
+                rev: "1-a".into(),
+                domain: "routing".into(),
+                key,
+                hash: crate::cache::content_hash(&content, &errors, false),
+                content,
+                errors,
+                stale: false,
+                bytes: 0,
+            })
+        })
+        .collect()
+}
+
+fn leader(service: &super::service::RoutingService, ruleset: &str) -> String {
+    let answer = service.lookup("example.net", ruleset, "1", None).unwrap();
+    gwids(&answer)[0].clone()
+}
+
+/// Decision 12 with two documents: a directory change that no entry of a
+/// table resolves differently keeps the table and its round-robin state;
+/// one that reaches it starts the table over.
+#[test]
+fn the_service_keeps_round_robin_state_unless_the_change_reaches_the_table() {
+    use crate::cache::mirror::Mirror;
+    let mut w = World::default();
+    for (r, db) in [("r0", "d0"), ("r1", "d1")] {
+        w.prov(json!({"_id": format!("ruleset:example.net:{r}"), "database": db}));
+    }
+    for (gw, carrier) in [("g0", "c0"), ("g1", "c0"), ("g2", "c1"), ("g3", "c1")] {
+        w.prov(
+            json!({"_id": format!("gateway:example.net:{gw}"), "address": format!("{gw}:5060"),
+                      "carrierid": carrier}),
+        );
+    }
+    w.put("d0", json!({"_id": "rule:", "gwlist": [{"gwid": "g0", "priority": 0}, {"gwid": "g1", "priority": 0}]}));
+    w.put(
+        "d1",
+        json!({"_id": "rule:", "gwlist": [{"carrierid": "c1"}]}),
+    );
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(mirror_entries(&w));
+    let service = super::service::RoutingService::new(mirror.clone());
+    assert_eq!(
+        [leader(&service, "r0"), leader(&service, "r1")],
+        ["g0", "g2"]
+    );
+    // c1's try reaches r1 only: r0 goes on where it was, r1 starts over.
+    w.prov(json!({"_id": "carrier:example.net:c1", "try": 1}));
+    mirror.replace_all(mirror_entries(&w));
+    assert_eq!(leader(&service, "r0"), "g1", "r0 keeps its state");
+    assert_eq!(leader(&service, "r1"), "g2", "r1 is a new table");
+    assert_eq!(
+        gwids(&service.lookup("example.net", "r1", "1", None).unwrap()),
+        ["g3"],
+        "try 1 rotates"
+    );
+    // A gateway r0 names: r0 starts over.
+    w.prov(json!({"_id": "gateway:example.net:g1", "address": "g1:5070", "carrierid": "c0"}));
+    mirror.replace_all(mirror_entries(&w));
+    assert_eq!(leader(&service, "r0"), "g0");
+    let answer = service.lookup("example.net", "r0", "1", None).unwrap();
+    assert_eq!(gateway(&answer, "g1")["address"], json!("g1:5070"));
+}
+
+/// The export lists the ruleset's errors and those of the directory that
+/// concern the gateways and carriers the table reaches; its `hash` follows
+/// both documents.
+#[test]
+fn the_export_reports_the_problems_of_what_the_table_reaches() {
+    use crate::cache::mirror::Mirror;
+    let mut w = base();
+    w.prov(json!({"_id": "gateway:example.net:a", "address": "a:5060", "weight": "heavy"}));
+    w.prov(json!({"_id": "gateway:example.net:b", "address": "b:5060", "priority": "high"}));
+    w.put("rules", json!({"_id": "rule:", "gwlist": [{"gwid": "a"}]}));
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(mirror_entries(&w));
+    let service = super::service::RoutingService::new(mirror.clone());
+    let export = service.export("example.net", "default").unwrap();
+    let docs: Vec<&str> = export["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["doc"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        docs,
+        ["gateway:example.net:a"],
+        "b is not reached: {export:#}"
+    );
+    let before = export["hash"].clone();
+    w.prov(json!({"_id": "gateway:example.net:b", "address": "b:5061"}));
+    mirror.replace_all(mirror_entries(&w));
+    let after = service.export("example.net", "default").unwrap();
+    assert_ne!(after["hash"], before, "the directory changed");
+    assert_eq!(after["rules"], export["rules"]);
+}
+
+/// A domain without gateways has no directory: its tables still answer,
+/// every entry rejected.
+#[test]
+fn a_domain_without_gateways_still_routes_its_rules() {
+    use crate::cache::mirror::Mirror;
+    let mut w = World::default();
+    w.prov(json!({"_id": "ruleset:example.net:default", "database": "rules"}));
+    w.put(
+        "rules",
+        json!({"_id": "rule:", "gwlist": [{"gwid": "a"}, {"carrierid": "c"}]}),
+    );
+    let entries = mirror_entries(&w);
+    assert_eq!(entries.len(), 1, "no directory");
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(entries);
+    let service = super::service::RoutingService::new(mirror);
+    let answer = service.lookup("example.net", "default", "1", None).unwrap();
+    assert_eq!(
+        rejected_reasons(&answer),
+        [
+            "no gateway a in example.net",
+            "carrier c has no gateways in example.net"
+        ]
+    );
+}
