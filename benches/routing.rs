@@ -198,6 +198,15 @@ fn main() {
         *table_sizes.iter().max().unwrap() as f64 / 1e6,
         directory_size as f64 / 1e3,
     );
+    let count = |name: &str| {
+        let lists = tables.iter().filter_map(|t| t.content[name].as_array());
+        lists.map(Vec::len).sum::<usize>() / RULESETS
+    };
+    println!(
+        "per ruleset document: {} distinct gwlist entries, {} distinct overlays",
+        count("entries"),
+        count("overlays")
+    );
     let started = Instant::now();
     for t in &tables {
         let _ = content_hash(&t.content, &json!([]), false);
@@ -211,14 +220,22 @@ fn main() {
     let mirror = Arc::new(Mirror::default());
     let directory = tables.iter().find(|t| !is_table(t)).map(|t| &t.content);
     let started = Instant::now();
-    let compiled: Vec<_> = tables
+    let skeletons: Vec<_> = tables
         .iter()
         .filter(|t| is_table(t))
-        .map(|t| compose::compile(&t.content, directory).unwrap())
+        .map(|t| compose::Skeleton::compile(&t.content).unwrap())
+        .collect();
+    let directory = compose::Directory::compile(directory.expect("a directory")).unwrap();
+    let parsed = started.elapsed();
+    let started = Instant::now();
+    let compiled: Vec<_> = skeletons
+        .iter()
+        .map(|skeleton| compose::compose(skeleton, &directory))
         .collect();
     println!(
-        "composing {} lookup tables: {:?}",
+        "composing {} lookup tables: {:?} (reading the documents {parsed:?}, resolving the entries {:?})",
         compiled.len(),
+        parsed + started.elapsed(),
         started.elapsed()
     );
     drop(compiled);

@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::model::{Acc, Overlay};
-use super::table::{Expansion, Gateway, Rules, Table};
+use super::table::{Expansion, Gateway, Identity, Rules, Table};
 
 /// What a gwlist entry names.
 #[derive(Debug)]
@@ -62,10 +62,14 @@ pub struct Skeleton {
 struct Base {
     /// The document defining it (for the errors a table reports).
     doc: String,
-    carrierid: Option<String>,
-    address: Option<String>,
-    host: Option<String>,
+    gwid: Arc<str>,
+    carrierid: Option<Arc<str>>,
+    address: Option<Arc<str>>,
+    host: Option<Arc<str>>,
+    /// The fold's scalars (its `attrs` apart, shared by the gateways
+    /// resolved without attrs of their own).
     acc: Acc,
+    attrs: Arc<Map<String, Value>>,
 }
 
 /// A domain's gateway directory, read.
@@ -202,15 +206,19 @@ impl Directory {
         let mut directory = Directory::default();
         for (gwid, fields) in object("gateways")? {
             let fields = fields.as_object().ok_or("a gateway is not an object")?;
+            let shared = |name: &str| text(fields.get(name)).map(Arc::from);
+            let mut acc = Acc::from_json(fields).map_err(|why| format!("gateway {gwid}: {why}"))?;
             let base = Base {
                 doc: text(fields.get("doc")).ok_or("a gateway names no document")?,
-                carrierid: text(fields.get("carrierid")),
-                address: text(fields.get("address")),
-                host: text(fields.get("host")),
-                acc: Acc::from_json(fields).map_err(|why| format!("gateway {gwid}: {why}"))?,
+                gwid: Arc::from(gwid.as_str()),
+                carrierid: shared("carrierid"),
+                address: shared("address"),
+                host: shared("host"),
+                attrs: Arc::new(std::mem::take(&mut acc.attrs)),
+                acc,
             };
             if let Some(carrierid) = &base.carrierid {
-                let members = directory.members.entry(carrierid.clone()).or_default();
+                let members = directory.members.entry(carrierid.to_string()).or_default();
                 members.push(gwid.clone());
             }
             directory.gateways.insert(gwid.clone(), base);
@@ -311,8 +319,9 @@ impl<'a> Resolver<'a> {
         let directory = self.directory;
         let base = &directory.gateways[gwid];
         let resolved = self.resolve(gwid, spec.overlay);
+        let carrierid = base.carrierid.as_deref();
         let reject =
-            |reason: String| json!({ "gwid": gwid, "carrierid": base.carrierid, "reason": reason });
+            |reason: String| json!({ "gwid": gwid, "carrierid": carrierid, "reason": reason });
         if resolved.disabled {
             rejected.push(reject("disabled".into()));
             return;
@@ -329,21 +338,20 @@ impl<'a> Resolver<'a> {
         }
         let base = &self.directory.gateways[gwid];
         let over = &self.skeleton.overlays[overlay];
-        let composed;
-        let acc = if over.is_empty() {
-            &base.acc
-        } else {
-            composed = over.compose(&base.acc);
-            &composed
-        };
+        let acc = over.compose_scalars(&base.acc);
         let gateway = match &base.address {
-            Some(address) if !acc.disabled() => Some(Arc::new(Gateway::new(
-                gwid,
-                base.carrierid.as_deref(),
-                address,
-                base.host.as_deref(),
-                acc,
-            ))),
+            Some(address) if !acc.disabled() => {
+                let attrs = over
+                    .compose_attrs(&base.attrs)
+                    .map_or_else(|| base.attrs.clone(), Arc::new);
+                let identity = Identity {
+                    gwid: &base.gwid,
+                    carrierid: base.carrierid.as_ref(),
+                    address,
+                    host: base.host.as_ref(),
+                };
+                Some(Arc::new(Gateway::new(&identity, &acc, attrs)))
+            }
             _ => None,
         };
         let resolved = Resolved {

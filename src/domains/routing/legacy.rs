@@ -124,40 +124,11 @@ pub fn compile(content: &Value) -> Result<Table, String> {
 
 fn compile_gateway(variant: &Value) -> Result<Arc<Gateway>, String> {
     let object = variant.as_object().ok_or("a gateway is not an object")?;
-    let mut fields = Map::new();
-    for name in [
-        "gwid",
-        "carrierid",
-        "address",
-        "weight",
-        "response_timeout",
-        "progress_timeout",
-        "answer_timeout",
-        "dialog_timeout",
-        "attrs",
-    ] {
-        fields.insert(
-            name.into(),
-            object.get(name).cloned().unwrap_or(Value::Null),
-        );
-    }
-    fields.insert("disabled".into(), json!(false));
-    Ok(Arc::new(Gateway::from_parts(
-        fields,
-        object
-            .get("host")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        object
-            .get("weight")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .max(1),
-        object
-            .get("local_gateway_extra_priority")
-            .and_then(Value::as_f64)
-            .unwrap_or(super::model::DEFAULT_LOCAL_EXTRA_PRIORITY),
-    )))
+    let local_extra = object
+        .get("local_gateway_extra_priority")
+        .and_then(Value::as_f64)
+        .unwrap_or(super::model::DEFAULT_LOCAL_EXTRA_PRIORITY);
+    Ok(Arc::new(Gateway::from_fields(object, local_extra)))
 }
 
 fn compile_expansion(

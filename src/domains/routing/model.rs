@@ -427,13 +427,30 @@ impl Overlay {
 
     /// `base` with the overlay's levels folded on top.
     pub fn compose(&self, base: &Acc) -> Acc {
-        let mut acc = base.overridden_by(&self.scalars);
-        acc.attrs.clone_from(&base.attrs);
+        let mut acc = self.compose_scalars(base);
+        acc.attrs = self
+            .compose_attrs(&base.attrs)
+            .unwrap_or_else(|| base.attrs.clone());
+        acc
+    }
+
+    /// The scalars of `compose` (its `attrs` left empty).
+    pub fn compose_scalars(&self, base: &Acc) -> Acc {
+        base.overridden_by(&self.scalars)
+    }
+
+    /// The `attrs` of `compose`; `None` when the overlay adds none, so the
+    /// base's stay as they are.
+    pub fn compose_attrs(&self, base: &Map<String, Value>) -> Option<Map<String, Value>> {
+        if self.attrs.is_empty() {
+            return None;
+        }
+        let mut attrs = base.clone();
         for (key, merged) in &self.attrs {
             let Value::Array(merged) = merged else {
                 continue;
             };
-            match acc.attrs.get_mut(key) {
+            match attrs.get_mut(key) {
                 Some(current) => {
                     if let Some(value) = merged.iter().find(|m| same_kind(m, current)) {
                         merge_same_kind(current, value);
@@ -441,12 +458,12 @@ impl Overlay {
                 }
                 None => {
                     if let Some(first) = merged.first() {
-                        acc.attrs.insert(key.clone(), first.clone());
+                        attrs.insert(key.clone(), first.clone());
                     }
                 }
             }
         }
-        acc
+        Some(attrs)
     }
 
     /// As stored in a ruleset's cache document: the scalars as `Acc::to_json`

@@ -28,42 +28,45 @@ use super::wrr::Smooth;
 /// Round-robin groups kept per table before the state is reset.
 pub const MAX_STATES: usize = 100_000;
 
-/// One resolved gateway of the table.
+/// One resolved gateway of the table: the answer fields that do not
+/// depend on the request, and what the request-dependent ones need. The
+/// strings are shared with the directory and with the other gateways
+/// resolved from the same definition.
 #[derive(Debug, PartialEq)]
 pub struct Gateway {
-    /// The answer fields that do not depend on the request.
-    fields: Map<String, Value>,
-    host: Option<String>,
+    gwid: Arc<str>,
+    carrierid: Option<Arc<str>>,
+    address: Arc<str>,
     weight: u64,
+    /// `response_timeout`, `progress_timeout`, `answer_timeout`,
+    /// `dialog_timeout`.
+    timeouts: [Value; 4],
+    attrs: Arc<Map<String, Value>>,
+    host: Option<Arc<str>>,
     local_extra: f64,
 }
 
+/// Where a gateway comes from: its definition's identity.
+pub struct Identity<'a> {
+    pub gwid: &'a Arc<str>,
+    pub carrierid: Option<&'a Arc<str>>,
+    pub address: &'a Arc<str>,
+    pub host: Option<&'a Arc<str>>,
+}
+
 impl Gateway {
-    /// A gateway with everything folded into `acc` (which must not be
-    /// disabled; `disabled: false` is part of every answer).
-    pub fn new(
-        gwid: &str,
-        carrierid: Option<&str>,
-        address: &str,
-        host: Option<&str>,
-        acc: &Acc,
-    ) -> Gateway {
-        let [response, progress, answer, dialog] = acc.timeouts();
-        let mut fields = Map::new();
-        fields.insert("gwid".into(), json!(gwid));
-        fields.insert("carrierid".into(), json!(carrierid));
-        fields.insert("address".into(), json!(address));
-        fields.insert("weight".into(), json!(acc.weight()));
-        fields.insert("response_timeout".into(), response);
-        fields.insert("progress_timeout".into(), progress);
-        fields.insert("answer_timeout".into(), answer);
-        fields.insert("dialog_timeout".into(), dialog);
-        fields.insert("attrs".into(), Value::Object(acc.attrs.clone()));
-        fields.insert("disabled".into(), json!(false));
+    /// A gateway with everything folded into `acc` but `attrs`, which come
+    /// apart (so gateways resolved alike share them). `acc` must not be
+    /// disabled: `disabled: false` is part of every answer.
+    pub fn new(identity: &Identity<'_>, acc: &Acc, attrs: Arc<Map<String, Value>>) -> Gateway {
         Gateway {
-            fields,
-            host: host.map(str::to_string),
+            gwid: identity.gwid.clone(),
+            carrierid: identity.carrierid.cloned(),
+            address: identity.address.clone(),
             weight: acc.weight().max(1),
+            timeouts: acc.timeouts(),
+            attrs,
+            host: identity.host.cloned(),
             // As stored and read back: `number` writes integral values as integers.
             local_extra: json_number(acc.local_extra())
                 .as_f64()
@@ -71,20 +74,44 @@ impl Gateway {
         }
     }
 
-    /// From its request-independent parts, as a cache document held them
-    /// before the directory existed (kept for the reference resolver).
+    /// From the fields a cache document held before the directory existed
+    /// (for the reference resolver).
     #[cfg(test)]
-    pub(super) fn from_parts(
-        fields: Map<String, Value>,
-        host: Option<String>,
-        weight: u64,
-        local_extra: f64,
-    ) -> Gateway {
+    pub(super) fn from_fields(fields: &Map<String, Value>, local_extra: f64) -> Gateway {
+        let text = |name: &str| fields.get(name).and_then(Value::as_str).map(Arc::from);
+        let timeout = |name: &str| fields.get(name).cloned().unwrap_or(Value::Null);
         Gateway {
-            fields,
-            host,
-            weight,
+            gwid: text("gwid").expect("a gwid"),
+            carrierid: text("carrierid"),
+            address: text("address").expect("an address"),
+            weight: fields
+                .get("weight")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1),
+            timeouts: super::model::TIMEOUTS.map(timeout),
+            attrs: Arc::new(
+                fields
+                    .get("attrs")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            host: text("host"),
             local_extra,
+        }
+    }
+
+    /// The request-independent answer fields as a JSON object.
+    fn fields(&self) -> Map<String, Value> {
+        let fields = GatewayAnswer {
+            gateway: self,
+            priority: None,
+            local: None,
+        };
+        match serde_json::to_value(fields) {
+            Ok(Value::Object(fields)) => fields,
+            _ => unreachable!("a gateway serializes to an object"),
         }
     }
 }
@@ -164,33 +191,36 @@ struct Answer<'a> {
 }
 
 /// One gateway of an answer: its request-independent fields plus this
-/// request's `local` and `priority`, members in sorted order.
+/// request's `local` and `priority`, members in sorted order (the order of
+/// a serde_json map, so the text equals that of the JSON tree).
 struct GatewayAnswer<'a> {
-    fields: &'a Map<String, Value>,
-    priority: Value,
-    local: bool,
+    gateway: &'a Gateway,
+    priority: Option<Value>,
+    local: Option<bool>,
 }
 
 impl serde::Serialize for GatewayAnswer<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let local = Value::Bool(self.local);
-        let mut extra = [("local", &local), ("priority", &self.priority)]
-            .into_iter()
-            .peekable();
+        let g = self.gateway;
+        let [response, progress, answer, dialog] = &g.timeouts;
         let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self.fields {
-            if key == "local" || key == "priority" {
-                continue; // replaced by this request's values
-            }
-            while let Some((name, extra_value)) = extra.next_if(|(name, _)| *name < key.as_str()) {
-                map.serialize_entry(name, extra_value)?;
-            }
-            map.serialize_entry(key, value)?;
+        map.serialize_entry("address", &*g.address)?;
+        map.serialize_entry("answer_timeout", answer)?;
+        map.serialize_entry("attrs", &*g.attrs)?;
+        map.serialize_entry("carrierid", &g.carrierid.as_deref())?;
+        map.serialize_entry("dialog_timeout", dialog)?;
+        map.serialize_entry("disabled", &false)?;
+        map.serialize_entry("gwid", &*g.gwid)?;
+        if let Some(local) = self.local {
+            map.serialize_entry("local", &local)?;
         }
-        for (name, value) in extra {
-            map.serialize_entry(name, value)?;
+        if let Some(priority) = &self.priority {
+            map.serialize_entry("priority", priority)?;
         }
+        map.serialize_entry("progress_timeout", progress)?;
+        map.serialize_entry("response_timeout", response)?;
+        map.serialize_entry("weight", &g.weight)?;
         map.end()
     }
 }
@@ -360,9 +390,9 @@ impl Table {
         let gateways = ordered
             .into_iter()
             .map(|(slot, priority, local)| GatewayAnswer {
-                fields: &candidates[slot].gateway.fields,
-                priority: json_number(priority),
-                local,
+                gateway: candidates[slot].gateway,
+                priority: Some(json_number(priority)),
+                local: Some(local),
             })
             .collect();
         Some(Answer {
@@ -449,7 +479,7 @@ impl Table {
         for rule in &self.rules.rules {
             let mut groups: Vec<(f64, Vec<Value>)> = Vec::new();
             for candidate in self.candidates(rule) {
-                let mut fields = candidate.gateway.fields.clone();
+                let mut fields = candidate.gateway.fields();
                 fields.insert("priority".into(), json_number(candidate.priority));
                 fields.insert("entry".into(), json!(candidate.entry));
                 match groups
