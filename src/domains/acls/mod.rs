@@ -18,10 +18,14 @@
 //! read like any other document, so a changed answer rebuilds exactly the
 //! outputs that used that name. `service` merges the outputs for a node
 //! (static section by node → zone → `default`, then the precedence) and
-//! renders JSON and FreeSWITCH's `acl.conf`.
+//! renders JSON and FreeSWITCH's `acl.conf`; it keeps the merge as
+//! incremental state (`live`), so an edit costs in proportion to the edit.
 
 #[cfg(test)]
 mod dns_tests;
+pub mod live;
+#[cfg(test)]
+mod live_tests;
 pub mod model;
 pub mod resolver;
 pub mod service;

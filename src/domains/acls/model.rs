@@ -14,6 +14,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -727,62 +728,117 @@ pub fn system_section<'a>(
 /// changed shard and merges by concatenation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Digested {
+    /// Kazoo's key, always `net.key()` (one network, one key).
     pub key: String,
     pub entry: Value,
-    class: Class,
-    net: Net,
-    list: String,
+    pub(super) class: Class,
+    pub(super) net: Net,
+    pub(super) list: String,
     authorizing_id: String,
     /// `"key":{entry}` as JSON text.
-    json: String,
+    pub(super) json: String,
     /// The `<node …/>` line of `acl.conf`.
-    xml: String,
+    pub(super) xml: String,
 }
 
-/// A shard output's entries, digested (see `Digested`), in address order.
+/// A shard output's entries, digested (see `Digested`), in address order,
+/// at most one per network (the shard's winner under the precedence).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Digest {
-    pub entries: Vec<Digested>,
+    pub entries: Vec<Arc<Digested>>,
 }
 
-/// Digests a shard output's content.
+/// Digests a shard output's content. An entry is filed under the network
+/// of its first CIDR and keyed by that network (the builder always keys it
+/// so; a cache document keyed otherwise cannot give two keys for one
+/// network). Entries without a usable CIDR are left out.
 pub fn digest(content: &Value) -> Digest {
     let mut entries = Vec::new();
     for class in Class::ALL {
         let Some(found) = content.get(class.name()).and_then(Value::as_object) else {
             continue;
         };
-        for (key, entry) in found {
+        for entry in found.values() {
             let Some(net) = cidr_texts(entry).first().and_then(|c| parse_cidr(c).ok()) else {
                 continue;
             };
-            let mut xml = String::with_capacity(64);
-            node_lines(&mut xml, entry);
-            entries.push(Digested {
-                key: key.clone(),
-                class,
-                net,
-                list: list_name(entry).to_string(),
-                authorizing_id: text(entry, &["authorizing_id"])
-                    .unwrap_or_default()
-                    .to_string(),
-                json: format!("{}:{entry}", Value::String(key.clone())),
-                xml,
-                entry: entry.clone(),
-            });
+            entries.push(Digested::new(class, net, entry));
         }
     }
-    entries.sort_unstable_by(|a, b| (a.net, &a.key).cmp(&(b.net, &b.key)));
-    Digest { entries }
+    entries.sort_unstable_by(|a, b| a.net.cmp(&b.net).then_with(|| a.rank().cmp(&b.rank())));
+    // The first of each network is its winner: drop the others.
+    entries.dedup_by(|later, earlier| later.net == earlier.net);
+    Digest {
+        entries: entries.into_iter().map(Arc::new).collect(),
+    }
 }
 
 impl Digested {
-    /// The precedence: class, then `authorizing_id`, then the entry's JSON
-    /// (a remaining tie is an identical entry). `true` when `self` wins.
-    fn wins(&self, other: &Digested) -> bool {
-        (self.class, &self.authorizing_id, &self.json)
-            < (other.class, &other.authorizing_id, &other.json)
+    fn new(class: Class, net: Net, entry: &Value) -> Digested {
+        let key = net.key();
+        let mut xml = String::with_capacity(64);
+        node_lines(&mut xml, entry);
+        Digested {
+            json: format!("{}:{entry}", Value::String(key.clone())),
+            key,
+            class,
+            net,
+            list: list_name(entry).to_string(),
+            authorizing_id: text(entry, &["authorizing_id"])
+                .unwrap_or_default()
+                .to_string(),
+            xml,
+            entry: entry.clone(),
+        }
     }
+
+    /// The precedence as a total order, lower wins: class, then
+    /// `authorizing_id`, then the entry's JSON (a remaining tie is an
+    /// identical entry).
+    pub(super) fn rank(&self) -> (Class, &str, &str) {
+        (self.class, &self.authorizing_id, &self.json)
+    }
+
+    /// `true` when `self` wins over `other` for the same network.
+    pub(super) fn wins(&self, other: &Digested) -> bool {
+        self.rank() < other.rank()
+    }
+}
+
+/// What one static entry overrules: the dynamic entry at a network when it
+/// has the static entry's name, or is in the static entry's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shadow<'a> {
+    Named(&'a str),
+    InList(&'a str),
+}
+
+impl Shadow<'_> {
+    /// Whether the dynamic entry `entry` (at the shadow's network) is
+    /// overruled.
+    pub fn covers(self, entry: &Digested) -> bool {
+        match self {
+            Shadow::Named(name) => entry.key == name,
+            Shadow::InList(list) => entry.list == list,
+        }
+    }
+}
+
+/// The networks the static entries of a section overrule, and how.
+pub fn shadows(statics: &Map<String, Value>) -> Vec<(Net, Shadow<'_>)> {
+    let mut found = Vec::new();
+    for (name, entry) in statics {
+        if let Ok(Target::Net(net)) = parse_target(name) {
+            found.push((net, Shadow::Named(name)));
+        }
+        let list = list_name(entry);
+        for cidr in cidr_texts(entry) {
+            if let Ok(net) = parse_cidr(cidr) {
+                found.push((net, Shadow::InList(list)));
+            }
+        }
+    }
+    found
 }
 
 /// The ACLs served to one node: the winning dynamic entries (by address)
@@ -794,8 +850,9 @@ pub struct Merged<'a> {
 }
 
 /// Merges the system output and the digested shards for `node`/`zone` with
-/// the deterministic precedence; the result does not depend on the order
-/// of `shards`.
+/// the deterministic precedence, from scratch; the result does not depend
+/// on the order of `shards`. (`service` keeps the same merge as
+/// incremental state, `live::LiveMerge`; this is its reference.)
 pub fn merge<'a>(
     system: Option<&'a Value>,
     shards: &[&'a Digest],
@@ -804,24 +861,21 @@ pub fn merge<'a>(
 ) -> Merged<'a> {
     let statics = system.and_then(|s| system_section(s, node, zone));
     // Every shard is in address order: a k-way merge keeps that order,
-    // and puts the candidates for one key (one address) next to each other.
+    // and puts the candidates for one network next to each other.
     let size = shards.iter().map(|s| s.entries.len()).sum();
-    let mut heads: BinaryHeap<Reverse<(Net, &str, usize, usize)>> = shards
+    let mut heads: BinaryHeap<Reverse<(Net, usize, usize)>> = shards
         .iter()
         .enumerate()
-        .filter_map(|(n, shard)| {
-            let first = shard.entries.first()?;
-            Some(Reverse((first.net, first.key.as_str(), n, 0)))
-        })
+        .filter_map(|(n, shard)| Some(Reverse((shard.entries.first()?.net, n, 0))))
         .collect();
     let mut dynamic: Vec<&Digested> = Vec::with_capacity(size);
-    while let Some(Reverse((_, _, n, at))) = heads.pop() {
-        let entry = &shards[n].entries[at];
+    while let Some(Reverse((_, n, at))) = heads.pop() {
+        let entry = &*shards[n].entries[at];
         if let Some(next) = shards[n].entries.get(at + 1) {
-            heads.push(Reverse((next.net, next.key.as_str(), n, at + 1)));
+            heads.push(Reverse((next.net, n, at + 1)));
         }
         match dynamic.last_mut() {
-            Some(last) if last.net == entry.net && last.key == entry.key => {
+            Some(last) if last.net == entry.net => {
                 if entry.wins(last) {
                     *last = entry;
                 }
@@ -829,26 +883,15 @@ pub fn merge<'a>(
             _ => dynamic.push(entry),
         }
     }
-    // Static entries are never overruled: drop the dynamic entry under the
-    // same name, or for the same network in the same list. Done per static
-    // entry (a few) by binary search, not per dynamic one (many).
+    // Static entries are never overruled. Done per static entry (a few)
+    // by binary search (one dynamic entry per network), not per dynamic
+    // one (many).
     let mut shadowed = vec![false; dynamic.len()];
-    let mut shadow = |net: Net, same: &dyn Fn(&Digested) -> bool| {
+    for (net, shadow) in statics.map(shadows).unwrap_or_default() {
         if let Ok(at) = dynamic.binary_search_by(|e| e.net.cmp(&net))
-            && same(dynamic[at])
+            && shadow.covers(dynamic[at])
         {
             shadowed[at] = true;
-        }
-    };
-    for (name, entry) in statics.into_iter().flatten() {
-        if let Ok(Target::Net(net)) = parse_target(name) {
-            shadow(net, &|e| e.key == *name);
-        }
-        let list = list_name(entry);
-        for cidr in cidr_texts(entry) {
-            if let Ok(net) = parse_cidr(cidr) {
-                shadow(net, &|e| e.list == list);
-            }
         }
     }
     let mut flags = shadowed.into_iter();
@@ -913,7 +956,7 @@ impl<'a> Merged<'a> {
                 if !std::mem::take(&mut first) {
                     json.push(',');
                 }
-                json.push_str(&format!("{}:{entry}", Value::String(name.to_string())));
+                json.push_str(&static_json(name, entry));
             }
             json.push('}');
             each.insert(list.to_string(), json);
@@ -924,8 +967,7 @@ impl<'a> Merged<'a> {
             if n > 0 {
                 all.push(',');
             }
-            all.push_str(&Value::String(list.clone()).to_string());
-            all.push(':');
+            push_json_key(&mut all, list);
             all.push_str(json);
         }
         all.push('}');
@@ -940,31 +982,55 @@ impl<'a> Merged<'a> {
         let lists = self.lists();
         let size: usize = self.dynamic.iter().map(|e| e.xml.len()).sum();
         let mut xml = String::with_capacity(size + 64 * self.statics.len() + 512);
-        xml.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n");
-        xml.push_str("<document type=\"freeswitch/xml\">\n  <section name=\"configuration\">\n");
-        xml.push_str(
-            "    <configuration name=\"acl.conf\" description=\"caldera generated ACL lists\">\n",
-        );
-        xml.push_str("      <network-lists>\n");
+        xml.push_str(XML_HEAD);
         for (list, (dynamic, statics)) in lists {
-            xml.push_str("        <list name=\"");
-            push_escaped(&mut xml, list);
-            xml.push_str("\" default=\"deny\">\n");
+            push_list_open(&mut xml, list);
             for entry in dynamic {
                 xml.push_str(&entry.xml);
             }
             for (_, entry) in statics {
                 node_lines(&mut xml, entry);
             }
-            xml.push_str("        </list>\n");
+            xml.push_str(XML_LIST_CLOSE);
         }
-        xml.push_str("      </network-lists>\n    </configuration>\n  </section>\n</document>\n");
+        xml.push_str(XML_TAIL);
         xml
     }
 }
 
+/// `acl.conf` up to the first `<list>`.
+pub(super) const XML_HEAD: &str = concat!(
+    "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n",
+    "<document type=\"freeswitch/xml\">\n  <section name=\"configuration\">\n",
+    "    <configuration name=\"acl.conf\" description=\"caldera generated ACL lists\">\n",
+    "      <network-lists>\n"
+);
+/// `acl.conf` after the last `</list>`.
+pub(super) const XML_TAIL: &str =
+    "      </network-lists>\n    </configuration>\n  </section>\n</document>\n";
+/// The end of one `<list>`.
+pub(super) const XML_LIST_CLOSE: &str = "        </list>\n";
+
+/// The start of one `<list>`.
+pub(super) fn push_list_open(xml: &mut String, list: &str) {
+    xml.push_str("        <list name=\"");
+    push_escaped(xml, list);
+    xml.push_str("\" default=\"deny\">\n");
+}
+
+/// `"name":` as JSON text.
+pub(super) fn push_json_key(json: &mut String, name: &str) {
+    json.push_str(&Value::String(name.to_string()).to_string());
+    json.push(':');
+}
+
+/// A static entry as JSON text, `"name":{entry}`.
+pub(super) fn static_json(name: &str, entry: &Value) -> String {
+    format!("{}:{entry}", Value::String(name.to_string()))
+}
+
 /// The `<node>` lines of one entry (one per CIDR).
-fn node_lines(xml: &mut String, entry: &Value) {
+pub(super) fn node_lines(xml: &mut String, entry: &Value) {
     let kind = entry.get("type").and_then(Value::as_str).unwrap_or("allow");
     let ports = match entry.get("ports") {
         Some(Value::Array(ports)) if !ports.is_empty() => {
@@ -993,7 +1059,7 @@ fn node_lines(xml: &mut String, entry: &Value) {
     }
 }
 
-fn list_name(entry: &Value) -> &str {
+pub(super) fn list_name(entry: &Value) -> &str {
     entry
         .get("network-list-name")
         .and_then(Value::as_str)

@@ -1,22 +1,27 @@
-//! Serving the ACLs from the mirror: merges `acls:system` and the shard
-//! outputs for a node (`model::merge`) and renders JSON and FreeSWITCH's
-//! `acl.conf`.
+//! Serving the ACLs from the mirror: keeps the merge of `acls:system` and
+//! the shard outputs as incremental state (`live::LiveMerge`) and renders
+//! JSON and FreeSWITCH's `acl.conf` for a node.
 //!
-//! Every shard output is digested (parsed and pre-rendered, `model::digest`)
-//! once per version (`hash`), so after an edit only the changed shard is
-//! read again and the rest is a merge of pre-rendered pieces. The answer is
-//! memoised per node until an ACL cache document changes, so a request
-//! costs a few map lookups; each rendering (XML, JSON, Kazoo's merged
-//! object) is made on first use.
+//! A request compares the hashes of the ACL cache documents with the ones
+//! last applied; only a changed shard is digested again (`model::digest`)
+//! and applied, which touches only its changed entries and re-renders only
+//! the pages holding them. The answer for a node is memoised until an ACL
+//! cache document changes; each rendering (XML, JSON) is made on first use
+//! by copying pre-rendered pages, so after an edit the first request costs
+//! a shard's digest plus a copy, not a merge of every entry. Kazoo's merged
+//! object is taken by value by sysconf: its dynamic part is kept current
+//! in the merge once asked for, and each request copies it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::model::{self, Digest, Merged};
+use super::live::{LiveMerge, NodeAnswer};
+use super::model;
 use crate::cache::mirror::Mirror;
 use crate::cache::{CacheEntry, doc_id};
 use crate::domains::Domain;
@@ -36,26 +41,17 @@ pub enum AclsError {
 #[derive(Debug)]
 pub struct Served {
     pub node: String,
-    zone: String,
-    system: Option<Arc<CacheEntry>>,
-    shards: Vec<Arc<Digest>>,
+    answer: NodeAnswer,
     /// Every problem recorded in the ACL cache documents:
     /// `[{"output", "db", "doc", "reason"}]`.
-    pub errors: Value,
+    pub errors: Arc<Value>,
     /// Whether any ACL output is a stale last-good copy.
     pub stale: bool,
     xml: OnceLock<Bytes>,
-    lists: OnceLock<(String, BTreeMap<String, String>)>,
-    merged: OnceLock<Value>,
+    lists: OnceLock<(String, BTreeMap<String, Range<usize>>)>,
 }
 
 impl Served {
-    fn merge(&self) -> Merged<'_> {
-        let shards: Vec<&Digest> = self.shards.iter().map(Arc::as_ref).collect();
-        let system = self.system.as_ref().map(|e| &e.content);
-        model::merge(system, &shards, &self.node, &self.zone)
-    }
-
     /// FreeSWITCH's `acl.conf`.
     pub fn xml(&self) -> &str {
         std::str::from_utf8(self.xml_bytes()).expect("the XML is UTF-8")
@@ -64,7 +60,7 @@ impl Served {
     /// The same, as a cheaply clonable body.
     pub fn xml_bytes(&self) -> &Bytes {
         self.xml
-            .get_or_init(|| Bytes::from(self.merge().freeswitch_xml()))
+            .get_or_init(|| Bytes::from(self.answer.freeswitch_xml()))
     }
 
     /// Every list as JSON text: `{list: {name or address: entry}}`.
@@ -74,47 +70,120 @@ impl Served {
 
     /// One list as JSON text, `None` when no entry names that list.
     pub fn list_json(&self, list: &str) -> Option<&str> {
-        self.lists().1.get(list).map(String::as_str)
+        let (all, ranges) = self.lists();
+        ranges.get(list).map(|range| &all[range.clone()])
     }
 
-    fn lists(&self) -> &(String, BTreeMap<String, String>) {
-        self.lists.get_or_init(|| self.merge().lists_json())
-    }
-
-    /// Kazoo's merged object (sysconf get `ecallmgr`/`acls`).
-    pub fn merged(&self) -> &Value {
-        self.merged
-            .get_or_init(|| Value::Object(self.merge().object()))
+    fn lists(&self) -> &(String, BTreeMap<String, Range<usize>>) {
+        self.lists.get_or_init(|| self.answer.lists_json())
     }
 }
 
-#[derive(Default)]
+/// What the service has applied from the mirror.
 struct Memo {
-    fingerprint: Vec<Option<String>>,
+    /// Per ACL output (in `AclsService::keys` order), the hash applied.
+    applied: Vec<Option<String>>,
+    /// Per ACL output, its errors (with `output` added).
+    errors: Vec<Vec<Value>>,
+    live: LiveMerge,
+    system: Option<Arc<CacheEntry>>,
+    all_errors: Arc<Value>,
+    stale: bool,
     views: HashMap<String, Arc<Served>>,
-    /// Shard output id → (hash, digest).
-    digests: HashMap<String, (String, Arc<Digest>)>,
+}
+
+impl Memo {
+    fn new(outputs: usize) -> Memo {
+        Memo {
+            applied: vec![None; outputs],
+            errors: vec![Vec::new(); outputs],
+            live: LiveMerge::default(),
+            system: None,
+            all_errors: Arc::new(Value::Array(Vec::new())),
+            stale: false,
+            views: HashMap::new(),
+        }
+    }
+
+    /// Applies the outputs whose hash changed; `true` if any did.
+    fn refresh(&mut self, keys: &[String], entries: &[Option<Arc<CacheEntry>>]) -> bool {
+        let mut changed = false;
+        for (n, (id, entry)) in keys.iter().zip(entries).enumerate() {
+            let hash = entry.as_ref().map(|e| &e.hash);
+            if self.applied[n].as_ref() == hash {
+                continue;
+            }
+            changed = true;
+            self.applied[n] = hash.cloned();
+            self.errors[n] = entry.as_deref().map(output_errors).unwrap_or_default();
+            if n == SYSTEM_SLOT {
+                self.system = entry.clone();
+            } else {
+                let digest = entry.as_ref().map(|e| model::digest(&e.content));
+                self.live.apply(id, digest);
+            }
+        }
+        if changed {
+            self.all_errors = Arc::new(Value::Array(self.errors.concat()));
+            self.stale = entries.iter().flatten().any(|e| e.stale);
+        }
+        changed
+    }
+
+    fn served(&mut self, node: &str, zone: &str) -> Served {
+        let system = self.system.as_ref().map(|e| &e.content);
+        let statics = system.and_then(|s| model::system_section(s, node, zone));
+        Served {
+            node: node.to_string(),
+            answer: self.live.answer(statics),
+            errors: self.all_errors.clone(),
+            stale: self.stale,
+            xml: OnceLock::new(),
+            lists: OnceLock::new(),
+        }
+    }
+}
+
+/// Where `acls:system` is in `AclsService::keys` (`model::all_output_keys`
+/// lists it first).
+const SYSTEM_SLOT: usize = 0;
+
+/// An output's errors, each with the output's id added.
+fn output_errors(entry: &CacheEntry) -> Vec<Value> {
+    let errors = entry.errors.as_array().into_iter().flatten();
+    errors
+        .map(|error| {
+            let mut error = error.clone();
+            if let Some(fields) = error.as_object_mut() {
+                fields.insert("output".into(), Value::String(entry.id.clone()));
+            }
+            error
+        })
+        .collect()
 }
 
 pub struct AclsService {
     mirror: Arc<Mirror>,
     /// This daemon's node and zone (the defaults of every request).
     place: ArcSwap<(String, String)>,
+    /// The cache document ids of every possible ACL output.
     keys: Vec<String>,
     memo: Mutex<Memo>,
 }
 
 impl AclsService {
     pub fn new(mirror: Arc<Mirror>, node: String, zone: String) -> AclsService {
-        let keys = model::all_output_keys()
+        let output_keys = model::all_output_keys();
+        debug_assert_eq!(output_keys[SYSTEM_SLOT], model::SYSTEM_KEY);
+        let keys: Vec<String> = output_keys
             .iter()
             .map(|key| doc_id(Domain::Acls, key))
             .collect();
         AclsService {
             mirror,
             place: ArcSwap::from_pointee((node, zone)),
+            memo: Mutex::new(Memo::new(keys.len())),
             keys,
-            memo: Mutex::default(),
         }
     }
 
@@ -130,31 +199,54 @@ impl AclsService {
     /// # Errors
     /// `NotReady` before the mirror is warm.
     pub fn view(&self, node: Option<&str>) -> Result<Arc<Served>, AclsError> {
+        Ok(self.view_and(node, |_| ())?.0)
+    }
+
+    /// Kazoo's merged object for `node` (sysconf get `ecallmgr`/`acls`).
+    /// The caller takes it by value: the kept dynamic part
+    /// (`LiveMerge::object`) is copied, outside the lock, and the node's
+    /// static section laid over it.
+    ///
+    /// # Errors
+    /// `NotReady` before the mirror is warm.
+    pub fn merged(&self, node: Option<&str>) -> Result<Value, AclsError> {
+        let (served, dynamic) = self.view_and(node, |memo| memo.live.object())?;
+        Ok(Value::Object(served.answer.object(&dynamic)))
+    }
+
+    /// The ACLs for `node`, and what `also` takes from the same state.
+    fn view_and<T>(
+        &self,
+        node: Option<&str>,
+        also: impl FnOnce(&mut Memo) -> T,
+    ) -> Result<(Arc<Served>, T), AclsError> {
         if !self.mirror.is_loaded() {
             return Err(AclsError::NotReady);
         }
         let place = self.place.load();
         let node = node.filter(|n| !n.is_empty()).unwrap_or(&place.0);
+        let mut memo = self.lock();
+        // Read under the lock: a request that waited for it would
+        // otherwise apply the older state it read over a newer one, and the
+        // next request digest the newer one again.
         let entries: Vec<Option<Arc<CacheEntry>>> =
             self.keys.iter().map(|id| self.mirror.get(id)).collect();
-        let fingerprint: Vec<Option<String>> = entries
-            .iter()
-            .map(|e| e.as_ref().map(|e| e.hash.clone()))
-            .collect();
-        let mut memo = self.lock();
-        if memo.fingerprint != fingerprint {
-            memo.fingerprint = fingerprint;
+        if memo.refresh(&self.keys, &entries) {
             memo.views.clear();
         }
-        if let Some(served) = memo.views.get(node) {
-            return Ok(served.clone());
-        }
-        let served = Arc::new(serve(&mut memo.digests, &entries, node, &place.1));
-        if memo.views.len() >= MEMO_NODES {
-            memo.views.clear();
-        }
-        memo.views.insert(node.to_string(), served.clone());
-        Ok(served)
+        let served = match memo.views.get(node) {
+            Some(served) => served.clone(),
+            None => {
+                let served = Arc::new(memo.served(node, &place.1));
+                if memo.views.len() >= MEMO_NODES {
+                    memo.views.clear();
+                }
+                memo.views.insert(node.to_string(), served.clone());
+                served
+            }
+        };
+        let also = also(&mut memo);
+        Ok((served, also))
     }
 
     /// The hook sysconf get calls: `ecallmgr`/`acls` answers the merged
@@ -170,61 +262,18 @@ impl AclsService {
         if category != model::ECALLMGR || key != ["acls"] {
             return None;
         }
-        let served = self.view(Some(node)).ok()?;
-        Some((served.merged().clone(), "caldera:acls".to_string()))
+        let merged = self.merged(Some(node)).ok()?;
+        Some((merged, "caldera:acls".to_string()))
+    }
+
+    /// How many nodes' answers are memoised now (at most `MEMO_NODES`).
+    pub fn memoised_nodes(&self) -> usize {
+        self.lock().views.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Memo> {
         self.memo
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// The answer for `node` from the current outputs, re-digesting only the
-/// shards whose hash changed.
-fn serve(
-    digests: &mut HashMap<String, (String, Arc<Digest>)>,
-    entries: &[Option<Arc<CacheEntry>>],
-    node: &str,
-    zone: &str,
-) -> Served {
-    let outputs: Vec<&Arc<CacheEntry>> = entries.iter().flatten().collect();
-    digests.retain(|id, _| outputs.iter().any(|e| e.id == *id));
-    let mut shards = Vec::new();
-    let mut system = None;
-    let mut errors = Vec::new();
-    for entry in &outputs {
-        for error in entry.errors.as_array().into_iter().flatten() {
-            let mut error = error.clone();
-            if let Some(fields) = error.as_object_mut() {
-                fields.insert("output".into(), Value::String(entry.id.clone()));
-            }
-            errors.push(error);
-        }
-        if entry.key == model::SYSTEM_KEY {
-            system = Some(Arc::clone(entry));
-            continue;
-        }
-        let digest = match digests.get(&entry.id) {
-            Some((hash, digest)) if *hash == entry.hash => digest.clone(),
-            _ => {
-                let digest = Arc::new(model::digest(&entry.content));
-                digests.insert(entry.id.clone(), (entry.hash.clone(), digest.clone()));
-                digest
-            }
-        };
-        shards.push(digest);
-    }
-    Served {
-        node: node.to_string(),
-        zone: zone.to_string(),
-        stale: outputs.iter().any(|e| e.stale),
-        system,
-        shards,
-        errors: Value::Array(errors),
-        xml: OnceLock::new(),
-        lists: OnceLock::new(),
-        merged: OnceLock::new(),
     }
 }
