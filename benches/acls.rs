@@ -12,6 +12,9 @@
 //! answers per second from the service, and resolving the 2k hostnames
 //! against a loopback hickory-server with the daemon's resolver.
 
+#[path = "acl_data.rs"]
+mod acl_data;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
@@ -36,38 +39,11 @@ use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use serde_json::{Value, json};
 
+use acl_data::{HOSTNAMES, device, host_addresses, resource};
+
 const DEVICES: usize = 50_000;
 const RESOURCES: usize = 5_000;
-const HOSTNAMES: usize = 2_000;
 const EDITS: usize = 200;
-
-fn device(n: usize) -> Value {
-    let ip = Ipv4Addr::from(0x0a00_0000u32 + n as u32 + 1);
-    json!({
-        "_id": format!("{:032x}", n * 7919 + 1),
-        "pvt_type": "device", "pvt_account_id": format!("{:032x}", n % 500),
-        "name": format!("device {n}"), "device_type": "sip_device", "enabled": true,
-        "sip": { "method": "ip", "ip": ip.to_string(), "username": format!("dev{n}") }
-    })
-}
-
-fn resource(n: usize) -> Value {
-    let ip = Ipv4Addr::from(0xac10_0000u32 + n as u32 + 1);
-    json!({
-        "_id": format!("{:032x}", 0xffff_0000usize + n),
-        "pvt_type": "resource", "pvt_account_id": format!("{:032x}", n % 500),
-        "name": format!("carrier {n}"), "enabled": true, "weight_cost": n % 100,
-        "gateways": [
-            { "server": ip.to_string(), "enabled": true, "endpoint_type": "sip" },
-            { "server": format!("gw{}.bench.test", n % HOSTNAMES), "enabled": true, "endpoint_type": "sip" }
-        ]
-    })
-}
-
-fn host_addresses(h: usize) -> [Ipv4Addr; 2] {
-    let base = 0xc0a8_0000u32 + 2 * h as u32;
-    [Ipv4Addr::from(base), Ipv4Addr::from(base + 1)]
-}
 
 fn put(index: &mut Index, source: &str, doc: Value, rev: u64) -> Option<Arc<SourceDoc>> {
     let id = doc["_id"].as_str().unwrap_or_default().to_string();

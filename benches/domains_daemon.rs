@@ -22,6 +22,8 @@
 //! device edits, 5 carrier edits), `DOMAINS_BENCH_ONLY` (`routing` or
 //! `acls`). Numbers are printed, not asserted.
 
+#[path = "acl_data.rs"]
+mod acl_data;
 #[path = "daemon_support/mod.rs"]
 mod daemon_support;
 #[path = "../tests/support/mod.rs"]
@@ -41,6 +43,7 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use acl_data::{HOSTNAMES, device, host_addresses, resource};
 use daemon_support::{cpu_time, env_or, machine, ms, percentile, rss_mb, wrk};
 use support::couch::{Couch, DbNames};
 use support::daemon::{Daemon, DaemonConfig};
@@ -51,7 +54,6 @@ const GATEWAYS: usize = 200;
 const CARRIERS: usize = 20;
 const HOSTS: usize = 10;
 const RESOURCES: usize = 5_000;
-const HOSTNAMES: usize = 2_000;
 /// The carrier whose edits are timed.
 const EDITED_CARRIER: &str = "c3";
 
@@ -411,34 +413,6 @@ async fn carrier_edits(
 }
 
 // ---------------------------------------------------------------- ACLs
-
-fn device(n: usize) -> Value {
-    let ip = Ipv4Addr::from(0x0a00_0000u32 + n as u32 + 1);
-    json!({
-        "_id": format!("{:032x}", n * 7919 + 1),
-        "pvt_type": "device", "pvt_account_id": format!("{:032x}", n % 500),
-        "name": format!("device {n}"), "device_type": "sip_device", "enabled": true,
-        "sip": { "method": "ip", "ip": ip.to_string(), "username": format!("dev{n}") }
-    })
-}
-
-fn resource(n: usize) -> Value {
-    let ip = Ipv4Addr::from(0xac10_0000u32 + n as u32 + 1);
-    json!({
-        "_id": format!("{:032x}", 0xffff_0000usize + n),
-        "pvt_type": "resource", "pvt_account_id": format!("{:032x}", n % 500),
-        "name": format!("carrier {n}"), "enabled": true, "weight_cost": n % 100,
-        "gateways": [
-            { "server": ip.to_string(), "enabled": true, "endpoint_type": "sip" },
-            { "server": format!("gw{}.bench.test", n % HOSTNAMES), "enabled": true, "endpoint_type": "sip" }
-        ]
-    })
-}
-
-fn host_addresses(h: usize) -> [Ipv4Addr; 2] {
-    let base = 0xc0a8_0000u32 + 2 * h as u32;
-    [Ipv4Addr::from(base), Ipv4Addr::from(base + 1)]
-}
 
 /// A loopback hickory DNS server answering `gw<h>.bench.test` with two A
 /// records each (TTL 300 s); returns it (keep it alive) and its port.

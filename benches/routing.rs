@@ -1,11 +1,13 @@
 //! Routing at scale (`cargo bench --bench routing`): 100k rules across 10
 //! rulesets, 200 gateways in 20 carriers (plus 10 host-profile gateways).
-//! Measures the pure table builds, the cache document sizes, compiling the
-//! lookup tables, in-process lookups (throughput and latency), one carrier
-//! edit (which tables it reaches and how long until they are rebuilt and
-//! recompiled), RSS, and HTTP lookups through the real api router on
-//! loopback (served from a mirror holding the built documents; CouchDB is
-//! not involved in serving). `ROUTING_BENCH_RULES` scales the rule count.
+//! Measures the pure builds (the ten ruleset documents and the domain's
+//! gateway directory), the cache document sizes, composing the lookup
+//! tables, in-process lookups (throughput and latency), one carrier edit
+//! (which outputs it reaches, how long until they are rebuilt and every
+//! table answers the new result), RSS, and HTTP lookups through the real
+//! api router on loopback (served from a mirror holding the built
+//! documents; CouchDB is not involved in serving). `ROUTING_BENCH_RULES`
+//! scales the rule count.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,9 +17,9 @@ use caldera::cache::mirror::{Mirror, Update};
 use caldera::cache::{CacheEntry, content_hash};
 use caldera::couch::{Body, Client};
 use caldera::domains::routing::RoutingBuilder;
-use caldera::domains::routing::model::{PROVISIONING, ruleset_source};
+use caldera::domains::routing::compose;
+use caldera::domains::routing::model::{PROVISIONING, directory_domain, ruleset_source};
 use caldera::domains::routing::service::{RoutingService, routing_index};
-use caldera::domains::routing::table::Table;
 use caldera::domains::{Builder, Built};
 use caldera::rebuild::index::{Dep, Index, Reads, SourceDoc, SourceId};
 use serde_json::{Value, json};
@@ -167,7 +169,7 @@ fn main() {
         rss_mb() - rss_start
     );
 
-    // Table builds (pure), one thread.
+    // The builds (pure), one thread: ten ruleset documents, one directory.
     let started = Instant::now();
     let tables = build_all(&index);
     let build = started.elapsed();
@@ -175,32 +177,65 @@ fn main() {
         .iter()
         .map(|t| serde_json::to_vec(&t.content).unwrap().len())
         .collect();
+    let is_table = |t: &BuiltTable| directory_domain(&t.key).is_none();
+    let table_sizes: Vec<usize> = tables
+        .iter()
+        .zip(&sizes)
+        .filter(|(t, _)| is_table(t))
+        .map(|(_, size)| *size)
+        .collect();
+    let directory_size: usize = tables
+        .iter()
+        .zip(&sizes)
+        .filter(|(t, _)| !is_table(t))
+        .map(|(_, size)| *size)
+        .sum();
     println!(
-        "table build: {build:?} for {} tables ({:.1} µs/rule); cache documents {:.2} MB each on average (max {:.2} MB)",
+        "build: {build:?} for {} outputs ({:.1} µs/rule); ruleset documents {:.2} MB each on average (max {:.2} MB); gateway directory {:.1} kB",
         tables.len(),
         build.as_secs_f64() * 1e6 / total_rules as f64,
-        sizes.iter().sum::<usize>() as f64 / sizes.len() as f64 / 1e6,
-        *sizes.iter().max().unwrap() as f64 / 1e6,
+        table_sizes.iter().sum::<usize>() as f64 / table_sizes.len() as f64 / 1e6,
+        *table_sizes.iter().max().unwrap() as f64 / 1e6,
+        directory_size as f64 / 1e3,
+    );
+    let count = |name: &str| {
+        let lists = tables.iter().filter_map(|t| t.content[name].as_array());
+        lists.map(Vec::len).sum::<usize>() / RULESETS
+    };
+    println!(
+        "per ruleset document: {} distinct gwlist entries, {} distinct overlays",
+        count("entries"),
+        count("overlays")
     );
     let started = Instant::now();
     for t in &tables {
         let _ = content_hash(&t.content, &json!([]), false);
     }
     println!(
-        "hashing every table (what the writer does before a write): {:?}",
+        "hashing every output (what the writer does before a write): {:?}",
         started.elapsed()
     );
 
     // The mirror and the service, as the daemon holds them.
     let mirror = Arc::new(Mirror::default());
+    let directory = tables.iter().find(|t| !is_table(t)).map(|t| &t.content);
     let started = Instant::now();
-    let compiled: Vec<Table> = tables
+    let skeletons: Vec<_> = tables
         .iter()
-        .map(|t| Table::compile(&t.content).unwrap())
+        .filter(|t| is_table(t))
+        .map(|t| compose::Skeleton::compile(&t.content).unwrap())
+        .collect();
+    let directory = compose::Directory::compile(directory.expect("a directory")).unwrap();
+    let parsed = started.elapsed();
+    let started = Instant::now();
+    let compiled: Vec<_> = skeletons
+        .iter()
+        .map(|skeleton| compose::compose(skeleton, &directory))
         .collect();
     println!(
-        "compiling {} lookup tables: {:?}",
+        "composing {} lookup tables: {:?} (reading the documents {parsed:?}, resolving the entries {:?})",
         compiled.len(),
+        parsed + started.elapsed(),
         started.elapsed()
     );
     drop(compiled);
@@ -280,23 +315,32 @@ fn main() {
         numbers.len() as f64 / started.elapsed().as_secs_f64()
     );
 
-    // One carrier edit: which tables read it, and rebuilding + recompiling them.
+    // One carrier edit: which outputs read it, rebuilding them, and every
+    // table answering the new result (the service recomposes on lookup).
     let carrier = format!("carrier:{SDN}:c3");
-    let dep = Dep::Doc(SourceId::from(PROVISIONING), carrier.clone());
+    let edited = SourceDoc {
+        id: carrier.clone(),
+        rev: "2-b".into(),
+        body: Body::Json(json!({"type": "carrier", "try": 2, "progress_timeout": 7})),
+    };
+    let provisioning = SourceId::from(PROVISIONING);
+    let mut touched = vec![Dep::Doc(provisioning.clone(), carrier.clone())];
+    let versions = [
+        index.get(PROVISIONING, &carrier).cloned(),
+        Some(Arc::new(edited.clone())),
+    ];
+    for doc in versions.iter().flatten() {
+        for key in RoutingBuilder.view_keys(PROVISIONING, doc) {
+            touched.push(Dep::View(provisioning.clone(), key));
+        }
+    }
     let affected: Vec<String> = tables
         .iter()
-        .filter(|t| t.deps.contains(&dep))
+        .filter(|t| touched.iter().any(|dep| t.deps.contains(dep)))
         .map(|t| t.key.clone())
         .collect();
-    let table_count = tables.len();
-    index.upsert(
-        &SourceId::from(PROVISIONING),
-        SourceDoc {
-            id: carrier.clone(),
-            rev: "2-b".into(),
-            body: Body::Json(json!({"type": "carrier", "try": 2, "progress_timeout": 7})),
-        },
-    );
+    let output_count = tables.len();
+    index.upsert(&provisioning, edited);
     let started = Instant::now();
     let mut rebuilt = Vec::new();
     for key in &affected {
@@ -322,18 +366,37 @@ fn main() {
             stale: false,
             bytes: 0,
         }));
-        let (sdn, groupid) = key.split_once(':').unwrap();
-        service.lookup(sdn, groupid, "0", None).ok();
+    }
+    let mirrored = started.elapsed();
+    let started = Instant::now();
+    for r in 0..RULESETS {
+        service.lookup(SDN, &format!("r{r}"), "0", None).ok();
     }
     println!(
-        "one carrier edit reaches {} of {} tables: rebuild {rebuild:?} (1 thread), hash + mirror + recompile {:?}",
+        "one carrier edit reaches {} of {output_count} outputs ({affected:?}): rebuild {rebuild:?} (1 thread), hash + mirror {mirrored:?}, first lookup of every table (recomposing) {:?}",
         affected.len(),
-        table_count,
         started.elapsed()
     );
+    check_carrier_edit(&service, &numbers);
     println!("RSS at the end of the in-process part: {:.0} MB", rss_mb());
 
     http_lookups(&numbers, mirror);
+}
+
+/// Every sampled lookup that reaches the edited carrier answers its new
+/// `progress_timeout`.
+fn check_carrier_edit(service: &RoutingService, numbers: &[(String, String)]) {
+    let mut reached = 0;
+    for (ruleset, number) in numbers.iter().take(20_000) {
+        let answer = service.lookup(SDN, ruleset, number, Some("sbc1")).unwrap();
+        for gateway in answer["gateways"].as_array().unwrap() {
+            if gateway["carrierid"] == "c3" {
+                assert_eq!(gateway["progress_timeout"], 7, "{ruleset}/{number}");
+                reached += 1;
+            }
+        }
+    }
+    println!("… checked: {reached} gateways of c3 in 20000 sampled lookups answer the edit");
 }
 
 /// Lookups through the real api router on loopback.

@@ -276,6 +276,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         config.node.clone(),
         config.zone.clone(),
     ));
+    tasks.spawn(acls.clone().prepare_eagerly(core.clone()));
     let acls_hook = acls.clone();
     let sysconf = Arc::new(
         SysconfService::new(

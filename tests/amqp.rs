@@ -770,6 +770,43 @@ async fn refused_credentials_are_reported_without_the_password() {
     );
 }
 
+/// `amqp.gates_readiness = false`: an unreachable broker leaves `/readyz`
+/// alone (phone and API traffic do not need it) and shows in `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_outside_readiness_does_not_hold_readyz() {
+    if amqp::skip("a_broker_outside_readiness_does_not_hold_readyz") {
+        return;
+    }
+    let env = TestEnv::new().await;
+    env.couch.put(env.sysconf_db(), &ecallmgr()).await;
+    let mut url = reqwest::Url::parse(broker_url()).expect("the broker URL parses");
+    url.set_password(Some("wrong-pa55word-4711")).unwrap();
+    let topology = Topology::unique();
+    let mut config = config(&env, &topology, url.as_str());
+    config.set("amqp.gates_readiness", false);
+    let daemon = Daemon::start(&config).await;
+    eventually("the daemon is ready", Duration::from_secs(20), async || {
+        let reply = daemon.get("/readyz").await;
+        match reply.status == StatusCode::OK {
+            true => Ok(()),
+            false => Err(reply.text),
+        }
+    })
+    .await;
+    eventually(
+        "a refused login is retried",
+        Duration::from_secs(20),
+        async || match counter(&daemon, "caldera_amqp_reconnects_total ").await {
+            0 => Err("no reconnect yet".to_string()),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    assert_eq!(counter(&daemon, "caldera_amqp_connected ").await, 0);
+    let reply = daemon.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_queued_before_start_are_answered_from_the_built_cache() {
     if amqp::skip("requests_queued_before_start_are_answered_from_the_built_cache") {

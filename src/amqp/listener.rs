@@ -120,14 +120,21 @@ struct Handler {
 }
 
 impl Listener {
+    /// Tells `/readyz` whether the listener consumes, unless
+    /// `amqp.gates_readiness` is off (then `/metrics` alone shows it).
+    fn report_state(&self, state: Result<(), String>) {
+        if self.config.gates_readiness {
+            self.readiness.set(COMPONENT, state);
+        }
+    }
+
     pub async fn run(self, token: CancellationToken) {
         let Some(url) = self.config.url.clone() else {
             return;
         };
-        self.readiness.register(
-            COMPONENT,
-            "waiting for the cache to be built and loaded before consuming",
-        );
+        self.report_state(Err(
+            "waiting for the cache to be built and loaded before consuming".to_string(),
+        ));
         if !self.wait_for_the_cache(&token).await {
             return;
         }
@@ -142,7 +149,7 @@ impl Listener {
             self.metrics.amqp_reconnects.inc();
             let why = format!("RabbitMQ at {}: {}", self.config.display_url, lost.what);
             tracing::warn!(reason = why, "AMQP connection lost; reconnecting");
-            self.readiness.set(COMPONENT, Err(why));
+            self.report_state(Err(why));
             let kind = if lost.unauthorized {
                 RetryKind::Unauthorized
             } else {
@@ -233,7 +240,7 @@ impl Listener {
         };
         backoff.reset();
         self.metrics.amqp_connected.set(1);
-        self.readiness.set(COMPONENT, Ok(()));
+        self.report_state(Ok(()));
         tracing::info!(
             url = self.config.display_url,
             queue = self.config.queue,

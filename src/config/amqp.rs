@@ -29,6 +29,10 @@ pub struct AmqpConfig {
     pub backoff_max: Duration,
     /// A larger message is refused as invalid without being parsed.
     pub max_message_bytes: usize,
+    /// Whether `/readyz` waits for (and, during an outage, drops with) the
+    /// broker connection. Off for instances whose readiness probe steers
+    /// phone or API traffic, which does not need RabbitMQ.
+    pub gates_readiness: bool,
 }
 
 /// The first characters AMQP reserves for the broker's own names.
@@ -66,6 +70,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> AmqpConfig {
         backoff_initial: r.millis("amqp.backoff_initial_ms", 250, 10, 60_000),
         backoff_max: r.millis("amqp.backoff_max_ms", 30_000, 100, 3_600_000),
         max_message_bytes: r.int("amqp.max_message_bytes", 1 << 20, 1_024, 1 << 27) as usize,
+        gates_readiness: r.bool("amqp.gates_readiness", true),
     };
     if config.backoff_initial > config.backoff_max {
         r.error(

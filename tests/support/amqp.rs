@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 use super::couch::repo_root;
 use super::daemon::DaemonConfig;
+use super::{Started, run_server_script};
 
 /// Whether AMQP tests are to be skipped (`CALDERA_SKIP_AMQP=1`); says so.
 pub fn skip(test: &str) -> bool {
@@ -95,44 +96,14 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
-struct Started {
-    url: String,
-    pid: u32,
-}
-
 /// Runs `scripts/amqp-server ...` and parses `url=... pid=...`.
 fn run_script(args: &[&str]) -> Started {
-    let script = repo_root().join("scripts/amqp-server");
-    let output = Command::new(&script)
-        .args(args)
-        .output()
-        .expect("run scripts/amqp-server");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "scripts/amqp-server {args:?} failed ({}); install the broker with \
-         `scripts/amqp-server install`, point AMQP_URL at one, or set \
-         CALDERA_SKIP_AMQP=1 to skip the AMQP tests:\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("url="))
-        .unwrap_or_else(|| panic!("no url= line from scripts/amqp-server: {stdout}"));
-    let mut url = None;
-    let mut pid = None;
-    for part in line.split_whitespace() {
-        if let Some(v) = part.strip_prefix("url=") {
-            url = Some(v.to_string());
-        } else if let Some(v) = part.strip_prefix("pid=") {
-            pid = v.parse().ok();
-        }
-    }
-    Started {
-        url: url.expect("url= in the script's output"),
-        pid: pid.expect("pid= in the script's output"),
-    }
+    run_server_script(
+        "amqp-server",
+        args,
+        "; install the broker with `scripts/amqp-server install`, point AMQP_URL at one, \
+         or set CALDERA_SKIP_AMQP=1 to skip the AMQP tests",
+    )
 }
 
 /// A broker of its own that a test can stop and start again on the same

@@ -19,6 +19,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
+use super::{Started, run_server_script};
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -70,11 +72,6 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
-struct Started {
-    url: String,
-    pid: u32,
-}
-
 fn ensure_installed() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
@@ -91,34 +88,7 @@ fn ensure_installed() {
 /// Runs `scripts/couch-server start ...` and parses `url=... pid=...`.
 fn run_script(args: &[&str]) -> Started {
     ensure_installed();
-    let output = Command::new(repo_root().join("scripts/couch-server"))
-        .args(args)
-        .output()
-        .expect("run scripts/couch-server");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "scripts/couch-server {args:?} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("url="))
-        .unwrap_or_else(|| panic!("no url= line from scripts/couch-server: {stdout}"));
-    let mut url = None;
-    let mut pid = None;
-    for part in line.split_whitespace() {
-        if let Some(v) = part.strip_prefix("url=") {
-            url = Some(v.to_string());
-        } else if let Some(v) = part.strip_prefix("pid=") {
-            pid = v.parse().ok();
-        }
-    }
-    Started {
-        url: url.expect("url= in the script's output"),
-        pid: pid.expect("pid= in the script's output"),
-    }
+    run_server_script("couch-server", args, "")
 }
 
 /// A pouchdb-server of its own, with a data directory, that a test can stop

@@ -10,7 +10,47 @@ pub mod couch;
 pub mod daemon;
 pub mod proxy;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// A server one of the project's scripts started.
+pub struct Started {
+    pub url: String,
+    pub pid: u32,
+}
+
+/// Runs `scripts/<script> args…`, which prints `url=… pid=…` once its
+/// server answers; `hint` says how to get past a failure.
+pub fn run_server_script(script: &str, args: &[&str], hint: &str) -> Started {
+    let output = Command::new(couch::repo_root().join("scripts").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "scripts/{script} {args:?} failed ({}){hint}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("url="))
+        .unwrap_or_else(|| panic!("no url= line from scripts/{script}: {stdout}"));
+    let mut url = None;
+    let mut pid = None;
+    for part in line.split_whitespace() {
+        if let Some(v) = part.strip_prefix("url=") {
+            url = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("pid=") {
+            pid = v.parse().ok();
+        }
+    }
+    Started {
+        url: url.expect("url= in the script's output"),
+        pid: pid.expect("pid= in the script's output"),
+    }
+}
 
 /// Polls `probe` until it returns `Ok`, or panics after `timeout` with the
 /// last reason it gave.

@@ -453,6 +453,47 @@ fn the_service_keeps_a_bounded_number_of_node_answers() {
     }
 }
 
+/// Eager preparation renders again, after a change, exactly what was asked
+/// for before it, and nothing when nothing was asked or changed.
+#[test]
+fn prepare_renders_again_what_was_asked_for() {
+    let system = |cidr: &str| json!({"sections": {"default": {"x": {"network-list-name": "trusted", "type": "allow", "cidr": cidr}}}, "hostnames": {}});
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(vec![cache_entry(
+        SYSTEM_KEY,
+        system("10.0.0.1/32"),
+        json!([]),
+        1,
+    )]);
+    let service = AclsService::new(mirror.clone(), "n0".into(), ZONE.into());
+    assert_eq!(service.prepare(), 0, "nothing was asked for");
+    assert!(
+        service
+            .view(Some("n0"))
+            .unwrap()
+            .xml()
+            .contains("10.0.0.1/32")
+    );
+    assert!(
+        service
+            .view(Some("n1"))
+            .unwrap()
+            .lists_json()
+            .contains("10.0.0.1/32")
+    );
+    assert_eq!(service.prepare(), 0, "nothing changed");
+    let entry = cache_entry(SYSTEM_KEY, system("10.0.0.2/32"), json!([]), 2);
+    mirror.apply_written(Update::Live(entry));
+    assert_eq!(service.prepare(), 2);
+    let n0 = service.view(Some("n0")).unwrap();
+    assert_eq!(n0.rendered(), (true, false));
+    assert!(n0.xml().contains("10.0.0.2/32"));
+    let n1 = service.view(Some("n1")).unwrap();
+    assert_eq!(n1.rendered(), (false, true));
+    assert!(n1.lists_json().contains("10.0.0.2/32"));
+    assert_eq!(service.prepare(), 0, "already prepared");
+}
+
 /// Readers racing a writer: each sees the versions in order, and the
 /// last one in the end.
 #[test]

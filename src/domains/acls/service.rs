@@ -11,6 +11,12 @@
 //! a shard's digest plus a copy, not a merge of every entry. Kazoo's merged
 //! object is taken by value by sysconf: its dynamic part is kept current
 //! in the merge once asked for, and each request copies it.
+//!
+//! `prepare_eagerly` moves that first-request work off the request: when
+//! the mirror changes it refreshes the state and renders again what was
+//! asked for before (the nodes and renderings memoised), so the next
+//! request finds its answer ready. Nothing is prepared that no one asked
+//! for: a platform that never fetches ACLs never pays for them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -28,6 +34,10 @@ use crate::domains::Domain;
 
 /// How many nodes' answers are kept at once.
 const MEMO_NODES: usize = 16;
+
+/// How long eager preparation waits after a mirror change for the rest of
+/// its batch.
+const PREPARE_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Why the ACLs cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +82,12 @@ impl Served {
     pub fn list_json(&self, list: &str) -> Option<&str> {
         let (all, ranges) = self.lists();
         ranges.get(list).map(|range| &all[range.clone()])
+    }
+
+    /// Which renderings are made: (XML, JSON lists).
+    #[cfg(test)]
+    pub(super) fn rendered(&self) -> (bool, bool) {
+        (self.xml.get().is_some(), self.lists.get().is_some())
     }
 
     fn lists(&self) -> &(String, BTreeMap<String, Range<usize>>) {
@@ -264,6 +280,69 @@ impl AclsService {
         }
         let merged = self.merged(Some(node)).ok()?;
         Some((merged, "caldera:acls".to_string()))
+    }
+
+    /// Brings the answers already asked for up to date with the mirror:
+    /// for each memoised node, the state and the renderings it had. Returns
+    /// how many nodes were prepared again (0 when nothing changed).
+    pub fn prepare(&self) -> usize {
+        let wanted: Vec<(String, bool, bool)> = {
+            let memo = self.lock();
+            memo.views
+                .values()
+                .map(|s| {
+                    (
+                        s.node.clone(),
+                        s.xml.get().is_some(),
+                        s.lists.get().is_some(),
+                    )
+                })
+                .collect()
+        };
+        let mut prepared = 0;
+        for (node, xml, lists) in wanted {
+            let Ok((served, fresh)) = self.view_and(Some(&node), |_| ()).map(|(s, ())| {
+                let fresh = s.xml.get().is_none() && s.lists.get().is_none();
+                (s, fresh)
+            }) else {
+                return prepared;
+            };
+            if !fresh {
+                continue;
+            }
+            if xml {
+                served.xml_bytes();
+            }
+            if lists {
+                served.lists_json();
+            }
+            prepared += 1;
+        }
+        prepared
+    }
+
+    /// Runs `prepare` after every change of the mirror (on a blocking
+    /// thread: a changed shard costs milliseconds of CPU) until `token` is
+    /// cancelled. Changes during a preparation are caught by the next one.
+    pub async fn prepare_eagerly(self: Arc<Self>, token: tokio_util::sync::CancellationToken) {
+        loop {
+            let changed = self.mirror.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let service = self.clone();
+            if tokio::task::spawn_blocking(move || service.prepare())
+                .await
+                .is_err()
+            {
+                tracing::error!("preparing the ACL answers panicked; requests will prepare them");
+            }
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = changed => {}
+            }
+            // A batch of cache writes lands as several mirror changes.
+            tokio::time::sleep(PREPARE_DEBOUNCE).await;
+        }
     }
 
     /// How many nodes' answers are memoised now (at most `MEMO_NODES`).

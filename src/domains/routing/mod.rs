@@ -1,26 +1,45 @@
 //! SIP routing tables (CCNQ4 routing records, spec `routing.md`).
 //!
-//! Each `ruleset:{sip_domain_name}:{groupid}` document of `provisioning`
-//! becomes one cache document, `routing:{sip_domain_name}:{groupid}`: the
-//! ruleset's rules (from the ruleset's own database, followed as the
-//! dynamic source `ruleset_db:<database>`), each with its gateways resolved
-//! over the seven levels and grouped by priority. Lookups run in memory on
-//! tables compiled from those documents; the host bonus and round-robin are
-//! applied per request.
+//! Two kinds of cache documents, composed by the service into lookup
+//! tables:
 //!
-//! * `model`: ids, attribute folding, gateway definitions (pure);
-//! * `resolve`: one ruleset → its table content (pure, reads recorded);
+//! * `routing:{sip_domain_name}:{groupid}`, one per `ruleset:…` document of
+//!   `provisioning`: the ruleset's rules (from the ruleset's own database,
+//!   followed as the dynamic source `ruleset_db:<database>`), each a list
+//!   of references to the ruleset's distinct gwlist entries; an entry names
+//!   a gateway or a carrier and carries the overlay of the levels above the
+//!   gateway (ruleset → destination → rule → entry);
+//! * `routing:gateways@{sip_domain_name}`, one per domain with gateways or
+//!   carriers: every gateway folded over default → carrier → gateway, and
+//!   every carrier's `try`.
+//!
+//! A carrier, gateway or host edit rebuilds only its domain's directory (a
+//! few kilobytes per hundred gateways); the service then re-resolves only
+//! the table entries that reach what changed. A rule, destination or
+//! ruleset edit rebuilds the ruleset's document. The host bonus and
+//! round-robin are applied per request.
+//!
+//! * `model`: ids, keys, attribute folding and overlays, gateway
+//!   definitions (pure);
+//! * `resolve`: one ruleset → its document (pure, reads recorded);
+//! * `directory`: one domain → its gateway directory (pure, reads recorded);
+//! * `compose`: the two documents → a table; recomposition after a
+//!   directory change (pure);
 //! * `table`: the compiled lookup structure (pure);
 //! * `wrr`: smooth weighted round-robin (pure);
 //! * `service`: the IO shell (mirror → tables, the `route` command).
 //!
-//! Dependencies: a table reads its ruleset document, the whole ruleset
-//! database, the carrier and destination documents it uses by id, and the
-//! in-memory views `routing:gw:{sdn}:{gwid}` (every document defining that
-//! gateway: `gateway` documents and host profiles) and
-//! `routing:carrier:{sdn}:{carrierid}` (every document defining a member),
-//! so an edit rebuilds exactly the tables that use what it changed.
+//! Dependencies: a ruleset's document reads its ruleset document, the
+//! whole ruleset database and the destination documents it uses; a
+//! directory reads the views `routing:gateways:{sdn}` (every document
+//! defining a gateway of the domain: `gateway` documents and host
+//! profiles) and `routing:carriers:{sdn}` (every carrier document of the
+//! domain).
 
+pub mod compose;
+pub mod directory;
+#[cfg(test)]
+mod legacy;
 pub mod model;
 pub mod resolve;
 pub mod service;
@@ -29,7 +48,7 @@ pub mod table;
 mod tests;
 pub mod wrr;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -37,10 +56,12 @@ use crate::couch::Body;
 use crate::domains::{Builder, Built, Domain, Issue};
 use crate::rebuild::index::{Index, Reads, SourceDoc};
 
-use model::{PROVISIONING, RULESETS_VIEW};
+use model::{DOMAINS_VIEW, PROVISIONING, RULESETS_VIEW, directory_key};
 
 /// Builds `routing:{sip_domain_name}:{groupid}` from
-/// `provisioning/ruleset:{sip_domain_name}:{groupid}`.
+/// `provisioning/ruleset:{sip_domain_name}:{groupid}`, and
+/// `routing:gateways@{sip_domain_name}` from the domain's gateway, carrier
+/// and host documents.
 pub struct RoutingBuilder;
 
 /// The ruleset's database, if it names a valid one.
@@ -66,23 +87,39 @@ impl Builder for RoutingBuilder {
         &[PROVISIONING]
     }
 
-    fn roots(&self, source: &str, id: &str, _doc: Option<&SourceDoc>) -> Vec<String> {
+    fn roots(&self, source: &str, id: &str, doc: Option<&SourceDoc>) -> Vec<String> {
         if source != PROVISIONING {
             return Vec::new();
         }
-        model::split_id(id, "ruleset")
-            .map(|(sdn, groupid)| vec![format!("{sdn}:{groupid}")])
-            .unwrap_or_default()
-    }
-
-    fn all_keys(&self, index: &Index) -> Vec<String> {
-        index
-            .view(PROVISIONING, RULESETS_VIEW)
-            .filter_map(|doc| self.roots(PROVISIONING, &doc.id, Some(doc)).pop())
+        if let Some((sdn, groupid)) = model::split_id(id, "ruleset") {
+            return vec![format!("{sdn}:{groupid}")];
+        }
+        let mut domains = gateway_domains(id, doc);
+        if let Some((sdn, _)) = model::split_id(id, "carrier") {
+            domains.push(sdn.to_string());
+        }
+        domains.sort();
+        domains.dedup();
+        domains
+            .iter()
+            .filter_map(|sdn| directory_key(sdn))
             .collect()
     }
 
+    fn all_keys(&self, index: &Index) -> Vec<String> {
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        for view in [RULESETS_VIEW, DOMAINS_VIEW] {
+            for doc in index.view(PROVISIONING, view) {
+                keys.extend(self.roots(PROVISIONING, &doc.id, Some(doc)));
+            }
+        }
+        keys.into_iter().collect()
+    }
+
     fn build(&self, key: &str, reads: &mut Reads<'_>) -> Built {
+        if let Some(sdn) = model::directory_domain(key) {
+            return directory::build(sdn, reads);
+        }
         let id = format!("ruleset:{key}");
         let Some((sdn, groupid)) = model::split_id(&id, "ruleset") else {
             return Built::Absent;
@@ -128,29 +165,20 @@ impl Builder for RoutingBuilder {
         if source != PROVISIONING {
             return Vec::new();
         }
-        let json = doc.json();
         if doc.id.starts_with("ruleset:") {
             return vec![RULESETS_VIEW.to_string()];
         }
-        let mut defs = Vec::new();
-        if let Some((sdn, gwid)) = model::split_id(&doc.id, "gateway") {
-            match json.and_then(|j| model::gateway_from_doc(&doc.id, j)) {
-                Some(def) => defs.push(def),
-                // Unreadable: still filed by its id, so readers report it.
-                None => return vec![model::gateway_view(sdn, gwid)],
-            }
-        } else if let Some(json) = json.filter(|j| model::is_host(&doc.id, Some(j))) {
-            defs = model::gateways_from_host(&doc.id, json);
+        let mut keys: Vec<String> = gateway_domains(&doc.id, Some(doc))
+            .iter()
+            .filter(|sdn| directory_key(sdn).is_some())
+            .map(|sdn| model::gateways_view(sdn))
+            .collect();
+        if let Some((sdn, _)) = model::split_id(&doc.id, "carrier") {
+            keys.push(model::carriers_view(sdn));
         }
-        let mut keys: Vec<String> = Vec::new();
-        for def in defs {
-            keys.push(model::gateway_view(&def.sip_domain_name, &def.gwid));
-            if let Some(carrierid) = &def.carrierid {
-                keys.push(model::carrier_view(&def.sip_domain_name, carrierid));
-            }
+        if !keys.is_empty() {
+            keys.push(DOMAINS_VIEW.to_string());
         }
-        keys.sort();
-        keys.dedup();
         keys
     }
 
@@ -163,4 +191,29 @@ impl Builder for RoutingBuilder {
             })
             .collect()
     }
+}
+
+/// The domains a provisioning document defines gateways in: a `gateway`
+/// document's (from its id, even when unreadable, so the directory reports
+/// it), a host document's when its `sip_profiles` define gateways.
+fn gateway_domains(id: &str, doc: Option<&SourceDoc>) -> Vec<String> {
+    if let Some((sdn, _)) = model::split_id(id, "gateway") {
+        return vec![sdn.to_string()];
+    }
+    // Ruleset documents are never hosts (they are filed as rulesets only).
+    if id.starts_with("gateway:") || id.starts_with("ruleset:") {
+        return Vec::new();
+    }
+    let Some(json) = doc.and_then(SourceDoc::json) else {
+        return Vec::new();
+    };
+    if !model::is_host(id, Some(json)) {
+        return Vec::new();
+    }
+    let mut domains: Vec<String> = model::gateways_from_host(id, json)
+        .into_iter()
+        .map(|def| def.sip_domain_name)
+        .collect();
+    domains.dedup();
+    domains
 }

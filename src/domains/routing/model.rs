@@ -1,7 +1,8 @@
-//! The pure core of routing records (CCNQ4): document ids, the attribute
-//! levels and how they fold (decisions 1–5 of the spec), gateway definitions
-//! from `gateway` documents and from a host's `sip_profiles`, and the
-//! called-number rule. No IO, no clock, no randomness.
+//! The pure core of routing records (CCNQ4): document ids and output keys,
+//! the attribute levels and how they fold (decisions 1–5 of the spec), the
+//! overlay that folds the levels above a gateway in one step, gateway
+//! definitions from `gateway` documents and from a host's `sip_profiles`,
+//! and the called-number rule. No IO, no clock, no randomness.
 //!
 //! Folding: levels are applied from least to most specific (default →
 //! carrier → gateway → ruleset → destination → rule → gwlist entry). A
@@ -55,12 +56,36 @@ pub fn ruleset_source(database: &str) -> String {
     format!("{RULESET_DB_PREFIX}{database}")
 }
 
-pub fn gateway_view(sip_domain_name: &str, gwid: &str) -> String {
-    format!("routing:gw:{sip_domain_name}:{gwid}")
+/// The view key of every document defining a gateway in a domain
+/// (`gateway` documents and hosts with `sip_profiles`).
+pub fn gateways_view(sip_domain_name: &str) -> String {
+    format!("routing:gateways:{sip_domain_name}")
 }
 
-pub fn carrier_view(sip_domain_name: &str, carrierid: &str) -> String {
-    format!("routing:carrier:{sip_domain_name}:{carrierid}")
+/// The view key of every carrier document of a domain.
+pub fn carriers_view(sip_domain_name: &str) -> String {
+    format!("routing:carriers:{sip_domain_name}")
+}
+
+/// The view key of every gateway, carrier and gateway-defining host
+/// document (what decides which domains have a gateway directory).
+pub const DOMAINS_VIEW: &str = "routing:domains";
+
+const DIRECTORY_PREFIX: &str = "gateways@";
+
+/// The output key of a domain's gateway directory, `gateways@{sdn}`. A key
+/// without `:` can never be a ruleset's (`{sdn}:{groupid}`); a domain name
+/// holding `:` (only a host document can give one) has no directory, as no
+/// ruleset can name it.
+pub fn directory_key(sip_domain_name: &str) -> Option<String> {
+    (!sip_domain_name.is_empty() && !sip_domain_name.contains(':'))
+        .then(|| format!("{DIRECTORY_PREFIX}{sip_domain_name}"))
+}
+
+/// The domain of a gateway directory's output key.
+pub fn directory_domain(key: &str) -> Option<&str> {
+    key.strip_prefix(DIRECTORY_PREFIX)
+        .filter(|sdn| !sdn.is_empty() && !sdn.contains(':'))
 }
 
 /// `<kind>:<a>:<b>` → `(a, b)`, splitting at the first `:` after the kind
@@ -109,6 +134,15 @@ pub struct Origin<'a> {
     pub path: &'a str,
 }
 
+impl Origin<'static> {
+    /// No document: for folds whose problems were reported elsewhere.
+    pub const NOWHERE: Origin<'static> = Origin {
+        source: "",
+        doc: "",
+        path: "",
+    };
+}
+
 impl Origin<'_> {
     pub fn issue(&self, reason: impl std::fmt::Display) -> Issue {
         Issue::doc(self.source, self.doc, format!("{}{reason}", self.path))
@@ -155,6 +189,22 @@ impl Acc {
         origin: Origin<'_>,
         issues: &mut Vec<Issue>,
     ) {
+        self.apply_scalars(level, origin, issues);
+        match level.get("attrs") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(attrs)) => merge_attrs(&mut self.attrs, attrs),
+            Some(_) => issues.push(origin.issue("attrs: not an object; ignored")),
+        }
+    }
+
+    /// Folds the scalar attributes of one more specific level in (every
+    /// field but `attrs`).
+    fn apply_scalars(
+        &mut self,
+        level: &Map<String, Value>,
+        origin: Origin<'_>,
+        issues: &mut Vec<Issue>,
+    ) {
         let mut bad = |field: &str, what: &str| {
             issues.push(origin.issue(format!("{field}: {what}; ignored")));
         };
@@ -187,11 +237,69 @@ impl Acc {
             Some(Value::Number(n)) => self.local_extra = n.as_f64(),
             Some(_) => bad("local_gateway_extra_priority", "not a number"),
         }
-        match level.get("attrs") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(attrs)) => merge_attrs(&mut self.attrs, attrs),
-            Some(_) => bad("attrs", "not an object"),
+    }
+
+    /// The scalar fields of `more` where it sets them, else these.
+    fn overridden_by(&self, more: &Acc) -> Acc {
+        let mut timeouts = self.timeouts.clone();
+        for (slot, over) in timeouts.iter_mut().zip(&more.timeouts) {
+            if over.is_some() {
+                slot.clone_from(over);
+            }
         }
+        Acc {
+            disabled: more.disabled.or(self.disabled),
+            timeouts,
+            priority: more.priority.or(self.priority),
+            weight: more.weight.or(self.weight),
+            local_extra: more.local_extra.or(self.local_extra),
+            attrs: Map::new(),
+        }
+    }
+
+    /// The fold as stored in a cache document: each field it sets (priorities
+    /// written as `number` writes them, which is what a reader gets back),
+    /// `attrs` always.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        if let Some(disabled) = self.disabled {
+            out.insert("disabled".into(), Value::Bool(disabled));
+        }
+        for (slot, field) in self.timeouts.iter().zip(TIMEOUTS) {
+            if let Some(n) = slot {
+                out.insert(field.into(), Value::Number(n.clone()));
+            }
+        }
+        if let Some(priority) = self.priority {
+            out.insert("priority".into(), number(priority));
+        }
+        if let Some(weight) = self.weight {
+            out.insert("weight".into(), json!(weight));
+        }
+        if let Some(extra) = self.local_extra {
+            out.insert("local_gateway_extra_priority".into(), number(extra));
+        }
+        out.insert("attrs".into(), Value::Object(self.attrs.clone()));
+        out
+    }
+
+    /// Reads what `to_json` wrote.
+    ///
+    /// # Errors
+    /// A field does not have the type `to_json` gives it.
+    pub fn from_json(fields: &Map<String, Value>) -> Result<Acc, String> {
+        let mut acc = Acc::default();
+        let mut found = Vec::new();
+        acc.apply_scalars(fields, Origin::NOWHERE, &mut found);
+        if let Some(problem) = found.first() {
+            return Err(problem.reason.clone());
+        }
+        match fields.get("attrs") {
+            None => {}
+            Some(Value::Object(attrs)) => acc.attrs.clone_from(attrs),
+            Some(_) => return Err("attrs: not an object".into()),
+        }
+        Ok(acc)
     }
 
     pub fn disabled(&self) -> bool {
@@ -235,23 +343,149 @@ pub fn merge_attrs(acc: &mut Map<String, Value>, more: &Map<String, Value>) {
         if value.is_null() {
             continue;
         }
-        let Some(current) = acc.get_mut(key) else {
-            acc.insert(key.clone(), value.clone());
-            continue;
+        match acc.get_mut(key) {
+            None => {
+                acc.insert(key.clone(), value.clone());
+            }
+            // A value of another type than the one accumulated is ignored.
+            Some(current) => _ = merge_same_kind(current, value),
+        }
+    }
+}
+
+/// Merges a more specific `value` into `current` when both have the same
+/// JSON type (decision 3); `false`, leaving `current` alone, when they do
+/// not.
+fn merge_same_kind(current: &mut Value, value: &Value) -> bool {
+    match (current, value) {
+        (Value::Bool(a), Value::Bool(b)) => *a = *a || *b,
+        (Value::String(a), Value::String(b)) => a.push_str(b),
+        (Value::Array(a), Value::Array(b)) => a.extend(b.iter().cloned()),
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                a.insert(k.clone(), v.clone());
+            }
+        }
+        (current @ Value::Number(_), Value::Number(_)) => *current = value.clone(),
+        _ => return false,
+    }
+    true
+}
+
+fn same_kind(a: &Value, b: &Value) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+/// What the levels above the gateway (ruleset → destination → rule →
+/// gwlist entry) add to a gateway's fold, in a form that applies to any
+/// gateway in one step: `compose(base)` equals folding those levels onto
+/// `base` one by one.
+///
+/// Scalars: the most specific value set, which replaces the base's. `attrs`:
+/// the fold of decision 3 depends on the type the base already holds for a
+/// key (a value of another type is ignored), so per key the overlay keeps
+/// one merged value per JSON type met, the first type's first. A base
+/// holding type T takes the merge of the T values (merging is associative
+/// within one type: OR, concatenation, one-level merge, last number); a
+/// base without the key takes the first type's merge, exactly what folding
+/// the levels alone gives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overlay {
+    scalars: Acc,
+    /// Per key: merged values of distinct types, the first type met first.
+    attrs: Map<String, Value>,
+}
+
+impl Overlay {
+    /// Folds one more specific level in; invalid values are ignored (they
+    /// are reported where the level is validated).
+    pub fn apply(&mut self, level: &Map<String, Value>) {
+        self.scalars
+            .apply_scalars(level, Origin::NOWHERE, &mut Vec::new());
+        let Some(Value::Object(attrs)) = level.get("attrs") else {
+            return;
         };
-        match (current, value) {
-            (Value::Bool(a), Value::Bool(b)) => *a = *a || *b,
-            (Value::String(a), Value::String(b)) => a.push_str(b),
-            (Value::Array(a), Value::Array(b)) => a.extend(b.iter().cloned()),
-            (Value::Object(a), Value::Object(b)) => {
-                for (k, v) in b {
-                    a.insert(k.clone(), v.clone());
+        for (key, value) in attrs.iter().filter(|(_, v)| !v.is_null()) {
+            let slot = self
+                .attrs
+                .entry(key.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            let Value::Array(merged) = slot else {
+                unreachable!("overlay attrs are lists")
+            };
+            match merged.iter_mut().find(|m| same_kind(m, value)) {
+                Some(current) => _ = merge_same_kind(current, value),
+                None => merged.push(value.clone()),
+            }
+        }
+    }
+
+    /// Whether folding the overlay changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.scalars == Acc::default() && self.attrs.is_empty()
+    }
+
+    /// `base` with the overlay's levels folded on top.
+    pub fn compose(&self, base: &Acc) -> Acc {
+        let mut acc = self.compose_scalars(base);
+        acc.attrs = self
+            .compose_attrs(&base.attrs)
+            .unwrap_or_else(|| base.attrs.clone());
+        acc
+    }
+
+    /// The scalars of `compose` (its `attrs` left empty).
+    pub fn compose_scalars(&self, base: &Acc) -> Acc {
+        base.overridden_by(&self.scalars)
+    }
+
+    /// The `attrs` of `compose`; `None` when the overlay adds none, so the
+    /// base's stay as they are.
+    pub fn compose_attrs(&self, base: &Map<String, Value>) -> Option<Map<String, Value>> {
+        if self.attrs.is_empty() {
+            return None;
+        }
+        let mut attrs = base.clone();
+        for (key, merged) in &self.attrs {
+            let Value::Array(merged) = merged else {
+                continue;
+            };
+            match attrs.get_mut(key) {
+                Some(current) => {
+                    if let Some(value) = merged.iter().find(|m| same_kind(m, current)) {
+                        merge_same_kind(current, value);
+                    }
+                }
+                None => {
+                    if let Some(first) = merged.first() {
+                        attrs.insert(key.clone(), first.clone());
+                    }
                 }
             }
-            (current @ Value::Number(_), Value::Number(_)) => *current = value.clone(),
-            // A value of another type than the one accumulated is ignored.
-            _ => {}
         }
+        Some(attrs)
+    }
+
+    /// As stored in a ruleset's cache document: the scalars as `Acc::to_json`
+    /// writes them, `attrs` as `{key: [merged value per type]}`.
+    pub fn to_json(&self) -> Value {
+        let mut out = self.scalars.to_json();
+        out.insert("attrs".into(), Value::Object(self.attrs.clone()));
+        Value::Object(out)
+    }
+
+    /// Reads what `to_json` wrote.
+    ///
+    /// # Errors
+    /// The value does not have the shape `to_json` gives it.
+    pub fn from_json(value: &Value) -> Result<Overlay, String> {
+        let fields = value.as_object().ok_or("an overlay is not an object")?;
+        let mut scalars = Acc::from_json(fields)?;
+        let attrs = std::mem::take(&mut scalars.attrs);
+        if attrs.values().any(|v| !v.is_array()) {
+            return Err("an overlay's attrs are not lists".into());
+        }
+        Ok(Overlay { scalars, attrs })
     }
 }
 
@@ -289,7 +523,8 @@ impl GatewayDef {
     }
 }
 
-fn text(value: Option<&Value>) -> Option<String> {
+/// A non-empty string, or a number written as one (ids in documents).
+pub fn text(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -448,6 +683,74 @@ mod tests {
             Value::Object(acc),
             json!({"b": true, "s": "ab", "l": [1, 2], "o": {"x": 1, "y": 2}, "n": 2, "new": "v"})
         );
+    }
+
+    /// A random level: scalars of every kind (invalid ones included) and
+    /// attrs whose values change type from level to level.
+    fn random_level(rng: &mut fastrand::Rng) -> Map<String, Value> {
+        let disabled = [json!(true), json!(false), json!(null), json!("x")][rng.usize(..4)].clone();
+        let scalars = [
+            ("disabled", disabled),
+            ("priority", json!(rng.i8(-2..3))),
+            ("weight", json!(rng.i8(-1..4))),
+            ("dialog_timeout", json!(rng.u8(..9))),
+            (
+                "local_gateway_extra_priority",
+                json!(f64::from(rng.u8(..4)) / 2.0),
+            ),
+        ];
+        let mut level: Map<String, Value> = scalars
+            .into_iter()
+            .filter(|_| rng.u8(..3) == 0)
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut attrs = Map::new();
+        for key in ["a", "b", "c"] {
+            let value = match rng.u8(..7) {
+                0 => json!(rng.bool()),
+                1 => json!(["x", "y"][rng.usize(..2)]),
+                2 => json!([rng.u8(..3)]),
+                3 => json!({ ["k", "m"][rng.usize(..2)]: rng.u8(..3) }),
+                4 => json!(rng.u8(..3)),
+                5 => Value::Null,
+                _ => continue,
+            };
+            attrs.insert(key.into(), value);
+        }
+        if rng.u8(..4) != 0 {
+            level.insert("attrs".into(), Value::Object(attrs));
+        }
+        level
+    }
+
+    #[test]
+    fn an_overlay_folds_its_levels_in_one_step() {
+        let seed = fastrand::u64(..);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for case in 0..5000 {
+            let mut base = Acc::default();
+            for _ in 0..rng.usize(..3) {
+                base.apply(&random_level(&mut rng), Origin::NOWHERE, &mut Vec::new());
+            }
+            let levels: Vec<_> = (0..rng.usize(..5))
+                .map(|_| random_level(&mut rng))
+                .collect();
+            let mut folded = base.clone();
+            let mut overlay = Overlay::default();
+            for level in &levels {
+                folded.apply(level, Origin::NOWHERE, &mut Vec::new());
+                overlay.apply(level);
+            }
+            // Through the cache document's form, as the service reads it.
+            let stored = Overlay::from_json(&overlay.to_json()).unwrap();
+            let base = Acc::from_json(&base.to_json()).unwrap();
+            let folded = Acc::from_json(&folded.to_json()).unwrap();
+            assert_eq!(
+                stored.compose(&base),
+                folded,
+                "seed {seed}, case {case}: {levels:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,22 +1,20 @@
-//! Resolution of one ruleset into its table (pure; reads go through the
-//! recording `Reads`, so every document consulted becomes a dependency).
+//! A ruleset's cache document (pure; reads go through the recording
+//! `Reads`, so every document consulted becomes a dependency): its rules,
+//! each a list of references to the ruleset's distinct gwlist entries, and
+//! those entries, each naming a gateway or a carrier with the overlay of
+//! the levels above the gateway (ruleset → destination → rule → entry)
+//! and its position.
+//!
+//! Nothing here reads a gateway, carrier or host: those live in the
+//! domain's gateway directory (`directory`), and the service composes the
+//! two (`compose`). So a carrier, gateway or host edit never rebuilds a
+//! ruleset's document; a rule, destination or ruleset edit does.
 //!
 //! For each rule: the destination (ruleset database first, then
-//! provisioning), then every gwlist entry in order: a `gwid` entry is one
-//! gateway, a `carrierid` entry without `gwid` expands to the carrier's
-//! gateways in the ruleset's `sip_domain_name`, anything else is rejected.
-//! Each gateway folds the seven levels; disabled ones and ones without an
-//! address are rejected with a reason; each keeps its priority (explicit, or
-//! its entry's position). The host bonus, the carrier `try` selection and
-//! round-robin are per request (`table`).
-//!
-//! The stored table is normalised, because rules share almost everything:
-//! resolved gateways are interned in `gateways`, and whole resolved gwlist
-//! entries ("expansions": the entry's gateways with their priorities, its
-//! `try`, its rejections) in `entries`, memoised by what they depend on
-//! (destination, the rule's own attributes, the entry, its position). A rule
-//! is then a list of expansion indexes: a 10k-rule table is a few hundred
-//! kilobytes, and a rule that adds nothing resolves in a hash lookup.
+//! provisioning), then every gwlist entry in order. Entries are memoised
+//! by what they depend on (destination, the rule's own attributes, the
+//! entry, its position), overlays by their content: rules share almost
+//! everything, and a rule that adds nothing costs a hash lookup.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -24,8 +22,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value, json};
 
 use super::model::{
-    self, Acc, GatewayDef, Origin, PROVISIONING, carrier_view, gateway_view, number,
-    ruleset_source, sets_attributes,
+    self, Acc, Origin, Overlay, PROVISIONING, ruleset_source, sets_attributes, text,
 };
 use crate::domains::Issue;
 use crate::rebuild::index::{Reads, SourceDoc};
@@ -40,22 +37,25 @@ pub struct Ruleset<'a> {
     pub database: Option<&'a str>,
 }
 
-/// Builds the table content of `ruleset`, with the problems found.
+/// Builds the cache document content of `ruleset`, with the problems found.
 pub fn table(ruleset: &Ruleset<'_>, reads: &mut Reads<'_>) -> (Value, Vec<Issue>) {
+    let mut issues = Vec::new();
+    let origin = Origin {
+        source: PROVISIONING,
+        doc: ruleset.id,
+        path: "",
+    };
+    Acc::default().apply(ruleset.level, origin, &mut issues);
+    let mut ruleset_overlay = Overlay::default();
+    ruleset_overlay.apply(ruleset.level);
     let mut build = TableBuild {
-        sdn: ruleset.sip_domain_name.to_string(),
-        ruleset_level: ruleset.level,
-        ruleset_id: ruleset.id,
+        ruleset_overlay,
         rules_source: ruleset.database.map(ruleset_source),
-        issues: Vec::new(),
-        canonical: HashMap::new(),
-        members: HashMap::new(),
-        carriers: HashMap::new(),
+        issues,
         destinations: HashMap::new(),
-        base: HashMap::new(),
-        variants: Vec::new(),
+        overlays: Vec::new(),
         interned: HashMap::new(),
-        expansions: Vec::new(),
+        entries: Vec::new(),
         memo: HashMap::new(),
     };
     let rules = build.rules(reads);
@@ -77,37 +77,23 @@ pub fn table(ruleset: &Ruleset<'_>, reads: &mut Reads<'_>) -> (Value, Vec<Issue>
         "sip_domain_name": ruleset.sip_domain_name,
         "groupid": ruleset.groupid,
         "database": ruleset.database,
-        "gateways": build.variants,
-        "entries": build.expansions,
+        "overlays": build.overlays,
+        "entries": build.entries,
         "rules": table,
         "disabled_rules": disabled,
     });
     (content, issues)
 }
 
-/// A gateway folded up to the ruleset level, shared by every rule that
-/// adds nothing more specific.
-struct Base {
-    acc: Acc,
-    /// Its interned variant (when enabled and addressed).
-    variant: Option<usize>,
-}
-
-struct TableBuild<'a> {
-    sdn: String,
-    ruleset_level: &'a Map<String, Value>,
-    ruleset_id: &'a str,
+struct TableBuild {
+    ruleset_overlay: Overlay,
     rules_source: Option<String>,
     issues: Vec<Issue>,
-    canonical: HashMap<String, Option<Rc<GatewayDef>>>,
-    members: HashMap<String, Vec<Rc<GatewayDef>>>,
-    carriers: HashMap<String, Option<Rc<Map<String, Value>>>>,
     destinations: HashMap<String, Option<Rc<Map<String, Value>>>>,
-    base: HashMap<String, Rc<Base>>,
-    variants: Vec<Value>,
+    overlays: Vec<Value>,
     interned: HashMap<String, usize>,
-    /// Resolved gwlist entries, and the memo that finds them again.
-    expansions: Vec<Value>,
+    /// Distinct gwlist entries, and the memo that finds them again.
+    entries: Vec<Value>,
     memo: HashMap<String, usize>,
 }
 
@@ -145,7 +131,7 @@ fn attribute_key(level: &Map<String, Value>) -> String {
     Value::Object(fields).to_string()
 }
 
-impl<'a> TableBuild<'a> {
+impl TableBuild {
     /// Every rule by prefix; `None` for a disabled rule.
     fn rules(&mut self, reads: &mut Reads<'_>) -> BTreeMap<String, Option<Value>> {
         let mut rules: BTreeMap<String, (bool, Option<Value>)> = BTreeMap::new();
@@ -266,10 +252,7 @@ impl<'a> TableBuild<'a> {
             Acc::default().apply(entry_level, entry_origin, &mut self.issues);
             try_value(entry_level, entry_origin, &mut self.issues);
             let position = count - 1 - i;
-            expanded.push(json!([
-                i,
-                self.expansion(&layers, entry_level, position, reads)
-            ]));
+            expanded.push(json!([i, self.entry(&layers, entry_level, position)]));
         }
         if count == 0 && rejected.is_empty() {
             warnings.push("the rule has no gateways".into());
@@ -291,14 +274,9 @@ impl<'a> TableBuild<'a> {
         Some(Value::Object(out))
     }
 
-    /// The interned expansion of one gwlist entry at `position`.
-    fn expansion(
-        &mut self,
-        layers: &Layers<'_>,
-        entry: &Map<String, Value>,
-        position: usize,
-        reads: &mut Reads<'_>,
-    ) -> usize {
+    /// The index of one distinct gwlist entry at `position`: what it names
+    /// (decisions 6 and 7), its overlay and its position.
+    fn entry(&mut self, layers: &Layers<'_>, entry: &Map<String, Value>, position: usize) -> usize {
         let key = format!(
             "{}\u{0}{}\u{0}{position}",
             layers.key,
@@ -307,302 +285,45 @@ impl<'a> TableBuild<'a> {
         if let Some(index) = self.memo.get(&key) {
             return *index;
         }
-        let expansion = self.expand(layers, entry, position as f64, reads);
-        let index = self.expansions.len();
-        self.expansions.push(expansion);
-        self.memo.insert(key, index);
-        index
-    }
-
-    /// Decisions 6 and 7: a gwid entry is one gateway; a carrier entry its
-    /// carrier's usable gateways, with `try` when it selects fewer.
-    fn expand(
-        &mut self,
-        layers: &Layers<'_>,
-        entry: &Map<String, Value>,
-        position: f64,
-        reads: &mut Reads<'_>,
-    ) -> Value {
-        let mut gateways = Vec::new();
-        let mut rejected = Vec::new();
         let mut out = Map::new();
-        if let Some(gwid) = text(entry.get("gwid")) {
-            match self.canonical(&gwid, reads) {
-                None => rejected.push(json!({
-                    "gwid": gwid, "reason": format!("no gateway {gwid} in {}", self.sdn),
-                })),
-                Some(def) => self.candidate(
-                    &def,
-                    layers,
-                    entry,
-                    position,
-                    reads,
-                    &mut gateways,
-                    &mut rejected,
-                ),
-            }
+        let named = if let Some(gwid) = text(entry.get("gwid")) {
             out.insert("gwid".into(), json!(gwid));
+            true
         } else if let Some(carrierid) = text(entry.get("carrierid")) {
-            let members = self.members(&carrierid, reads);
-            if members.is_empty() {
-                rejected.push(json!({
-                    "carrierid": carrierid,
-                    "reason": format!("carrier {carrierid} has no gateways in {}", self.sdn),
-                }));
-            }
-            for def in &members {
-                self.candidate(
-                    def,
-                    layers,
-                    entry,
-                    position,
-                    reads,
-                    &mut gateways,
-                    &mut rejected,
-                );
-            }
-            let usable = gateways.len();
-            let carrier = self.carrier(&carrierid, reads);
-            let mut ignored = Vec::new();
-            let origin = Origin {
-                source: "",
-                doc: "",
-                path: "",
-            };
-            let tries = try_value(entry, origin, &mut ignored)
-                .or_else(|| try_value(carrier.as_deref()?, origin, &mut ignored));
-            let tries = tries.map_or(usable, |t| t.min(usable));
-            if usable > 0 && tries < usable {
+            out.insert("carrierid".into(), json!(carrierid));
+            if let Some(tries) = try_value(entry, Origin::NOWHERE, &mut Vec::new()) {
                 out.insert("try".into(), json!(tries));
             }
-            out.insert("carrierid".into(), json!(carrierid));
+            true
         } else {
-            rejected.push(json!({ "reason": "the entry has neither gwid nor carrierid" }));
-        }
-        out.insert("gateways".into(), Value::Array(gateways));
-        if !rejected.is_empty() {
-            out.insert("rejected".into(), Value::Array(rejected));
-        }
-        Value::Object(out)
-    }
-
-    /// Folds the rule's levels onto a gateway: `[variant, priority]`, or a
-    /// rejection.
-    #[allow(clippy::too_many_arguments)]
-    fn candidate(
-        &mut self,
-        def: &Rc<GatewayDef>,
-        layers: &Layers<'_>,
-        entry: &Map<String, Value>,
-        position: f64,
-        reads: &mut Reads<'_>,
-        gateways: &mut Vec<Value>,
-        rejected: &mut Vec<Value>,
-    ) {
-        let base = self.base(def, reads);
-        let reject = |reason: &str| json!({ "gwid": def.gwid, "carrierid": def.carrierid, "reason": reason });
-        let plain = !layers.destination.is_some_and(sets_attributes)
-            && !sets_attributes(layers.rule)
-            && !sets_attributes(entry);
-        let (disabled, priority, variant) = if plain {
-            (base.acc.disabled(), base.acc.priority, base.variant)
-        } else {
-            let mut acc = base.acc.clone();
-            let mut ignored = Vec::new();
-            let origin = Origin {
-                source: "",
-                doc: "",
-                path: "",
-            };
+            false
+        };
+        if named {
+            let mut overlay = self.ruleset_overlay.clone();
             for level in [layers.destination, Some(layers.rule), Some(entry)]
                 .into_iter()
                 .flatten()
             {
-                acc.apply(level, origin, &mut ignored);
+                overlay.apply(level);
             }
-            let variant = (!acc.disabled() && def.address.is_some())
-                .then(|| self.intern(variant_json(def, &acc)));
-            (acc.disabled(), acc.priority, variant)
-        };
-        if disabled {
-            rejected.push(reject("disabled"));
-            return;
+            out.insert("overlay".into(), json!(self.intern(overlay.to_json())));
         }
-        let Some(variant) = variant else {
-            let reason = format!("gateway {} has no address", def.gwid);
-            rejected.push(reject(&reason));
-            return;
-        };
-        gateways.push(json!([variant, number(priority.unwrap_or(position))]));
-    }
-
-    /// A gateway folded over default → carrier → gateway → ruleset.
-    fn base(&mut self, def: &Rc<GatewayDef>, reads: &mut Reads<'_>) -> Rc<Base> {
-        if let Some(base) = self.base.get(&def.gwid) {
-            return base.clone();
-        }
-        let mut acc = Acc::default();
-        if let Some(carrierid) = &def.carrierid
-            && let Some(carrier) = self.carrier(carrierid, reads)
-        {
-            let id = format!("carrier:{}:{carrierid}", self.sdn);
-            acc.apply(
-                &carrier,
-                Origin {
-                    source: PROVISIONING,
-                    doc: &id,
-                    path: "",
-                },
-                &mut self.issues,
-            );
-        }
-        let gateway_origin = Origin {
-            source: PROVISIONING,
-            doc: &def.doc,
-            path: &def.path,
-        };
-        acc.apply(&def.level, gateway_origin, &mut self.issues);
-        for problem in &def.problems {
-            self.issues.push(gateway_origin.issue(problem));
-        }
-        let ruleset_origin = Origin {
-            source: PROVISIONING,
-            doc: self.ruleset_id,
-            path: "",
-        };
-        acc.apply(self.ruleset_level, ruleset_origin, &mut self.issues);
-        let variant = (!acc.disabled() && def.address.is_some())
-            .then(|| self.intern(variant_json(def, &acc)));
-        let base = Rc::new(Base { acc, variant });
-        self.base.insert(def.gwid.clone(), base.clone());
-        base
-    }
-
-    fn intern(&mut self, variant: Value) -> usize {
-        let key = variant.to_string();
-        if let Some(index) = self.interned.get(&key) {
-            return *index;
-        }
-        let index = self.variants.len();
-        self.variants.push(variant);
-        self.interned.insert(key, index);
+        out.insert("position".into(), json!(position));
+        let index = self.entries.len();
+        self.entries.push(Value::Object(out));
+        self.memo.insert(key, index);
         index
     }
 
-    /// The winning definition of `gwid` in this domain: a gateway document
-    /// before host profiles, then by document id and profile.
-    fn canonical(&mut self, gwid: &str, reads: &mut Reads<'_>) -> Option<Rc<GatewayDef>> {
-        if let Some(found) = self.canonical.get(gwid) {
-            return found.clone();
+    fn intern(&mut self, overlay: Value) -> usize {
+        let key = overlay.to_string();
+        if let Some(index) = self.interned.get(&key) {
+            return *index;
         }
-        let mut defs: Vec<GatewayDef> = Vec::new();
-        let docs: Vec<_> = reads
-            .view(PROVISIONING, &gateway_view(&self.sdn, gwid))
-            .cloned()
-            .collect();
-        for doc in docs {
-            defs.extend(
-                self.definitions(&doc)
-                    .into_iter()
-                    .filter(|d| d.gwid == gwid),
-            );
-        }
-        defs.sort_by(|a, b| a.rank().cmp(&b.rank()));
-        if defs.len() > 1 {
-            let others: Vec<String> = defs[1..].iter().map(GatewayDef::describe).collect();
-            self.issues.push(Issue::doc(
-                PROVISIONING,
-                &defs[0].doc,
-                format!(
-                    "gateway {gwid} is also defined by {}; this definition wins",
-                    others.join(", ")
-                ),
-            ));
-        }
-        let found = defs.into_iter().next().map(Rc::new);
-        self.canonical.insert(gwid.to_string(), found.clone());
-        found
-    }
-
-    /// The gateways of a carrier (their winning definitions), by gwid.
-    fn members(&mut self, carrierid: &str, reads: &mut Reads<'_>) -> Vec<Rc<GatewayDef>> {
-        if let Some(found) = self.members.get(carrierid) {
-            return found.clone();
-        }
-        let docs: Vec<_> = reads
-            .view(PROVISIONING, &carrier_view(&self.sdn, carrierid))
-            .cloned()
-            .collect();
-        let mut gwids: Vec<String> = Vec::new();
-        for doc in docs {
-            for def in self.definitions(&doc) {
-                if def.carrierid.as_deref() == Some(carrierid) {
-                    gwids.push(def.gwid);
-                }
-            }
-        }
-        gwids.sort();
-        gwids.dedup();
-        let mut members = Vec::new();
-        for gwid in gwids {
-            // A gwid defined twice belongs to the carrier of its winning definition.
-            if let Some(def) = self.canonical(&gwid, reads)
-                && def.carrierid.as_deref() == Some(carrierid)
-            {
-                members.push(def);
-            }
-        }
-        self.members.insert(carrierid.to_string(), members.clone());
-        members
-    }
-
-    /// The gateways one provisioning document defines in this domain.
-    fn definitions(&mut self, doc: &SourceDoc) -> Vec<GatewayDef> {
-        let Some(json) = doc.json() else {
-            let origin = Origin {
-                source: PROVISIONING,
-                doc: &doc.id,
-                path: "",
-            };
-            self.issues
-                .push(origin.issue("the document cannot be read; its gateways are ignored"));
-            return Vec::new();
-        };
-        let defs = if doc.id.starts_with("gateway:") {
-            model::gateway_from_doc(&doc.id, json).into_iter().collect()
-        } else if model::is_host(&doc.id, Some(json)) {
-            model::gateways_from_host(&doc.id, json)
-        } else {
-            Vec::new()
-        };
-        defs.into_iter()
-            .filter(|d| d.sip_domain_name == self.sdn)
-            .collect()
-    }
-
-    fn carrier(
-        &mut self,
-        carrierid: &str,
-        reads: &mut Reads<'_>,
-    ) -> Option<Rc<Map<String, Value>>> {
-        if let Some(found) = self.carriers.get(carrierid) {
-            return found.clone();
-        }
-        let id = format!("carrier:{}:{carrierid}", self.sdn);
-        let found = reads.get(PROVISIONING, &id).and_then(|doc| {
-            let origin = Origin {
-                source: PROVISIONING,
-                doc: &id,
-                path: "",
-            };
-            let carrier = object(doc, origin, &mut self.issues).cloned();
-            if let Some(carrier) = &carrier {
-                try_value(carrier, origin, &mut self.issues);
-            }
-            carrier.map(Rc::new)
-        });
-        self.carriers.insert(carrierid.to_string(), found.clone());
-        found
+        let index = self.overlays.len();
+        self.overlays.push(overlay);
+        self.interned.insert(key, index);
+        index
     }
 
     /// `destination:{name}` from the ruleset database, else provisioning.
@@ -637,7 +358,7 @@ impl<'a> TableBuild<'a> {
 }
 
 /// The document as an object, or a reported problem.
-fn object<'d>(
+pub fn object<'d>(
     doc: &'d SourceDoc,
     origin: Origin<'_>,
     issues: &mut Vec<Issue>,
@@ -655,16 +376,8 @@ fn object<'d>(
     }
 }
 
-fn text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// A positive integer `try`, or a reported problem.
-fn try_value(
+pub fn try_value(
     level: &Map<String, Value>,
     origin: Origin<'_>,
     issues: &mut Vec<Issue>,
@@ -679,23 +392,4 @@ fn try_value(
             None
         }
     }
-}
-
-/// A resolved gateway as stored in the table (no priority: that is per
-/// candidate; no `disabled`: disabled gateways are rejected).
-fn variant_json(def: &GatewayDef, acc: &Acc) -> Value {
-    let [response, progress, answer, dialog] = acc.timeouts();
-    json!({
-        "gwid": def.gwid,
-        "carrierid": def.carrierid,
-        "address": def.address,
-        "host": def.host,
-        "weight": acc.weight(),
-        "local_gateway_extra_priority": number(acc.local_extra()),
-        "response_timeout": response,
-        "progress_timeout": progress,
-        "answer_timeout": answer,
-        "dialog_timeout": dialog,
-        "attrs": acc.attrs,
-    })
 }

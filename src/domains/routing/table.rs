@@ -1,49 +1,130 @@
 //! A ruleset table compiled for lookups (pure: no IO, no clock).
 //!
-//! Built from a routing cache document's content. A lookup finds the
-//! longest prefix of the called number among the table's (non-disabled)
-//! rules by probing a hash map from the longest candidate length down to
-//! the catch-all, then per request: carrier entries select `try` of their
-//! gateways by smooth weighted round-robin, gateways local to the asking
-//! host get their `local_gateway_extra_priority`, the gateways are grouped
-//! by priority (highest first) and each group is ordered by smooth weighted
-//! round-robin.
+//! A table is its rules (`Rules`, from the ruleset's cache document) and,
+//! per distinct gwlist entry of those rules, the entry's resolution
+//! (`Expansion`: its gateways with their priorities, its `try`, its
+//! rejections), which `compose` derives from the domain's gateway
+//! directory. A lookup finds the longest prefix of the called number among
+//! the table's (non-disabled) rules by probing a hash map from the longest
+//! candidate length down to the catch-all, then per request: carrier entries
+//! select `try` of their gateways by smooth weighted round-robin, gateways
+//! local to the asking host get their `local_gateway_extra_priority`, the
+//! gateways are grouped by priority (highest first) and each group is
+//! ordered by smooth weighted round-robin.
 //!
 //! Round-robin state lives in the table, per (host, rule, group), so a new
-//! table (the cache document changed) starts from zero. The state is
-//! bounded: past `MAX_STATES` groups it is reset, so unbounded `host`
-//! values cannot grow memory.
+//! table (its rules or the resolution of one of its entries changed) starts
+//! from zero. The state is bounded: past `MAX_STATES` groups it is reset, so
+//! unbounded `host` values cannot grow memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 
-use super::model::number as json_number;
+use super::model::{Acc, number as json_number};
 use super::wrr::Smooth;
 
 /// Round-robin groups kept per table before the state is reset.
 pub const MAX_STATES: usize = 100_000;
 
-/// One resolved gateway of the table.
-#[derive(Debug)]
-struct Gateway {
-    /// The answer fields that do not depend on the request.
-    fields: Map<String, Value>,
-    host: Option<String>,
+/// One resolved gateway of the table: the answer fields that do not
+/// depend on the request, and what the request-dependent ones need. The
+/// strings are shared with the directory and with the other gateways
+/// resolved from the same definition.
+#[derive(Debug, PartialEq)]
+pub struct Gateway {
+    gwid: Arc<str>,
+    carrierid: Option<Arc<str>>,
+    address: Arc<str>,
     weight: u64,
+    /// `response_timeout`, `progress_timeout`, `answer_timeout`,
+    /// `dialog_timeout`.
+    timeouts: [Value; 4],
+    attrs: Arc<Map<String, Value>>,
+    host: Option<Arc<str>>,
     local_extra: f64,
 }
 
+/// Where a gateway comes from: its definition's identity.
+pub struct Identity<'a> {
+    pub gwid: &'a Arc<str>,
+    pub carrierid: Option<&'a Arc<str>>,
+    pub address: &'a Arc<str>,
+    pub host: Option<&'a Arc<str>>,
+}
+
+impl Gateway {
+    /// A gateway with everything folded into `acc` but `attrs`, which come
+    /// apart (so gateways resolved alike share them). `acc` must not be
+    /// disabled: `disabled: false` is part of every answer.
+    pub fn new(identity: &Identity<'_>, acc: &Acc, attrs: Arc<Map<String, Value>>) -> Gateway {
+        Gateway {
+            gwid: identity.gwid.clone(),
+            carrierid: identity.carrierid.cloned(),
+            address: identity.address.clone(),
+            weight: acc.weight().max(1),
+            timeouts: acc.timeouts(),
+            attrs,
+            host: identity.host.cloned(),
+            // As stored and read back: `number` writes integral values as integers.
+            local_extra: json_number(acc.local_extra())
+                .as_f64()
+                .unwrap_or(super::model::DEFAULT_LOCAL_EXTRA_PRIORITY),
+        }
+    }
+
+    /// From the fields a cache document held before the directory existed
+    /// (for the reference resolver).
+    #[cfg(test)]
+    pub(super) fn from_fields(fields: &Map<String, Value>, local_extra: f64) -> Gateway {
+        let text = |name: &str| fields.get(name).and_then(Value::as_str).map(Arc::from);
+        let timeout = |name: &str| fields.get(name).cloned().unwrap_or(Value::Null);
+        Gateway {
+            gwid: text("gwid").expect("a gwid"),
+            carrierid: text("carrierid"),
+            address: text("address").expect("an address"),
+            weight: fields
+                .get("weight")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .max(1),
+            timeouts: super::model::TIMEOUTS.map(timeout),
+            attrs: Arc::new(
+                fields
+                    .get("attrs")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            host: text("host"),
+            local_extra,
+        }
+    }
+
+    /// The request-independent answer fields as a JSON object.
+    fn fields(&self) -> Map<String, Value> {
+        let fields = GatewayAnswer {
+            gateway: self,
+            priority: None,
+            local: None,
+        };
+        match serde_json::to_value(fields) {
+            Ok(Value::Object(fields)) => fields,
+            _ => unreachable!("a gateway serializes to an object"),
+        }
+    }
+}
+
 /// A resolved gwlist entry, shared by every rule that resolves it alike.
-#[derive(Debug)]
-struct Expansion {
+#[derive(Debug, PartialEq)]
+pub struct Expansion {
     /// `(gateway, priority)` in gwlist order.
-    candidates: Vec<(usize, f64)>,
+    pub candidates: Vec<(Arc<Gateway>, f64)>,
     /// A carrier entry selecting fewer than all of its gateways.
-    tries: Option<usize>,
-    carrierid: Value,
-    rejected: Vec<Value>,
+    pub tries: Option<usize>,
+    pub carrierid: Value,
+    pub rejected: Vec<Value>,
 }
 
 #[derive(Debug)]
@@ -58,10 +139,25 @@ struct Rule {
     warnings: Value,
 }
 
+/// A ruleset's rules as its cache document gives them: everything of a
+/// table but the resolution of the gwlist entries, which the rules refer
+/// to by index.
+#[derive(Debug)]
+pub struct Rules {
+    ruleset: Value,
+    sip_domain_name: Value,
+    groupid: Value,
+    database: Value,
+    rules: Vec<Rule>,
+    by_prefix: HashMap<String, usize>,
+    longest: usize,
+    disabled_rules: Value,
+}
+
 /// One candidate of a rule for a request.
 #[derive(Debug, Clone, Copy)]
-struct Candidate {
-    gateway: usize,
+struct Candidate<'a> {
+    gateway: &'a Gateway,
     entry: usize,
     priority: f64,
 }
@@ -95,33 +191,36 @@ struct Answer<'a> {
 }
 
 /// One gateway of an answer: its request-independent fields plus this
-/// request's `local` and `priority`, members in sorted order.
+/// request's `local` and `priority`, members in sorted order (the order of
+/// a serde_json map, so the text equals that of the JSON tree).
 struct GatewayAnswer<'a> {
-    fields: &'a Map<String, Value>,
-    priority: Value,
-    local: bool,
+    gateway: &'a Gateway,
+    priority: Option<Value>,
+    local: Option<bool>,
 }
 
 impl serde::Serialize for GatewayAnswer<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let local = Value::Bool(self.local);
-        let mut extra = [("local", &local), ("priority", &self.priority)]
-            .into_iter()
-            .peekable();
+        let g = self.gateway;
+        let [response, progress, answer, dialog] = &g.timeouts;
         let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self.fields {
-            if key == "local" || key == "priority" {
-                continue; // replaced by this request's values
-            }
-            while let Some((name, extra_value)) = extra.next_if(|(name, _)| *name < key.as_str()) {
-                map.serialize_entry(name, extra_value)?;
-            }
-            map.serialize_entry(key, value)?;
+        map.serialize_entry("address", &*g.address)?;
+        map.serialize_entry("answer_timeout", answer)?;
+        map.serialize_entry("attrs", &*g.attrs)?;
+        map.serialize_entry("carrierid", &g.carrierid.as_deref())?;
+        map.serialize_entry("dialog_timeout", dialog)?;
+        map.serialize_entry("disabled", &false)?;
+        map.serialize_entry("gwid", &*g.gwid)?;
+        if let Some(local) = self.local {
+            map.serialize_entry("local", &local)?;
         }
-        for (name, value) in extra {
-            map.serialize_entry(name, value)?;
+        if let Some(priority) = &self.priority {
+            map.serialize_entry("priority", priority)?;
         }
+        map.serialize_entry("progress_timeout", progress)?;
+        map.serialize_entry("response_timeout", response)?;
+        map.serialize_entry("weight", &g.weight)?;
         map.end()
     }
 }
@@ -129,16 +228,8 @@ impl serde::Serialize for GatewayAnswer<'_> {
 /// A compiled table.
 #[derive(Debug)]
 pub struct Table {
-    ruleset: Value,
-    sip_domain_name: Value,
-    groupid: Value,
-    database: Value,
-    gateways: Vec<Gateway>,
-    expansions: Vec<Expansion>,
-    rules: Vec<Rule>,
-    by_prefix: HashMap<String, usize>,
-    longest: usize,
-    disabled_rules: Value,
+    rules: Arc<Rules>,
+    expansions: Vec<Arc<Expansion>>,
     states: Mutex<States>,
 }
 
@@ -153,24 +244,13 @@ fn index(value: &Value, what: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{what} is not an index"))
 }
 
-impl Table {
-    /// Compiles a routing cache document's content.
+impl Rules {
+    /// Reads the rules of a ruleset's cache document content, whose rules
+    /// refer to `expansions` distinct entries.
     ///
     /// # Errors
     /// The content does not have the shape the builder writes.
-    pub fn compile(content: &Value) -> Result<Table, String> {
-        let gateways = field(content, "gateways")?
-            .as_array()
-            .ok_or("gateways is not a list")?
-            .iter()
-            .map(compile_gateway)
-            .collect::<Result<Vec<_>, _>>()?;
-        let expansions = field(content, "entries")?
-            .as_array()
-            .ok_or("entries is not a list")?
-            .iter()
-            .map(|e| compile_expansion(e, gateways.len()))
-            .collect::<Result<Vec<_>, _>>()?;
+    pub fn compile(content: &Value, expansions: usize) -> Result<Rules, String> {
         let mut rules = Vec::new();
         let mut by_prefix = HashMap::new();
         let mut longest = 0;
@@ -178,18 +258,16 @@ impl Table {
             .as_object()
             .ok_or("rules is not an object")?
         {
-            let rule = compile_rule(prefix, rule, expansions.len())?;
+            let rule = compile_rule(prefix, rule, expansions)?;
             longest = longest.max(prefix.len());
             by_prefix.insert(prefix.clone(), rules.len());
             rules.push(rule);
         }
-        Ok(Table {
+        Ok(Rules {
             ruleset: field(content, "ruleset")?.clone(),
             sip_domain_name: field(content, "sip_domain_name")?.clone(),
             groupid: field(content, "groupid")?.clone(),
             database: content.get("database").cloned().unwrap_or(Value::Null),
-            gateways,
-            expansions,
             rules,
             by_prefix,
             longest,
@@ -197,35 +275,56 @@ impl Table {
                 .get("disabled_rules")
                 .cloned()
                 .unwrap_or_else(|| json!([])),
-            states: Mutex::default(),
         })
+    }
+}
+
+impl Table {
+    /// A table of `rules` whose entries resolve to `expansions` (indexed as
+    /// the rules refer to them), with fresh round-robin state.
+    pub fn new(rules: Arc<Rules>, expansions: Vec<Arc<Expansion>>) -> Table {
+        Table {
+            rules,
+            expansions,
+            states: Mutex::default(),
+        }
+    }
+
+    /// The resolution of every distinct entry, as the rules index them.
+    pub fn expansions(&self) -> &[Arc<Expansion>] {
+        &self.expansions
+    }
+
+    /// The rules this table was made with.
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.rules
     }
 
     /// The number of rules (disabled ones excluded).
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.rules.rules.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.rules.is_empty()
     }
 
     /// The rule the number routes by (decision 9), if any.
     fn find(&self, number: &str) -> Option<usize> {
-        let longest = self.longest.min(number.len());
+        let longest = self.rules.longest.min(number.len());
         (0..=longest)
             .rev()
             .filter(|len| number.is_char_boundary(*len))
-            .find_map(|len| self.by_prefix.get(&number[..len]).copied())
+            .find_map(|len| self.rules.by_prefix.get(&number[..len]).copied())
     }
 
     /// A rule's candidates in gwlist order (slots are stable per rule).
-    fn candidates(&self, rule: &Rule) -> Vec<Candidate> {
+    fn candidates(&self, rule: &Rule) -> Vec<Candidate<'_>> {
         let mut out = Vec::new();
         for (entry, expansion) in &rule.entries {
             for (gateway, priority) in &self.expansions[*expansion].candidates {
                 out.push(Candidate {
-                    gateway: *gateway,
+                    gateway,
                     entry: *entry,
                     priority: *priority,
                 });
@@ -270,7 +369,7 @@ impl Table {
 
     fn answer<'a>(&'a self, number: &'a str, host: Option<&'a str>) -> Option<Answer<'a>> {
         let index = self.find(number)?;
-        let rule = &self.rules[index];
+        let rule = &self.rules.rules[index];
         let host = host.filter(|h| !h.is_empty());
         let candidates = self.candidates(rule);
         let ordered = {
@@ -291,22 +390,22 @@ impl Table {
         let gateways = ordered
             .into_iter()
             .map(|(slot, priority, local)| GatewayAnswer {
-                fields: &self.gateways[candidates[slot].gateway].fields,
-                priority: json_number(priority),
-                local,
+                gateway: candidates[slot].gateway,
+                priority: Some(json_number(priority)),
+                local: Some(local),
             })
             .collect();
         Some(Answer {
             destination: &rule.destination,
             gateways,
-            groupid: &self.groupid,
+            groupid: &self.rules.groupid,
             host,
             number,
             prefix: &rule.prefix,
             rejected: self.rejected(rule),
             rule: &rule.id,
-            ruleset: &self.ruleset,
-            sip_domain_name: &self.sip_domain_name,
+            ruleset: &self.rules.ruleset,
+            sip_domain_name: &self.rules.sip_domain_name,
             warnings: &rule.warnings,
         })
     }
@@ -330,7 +429,7 @@ impl Table {
                 .iter()
                 .enumerate()
                 .filter(|(_, c)| c.entry == *entry)
-                .map(|(slot, c)| (slot, self.gateways[c.gateway].weight))
+                .map(|(slot, c)| (slot, c.gateway.weight))
                 .collect();
             let state = states.entry((index, Group::Select(*entry))).or_default();
             for position in state.order(&members).into_iter().skip(tries) {
@@ -339,7 +438,7 @@ impl Table {
         }
         let mut groups: Vec<(f64, Vec<(usize, bool)>)> = Vec::new();
         for (slot, candidate) in candidates.iter().enumerate().filter(|(s, _)| kept[*s]) {
-            let gateway = &self.gateways[candidate.gateway];
+            let gateway = candidate.gateway;
             let local = host.is_some() && gateway.host.as_deref() == host;
             let priority = candidate.priority + if local { gateway.local_extra } else { 0.0 };
             match groups
@@ -359,7 +458,7 @@ impl Table {
             }
             let weights: Vec<(usize, u64)> = members
                 .iter()
-                .map(|(slot, _)| (*slot, self.gateways[candidates[*slot].gateway].weight))
+                .map(|(slot, _)| (*slot, candidates[*slot].gateway.weight))
                 .collect();
             let state = states
                 .entry((index, Group::Order(priority.to_bits())))
@@ -377,10 +476,10 @@ impl Table {
     /// carrier entries that select `try` of theirs, and the rejections.
     pub fn export(&self) -> Value {
         let mut rules = Map::new();
-        for rule in &self.rules {
+        for rule in &self.rules.rules {
             let mut groups: Vec<(f64, Vec<Value>)> = Vec::new();
             for candidate in self.candidates(rule) {
-                let mut fields = self.gateways[candidate.gateway].fields.clone();
+                let mut fields = candidate.gateway.fields();
                 fields.insert("priority".into(), json_number(candidate.priority));
                 fields.insert("entry".into(), json!(candidate.entry));
                 match groups
@@ -418,80 +517,14 @@ impl Table {
             );
         }
         json!({
-            "ruleset": self.ruleset,
-            "sip_domain_name": self.sip_domain_name,
-            "groupid": self.groupid,
-            "database": self.database,
+            "ruleset": self.rules.ruleset,
+            "sip_domain_name": self.rules.sip_domain_name,
+            "groupid": self.rules.groupid,
+            "database": self.rules.database,
             "rules": rules,
-            "disabled_rules": self.disabled_rules,
+            "disabled_rules": self.rules.disabled_rules,
         })
     }
-}
-
-fn compile_gateway(variant: &Value) -> Result<Gateway, String> {
-    let object = variant.as_object().ok_or("a gateway is not an object")?;
-    let mut fields = Map::new();
-    for name in [
-        "gwid",
-        "carrierid",
-        "address",
-        "weight",
-        "response_timeout",
-        "progress_timeout",
-        "answer_timeout",
-        "dialog_timeout",
-        "attrs",
-    ] {
-        fields.insert(
-            name.into(),
-            object.get(name).cloned().unwrap_or(Value::Null),
-        );
-    }
-    fields.insert("disabled".into(), json!(false));
-    Ok(Gateway {
-        host: object
-            .get("host")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        weight: object
-            .get("weight")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .max(1),
-        local_extra: object
-            .get("local_gateway_extra_priority")
-            .and_then(Value::as_f64)
-            .unwrap_or(super::model::DEFAULT_LOCAL_EXTRA_PRIORITY),
-        fields,
-    })
-}
-
-fn compile_expansion(expansion: &Value, gateways: usize) -> Result<Expansion, String> {
-    let mut candidates = Vec::new();
-    for member in field(expansion, "gateways")?
-        .as_array()
-        .ok_or("an entry's gateways is not a list")?
-    {
-        let gateway = index(&member[0], "a gateway reference")?;
-        if gateway >= gateways {
-            return Err(format!("gateway {gateway} is out of range"));
-        }
-        let priority = member[1].as_f64().ok_or("a priority is not a number")?;
-        candidates.push((gateway, priority));
-    }
-    Ok(Expansion {
-        candidates,
-        tries: match expansion.get("try") {
-            Some(tries) => Some(index(tries, "try")?),
-            None => None,
-        },
-        carrierid: expansion.get("carrierid").cloned().unwrap_or(Value::Null),
-        rejected: expansion
-            .get("rejected")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
-    })
 }
 
 fn compile_rule(prefix: &str, rule: &Value, expansions: usize) -> Result<Rule, String> {

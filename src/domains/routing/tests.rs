@@ -1,11 +1,13 @@
-//! Tests of the routing core, at the level of the builder and compiled
+//! Tests of the routing core, at the level of the builder and composed
 //! tables: golden cases from `fixtures/routing/` (each `<case>.json` holds
 //! the documents and lookups, `<case>.expected.json` the table and answers;
 //! `UPDATE_EXPECT=1` regenerates), one test per row of the spec's decisions
 //! table (each would fail under the other reading), the attrs examples,
-//! round-robin cycles, malformed records, and randomised edit sequences
-//! across provisioning and ruleset databases compared with from-scratch
-//! builds.
+//! round-robin cycles, malformed records, randomised edit sequences across
+//! provisioning and ruleset databases compared with from-scratch builds
+//! (tables recomposed the way the service does included), and the composed
+//! tables compared answer for answer with the resolver they replaced
+//! (`legacy`) over randomised documents.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,14 +15,15 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::RoutingBuilder;
-use super::model::{self, PROVISIONING};
-use super::service::{build_table, routing_index};
+use super::compose::{self, Directory, Skeleton};
+use super::model::{self, PROVISIONING, directory_key};
+use super::service::{build_table, routing_index, table_with_issues};
 use super::table::Table;
+use super::{RoutingBuilder, legacy};
 use crate::couch::Body;
 use crate::domains::{Builder, Built};
 use crate::rebuild::deps::DepGraph;
-use crate::rebuild::index::{Dep, Index, Reads, SourceDoc, SourceId};
+use crate::rebuild::index::{Dep, Index, Keyer, Reads, SourceDoc, SourceId};
 
 /// Documents by database (`provisioning` or a ruleset database's name).
 #[derive(Default, Clone)]
@@ -39,9 +42,15 @@ impl World {
         self.put("provisioning", doc)
     }
 
-    /// An index holding provisioning and every ruleset database a ruleset names.
+    /// An index holding provisioning and every ruleset database a ruleset
+    /// names, filed for both the builder and the reference resolver.
     fn index(&self) -> Index {
-        let mut index = routing_index();
+        let keyer: Keyer = Arc::new(|source: &str, doc: &SourceDoc| {
+            let mut keys = RoutingBuilder.view_keys(source, doc);
+            keys.extend(legacy::view_keys(source, doc));
+            keys
+        });
+        let mut index = Index::with_keyer(keyer);
         let load = |index: &mut Index, source: &str, docs: Option<&BTreeMap<String, Value>>| {
             let docs = docs
                 .into_iter()
@@ -64,22 +73,36 @@ impl World {
             .0
     }
 
+    /// The problems a table reports (its ruleset's, and its directory's
+    /// that concern it), or why it failed.
     fn issues(&self, key: &str) -> Vec<String> {
         let index = self.index();
-        let mut reads = Reads::new(&index);
-        match RoutingBuilder.build(key, &mut reads) {
-            Built::Content { issues, .. } | Built::Failed { issues } => issues
-                .iter()
-                .map(|i| {
-                    format!(
-                        "{} {}: {}",
-                        i.source,
-                        i.doc.as_deref().unwrap_or("-"),
-                        i.reason
-                    )
-                })
-                .collect(),
-            Built::Absent => Vec::new(),
+        let (sdn, groupid) = key.split_once(':').unwrap();
+        let issues = match table_with_issues(&index, sdn, groupid) {
+            Ok((_, issues)) => issues,
+            Err(_) => match RoutingBuilder.build(key, &mut Reads::new(&index)) {
+                Built::Failed { issues } => issues,
+                _ => Vec::new(),
+            },
+        };
+        issues
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {}: {}",
+                    i.source,
+                    i.doc.as_deref().unwrap_or("-"),
+                    i.reason
+                )
+            })
+            .collect()
+    }
+
+    /// The table the reference resolver builds.
+    fn legacy_table(&self, key: &str) -> Option<Table> {
+        match legacy::build(key, &mut Reads::new(&self.index())) {
+            Built::Content { content, .. } => Some(legacy::compile(&content).unwrap()),
+            _ => None,
         }
     }
 }
@@ -774,7 +797,9 @@ fn run_case(case: &Value) -> Value {
     let mut tables = BTreeMap::new();
     let mut built = serde_json::Map::new();
     for key in RoutingBuilder.all_keys(&index) {
-        let (sdn, groupid) = key.split_once(':').unwrap();
+        let Some((sdn, groupid)) = key.split_once(':') else {
+            continue; // a gateway directory
+        };
         let (table, errors) = build_table(&index, sdn, groupid).unwrap();
         built.insert(
             key.clone(),
@@ -861,6 +886,19 @@ struct Sim {
     outputs: BTreeMap<String, Built>,
     followed: BTreeMap<String, String>,
     rebuilt: usize,
+    /// The outputs the last edit rebuilt.
+    last_rebuilt: Vec<String>,
+    /// Each ruleset's table as the service keeps it: recomposed when only
+    /// the directory changed.
+    served: BTreeMap<String, Served>,
+}
+
+/// A table as the service holds it, with what it was composed from.
+struct Served {
+    content: Value,
+    skeleton: Skeleton,
+    directory: Directory,
+    table: Table,
 }
 
 impl Sim {
@@ -872,7 +910,56 @@ impl Sim {
             outputs: BTreeMap::new(),
             followed: BTreeMap::new(),
             rebuilt: 0,
+            last_rebuilt: Vec::new(),
+            served: BTreeMap::new(),
         }
+    }
+
+    /// The directory content of a ruleset key's domain, if any.
+    fn directory_of(outputs: &BTreeMap<String, Built>, key: &str) -> Directory {
+        let sdn = key.split_once(':').unwrap().0;
+        match directory_key(sdn).and_then(|k| outputs.get(&k)) {
+            Some(Built::Content { content, .. }) => Directory::compile(content).unwrap(),
+            _ => Directory::default(),
+        }
+    }
+
+    /// Updates the served tables as the service would on its next lookups.
+    fn serve(&mut self) {
+        let mut served = BTreeMap::new();
+        for (key, built) in &self.outputs {
+            let Built::Content { content, .. } = built else {
+                continue;
+            };
+            if model::directory_domain(key).is_some() {
+                continue;
+            }
+            let directory = Sim::directory_of(&self.outputs, key);
+            let next = match self.served.remove(key) {
+                Some(old) if old.content == *content => {
+                    let table =
+                        compose::recompose(&old.skeleton, &old.table, &old.directory, &directory)
+                            .unwrap_or(old.table);
+                    Served {
+                        directory,
+                        table,
+                        ..old
+                    }
+                }
+                _ => {
+                    let skeleton = Skeleton::compile(content).unwrap();
+                    let table = compose::compose(&skeleton, &directory);
+                    Served {
+                        content: content.clone(),
+                        skeleton,
+                        directory,
+                        table,
+                    }
+                }
+            };
+            served.insert(key.clone(), next);
+        }
+        self.served = served;
     }
 
     fn touch(&self, dep: Dep, dirty: &mut BTreeSet<String>) {
@@ -1004,6 +1091,7 @@ impl Sim {
     }
 
     fn rebuild(&mut self, dirty: BTreeSet<String>) {
+        self.last_rebuilt = dirty.iter().cloned().collect();
         for key in dirty {
             self.rebuilt += 1;
             let mut reads = Reads::new(&self.index);
@@ -1018,6 +1106,7 @@ impl Sim {
                 self.outputs.insert(key, built);
             }
         }
+        self.serve();
     }
 
     fn scratch_build(&self) -> BTreeMap<String, Built> {
@@ -1221,6 +1310,29 @@ fn test_seed(test: &str) -> u64 {
     seed
 }
 
+/// Lookups of `numbers` for every host of `HOSTS` and none, `rounds` times
+/// over (the round-robin state carries on), answered alike by both tables.
+fn assert_same_answers(a: &Table, b: &Table, rounds: usize, what: &dyn Fn() -> String) {
+    for round in 0..rounds {
+        for number in ["1", "3", "331", "3312", "+12", "4", "33", "+1"] {
+            for host in [None, Some("h0"), Some("h1")] {
+                assert_eq!(
+                    a.lookup_text(number, host),
+                    b.lookup_text(number, host),
+                    "{}: round {round}, {number} asked by {host:?}",
+                    what()
+                );
+            }
+        }
+    }
+    assert_eq!(a.export(), b.export(), "{}: the exports", what());
+}
+
+/// A table with the same rules and entries and fresh round-robin state.
+fn fresh(table: &Table) -> Table {
+    Table::new(table.rules().clone(), table.expansions().to_vec())
+}
+
 #[test]
 fn randomised_edits_equal_a_from_scratch_build() {
     let seed = test_seed("randomised_edits_equal_a_from_scratch_build");
@@ -1229,43 +1341,128 @@ fn randomised_edits_equal_a_from_scratch_build() {
         let mut sim = Sim::new();
         for step in 0..150 {
             generate.edit(&mut sim);
-            if step % 10 == 9 {
-                let expected = sim.scratch_build();
+            if step % 10 != 9 {
+                continue;
+            }
+            let what = || format!("seed {seed}, run {run}, step {step}");
+            let expected = sim.scratch_build();
+            assert_eq!(
+                sim.outputs.keys().collect::<Vec<_>>(),
+                expected.keys().collect::<Vec<_>>(),
+                "{}: the set of outputs differs",
+                what()
+            );
+            for (key, built) in &expected {
                 assert_eq!(
-                    sim.outputs.keys().collect::<Vec<_>>(),
-                    expected.keys().collect::<Vec<_>>(),
-                    "seed {seed}, run {run}, step {step}: the set of tables differs"
+                    &sim.outputs[key],
+                    built,
+                    "{}: output {key} differs from a from-scratch build",
+                    what()
                 );
-                for (key, built) in &expected {
-                    assert_eq!(
-                        &sim.outputs[key], built,
-                        "seed {seed}, run {run}, step {step}: table {key} differs from a from-scratch build"
-                    );
-                    // The lookups of both agree (fresh tables: same round-robin state).
-                    if let Built::Content { content, .. } = built {
-                        let incremental = match &sim.outputs[key] {
-                            Built::Content { content, .. } => Table::compile(content).unwrap(),
-                            other => panic!("{other:?}"),
-                        };
-                        let scratch = Table::compile(content).unwrap();
-                        for number in ["1", "3", "331", "3312", "+12", "4"] {
-                            for host in [None, Some("h0")] {
-                                assert_eq!(
-                                    incremental.lookup(number, host),
-                                    scratch.lookup(number, host)
-                                );
-                            }
-                        }
-                    }
+            }
+            // The tables served (recomposed edit after edit) answer what
+            // tables composed from scratch answer.
+            for (key, built) in &expected {
+                let Built::Content { content, .. } = built else {
+                    continue;
+                };
+                if model::directory_domain(key).is_some() {
+                    continue;
                 }
+                let skeleton = Skeleton::compile(content).unwrap();
+                let scratch = compose::compose(&skeleton, &Sim::directory_of(&expected, key));
+                let served = fresh(&sim.served[key].table);
+                assert_same_answers(&served, &scratch, 2, &|| format!("{}, {key}", what()));
             }
         }
         assert!(sim.rebuilt > 0);
     }
 }
 
+/// The composed tables answer exactly what the resolver they replaced
+/// answered (same documents, same lookup sequence, round-robin included),
+/// and report the same problems.
 #[test]
-fn edits_rebuild_only_the_tables_they_reach() {
+fn composed_tables_answer_what_the_old_resolver_answered() {
+    let seed = test_seed("composed_tables_answer_what_the_old_resolver_answered");
+    let mut generate = Gen(fastrand::Rng::with_seed(seed));
+    let mut compared = 0;
+    for run in 0..30 {
+        let mut sim = Sim::new();
+        for step in 0..60 {
+            generate.edit(&mut sim);
+            if step % 6 != 5 {
+                continue;
+            }
+            let index = sim.world.index();
+            for key in RoutingBuilder.all_keys(&index) {
+                if model::directory_domain(&key).is_some() {
+                    continue;
+                }
+                let what = || format!("seed {seed}, run {run}, step {step}, {key}");
+                let (sdn, groupid) = key.split_once(':').unwrap();
+                let Some(old) = sim.world.legacy_table(&key) else {
+                    assert!(build_table(&index, sdn, groupid).is_err(), "{}", what());
+                    continue;
+                };
+                let (new, errors) = build_table(&index, sdn, groupid).unwrap();
+                assert_same_answers(&old, &new, 3, &what);
+                let old_errors = legacy_errors(&index, &key);
+                assert_errors_match(&old_errors, &errors, &what);
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 100, "only {compared} tables compared");
+}
+
+/// The reference resolver's problems, as `build_table` lists them.
+fn legacy_errors(index: &Index, key: &str) -> Vec<(String, String)> {
+    match legacy::build(key, &mut Reads::new(index)) {
+        Built::Content { issues, .. } => issues
+            .into_iter()
+            .map(|i| (i.doc.unwrap_or_default(), i.reason))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The problems a composed table reports are the reference's, except
+/// where the documented differences apply: the ruleset's own invalid values
+/// are always reported (the reference reported them only once a gateway
+/// resolved), and a host document's problems are reported for every table
+/// that uses one of its gateways.
+fn assert_errors_match(old: &[(String, String)], new: &Value, what: &dyn Fn() -> String) {
+    let new: BTreeSet<(String, String)> = new
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let doc = e["doc"].as_str().unwrap_or_default().to_string();
+            (doc, e["reason"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let old: BTreeSet<(String, String)> = old.iter().cloned().collect();
+    for missing in old.difference(&new) {
+        // The reference reported a duplicate definition whenever a carrier
+        // entry's view met it, even for a gateway of another carrier.
+        assert!(
+            missing.1.contains("is also defined by"),
+            "{}: {missing:?} is no longer reported (now {new:?})",
+            what()
+        );
+    }
+    for added in new.difference(&old) {
+        assert!(
+            added.0.starts_with("ruleset:") || added.0.starts_with("host@"),
+            "{}: {added:?} is reported, the reference did not (it had {old:?})",
+            what()
+        );
+    }
+}
+
+#[test]
+fn edits_rebuild_only_the_outputs_they_reach() {
     let mut sim = Sim::new();
     sim.edit(
         PROVISIONING,
@@ -1293,67 +1490,283 @@ fn edits_rebuild_only_the_tables_they_reach() {
         Some(json!({"gwlist": [{"carrierid": "c0"}]})),
     );
     sim.edit("d1", "rule:", Some(json!({"gwlist": [{"gwid": "g1"}]})));
-    let count = |sim: &mut Sim, db: &str, id: &str, body: Value| {
-        let before = sim.rebuilt;
+    let directory = "gateways@example.net";
+    let rebuilt = |sim: &mut Sim, db: &str, id: &str, body: Value| {
         sim.edit(db, id, Some(body));
-        sim.rebuilt - before
+        sim.last_rebuilt.clone()
     };
     assert_eq!(
-        count(
+        rebuilt(
             &mut sim,
             PROVISIONING,
             "carrier:example.net:c0",
             json!({"try": 1})
         ),
-        1,
-        "only r0 uses c0"
+        [directory],
+        "a carrier edit rebuilds its domain's directory, no table"
     );
     assert_eq!(
-        count(
+        rebuilt(
             &mut sim,
             PROVISIONING,
             "carrier:example.net:c2",
             json!({"try": 1})
         ),
-        0,
-        "nobody uses c2"
+        [directory],
+        "nobody uses c2: the directory only"
     );
     assert_eq!(
-        count(
+        rebuilt(
             &mut sim,
             PROVISIONING,
             "gateway:example.net:g9",
             json!({"address": "x:1", "carrierid": "c0"})
         ),
-        1,
+        [directory],
         "a new member of c0"
     );
     assert_eq!(
-        count(&mut sim, "d1", "rule:4", json!({"gwlist": []})),
-        1,
+        rebuilt(&mut sim, "d1", "rule:4", json!({"gwlist": []})),
+        ["example.net:r1"],
         "a rule edit rebuilds its ruleset"
     );
     assert_eq!(
-        count(
+        rebuilt(
             &mut sim,
             PROVISIONING,
             "host@h0",
             json!({"host": "h0", "sip_domain_name": "example.net",
         "sip_profiles": {"p": {"ingress_sip_ip": "192.0.2.1", "ingress_sip_port": 5060, "egress_gwid": "g7"}}})
         ),
-        0,
-        "a host whose gateways nobody uses"
+        [directory],
+        "a host defining gateways"
+    );
+    assert_eq!(
+        rebuilt(
+            &mut sim,
+            PROVISIONING,
+            "gateway:other.net:g0",
+            json!({"address": "y:1"})
+        ),
+        ["gateways@other.net"],
+        "another domain's gateway"
     );
     // Switching r1 to database d0 re-reads rules from d0 and stops following d1.
     assert_eq!(
-        count(
+        rebuilt(
             &mut sim,
             PROVISIONING,
             "ruleset:example.net:r1",
             json!({"database": "d0"})
         ),
-        1
+        ["example.net:r1"]
     );
     assert_eq!(sim.followed.values().collect::<Vec<_>>(), ["d0"]);
-    assert_eq!(sim.outputs.len(), 2);
+    assert_eq!(
+        sim.outputs.keys().collect::<Vec<_>>(),
+        [
+            "example.net:r0",
+            "example.net:r1",
+            "gateways@example.net",
+            "gateways@other.net"
+        ]
+    );
+}
+
+/// After a directory change the service re-resolves only the entries that
+/// reach what changed: a table none of whose entries resolves differently
+/// is kept whole (its round-robin state too).
+#[test]
+fn a_directory_change_recomposes_only_the_tables_it_reaches() {
+    let mut w = World::default();
+    for (r, db) in [("r0", "d0"), ("r1", "d1")] {
+        w.prov(json!({"_id": format!("ruleset:example.net:{r}"), "database": db}));
+    }
+    for (gw, carrier) in [("g0", "c0"), ("g1", "c0"), ("g2", "c1"), ("g3", "c1")] {
+        w.prov(
+            json!({"_id": format!("gateway:example.net:{gw}"), "address": format!("{gw}:5060"),
+                      "carrierid": carrier}),
+        );
+    }
+    w.put(
+        "d0",
+        json!({"_id": "rule:", "gwlist": [{"carrierid": "c0"}]}),
+    );
+    w.put(
+        "d0",
+        json!({"_id": "rule:3", "attrs": {"x": 1}, "gwlist": [{"gwid": "g2"}]}),
+    );
+    w.put(
+        "d1",
+        json!({"_id": "rule:", "gwlist": [{"carrierid": "c1"}]}),
+    );
+    let compose_with = |w: &World, key: &str| {
+        let index = w.index();
+        let build = |k: &str| match RoutingBuilder.build(k, &mut Reads::new(&index)) {
+            Built::Content { content, .. } => content,
+            other => panic!("{k}: {other:?}"),
+        };
+        let skeleton = Skeleton::compile(&build(key)).unwrap();
+        let directory = Directory::compile(&build("gateways@example.net")).unwrap();
+        let table = compose::compose(&skeleton, &directory);
+        (skeleton, directory, table)
+    };
+    let (s0, d0, t0) = compose_with(&w, "example.net:r0");
+    let (s1, d1, t1) = compose_with(&w, "example.net:r1");
+    // c1 gains a `try`: r1 resolves differently, r0 does not.
+    let mut edited = w.clone();
+    edited.prov(json!({"_id": "carrier:example.net:c1", "try": 1}));
+    let (_, new_directory, _) = compose_with(&edited, "example.net:r0");
+    assert!(compose::recompose(&s0, &t0, &d0, &new_directory).is_none());
+    let t1 = compose::recompose(&s1, &t1, &d1, &new_directory).expect("r1 changed");
+    assert_same_answers(&t1, &edited.table("example.net:r1"), 2, &|| "r1".into());
+    // A gateway r0 names through a rule with its own attrs.
+    edited.prov(json!({"_id": "gateway:example.net:g2", "address": "g2:5070", "carrierid": "c1"}));
+    let (_, newer, _) = compose_with(&edited, "example.net:r0");
+    let t0 = compose::recompose(&s0, &t0, &new_directory, &newer).expect("r0 changed");
+    assert_same_answers(&t0, &edited.table("example.net:r0"), 2, &|| "r0".into());
+}
+
+// ---- the service: tables composed from the mirror ------------------------------
+
+/// Every output of `w` as the writer stores it in the mirror.
+fn mirror_entries(w: &World) -> Vec<crate::cache::CacheEntry> {
+    let index = w.index();
+    RoutingBuilder
+        .all_keys(&index)
+        .into_iter()
+        .filter_map(|key| {
+            let Built::Content { content, issues } =
+                RoutingBuilder.build(&key, &mut Reads::new(&index))
+            else {
+                return None;
+            };
+            let errors: Vec<Value> = issues
+                .iter()
+                .map(|i| json!({"db": i.source.as_ref(), "doc": i.doc, "reason": i.reason}))
+                .collect();
+            let errors = Value::Array(errors);
+            Some(crate::cache::CacheEntry {
+                id: format!("routing:{key}"),
+                rev: "1-a".into(),
+                domain: "routing".into(),
+                key,
+                hash: crate::cache::content_hash(&content, &errors, false),
+                content,
+                errors,
+                stale: false,
+                bytes: 0,
+            })
+        })
+        .collect()
+}
+
+fn leader(service: &super::service::RoutingService, ruleset: &str) -> String {
+    let answer = service.lookup("example.net", ruleset, "1", None).unwrap();
+    gwids(&answer)[0].clone()
+}
+
+/// Decision 12 with two documents: a directory change that no entry of a
+/// table resolves differently keeps the table and its round-robin state;
+/// one that reaches it starts the table over.
+#[test]
+fn the_service_keeps_round_robin_state_unless_the_change_reaches_the_table() {
+    use crate::cache::mirror::Mirror;
+    let mut w = World::default();
+    for (r, db) in [("r0", "d0"), ("r1", "d1")] {
+        w.prov(json!({"_id": format!("ruleset:example.net:{r}"), "database": db}));
+    }
+    for (gw, carrier) in [("g0", "c0"), ("g1", "c0"), ("g2", "c1"), ("g3", "c1")] {
+        w.prov(
+            json!({"_id": format!("gateway:example.net:{gw}"), "address": format!("{gw}:5060"),
+                      "carrierid": carrier}),
+        );
+    }
+    w.put("d0", json!({"_id": "rule:", "gwlist": [{"gwid": "g0", "priority": 0}, {"gwid": "g1", "priority": 0}]}));
+    w.put(
+        "d1",
+        json!({"_id": "rule:", "gwlist": [{"carrierid": "c1"}]}),
+    );
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(mirror_entries(&w));
+    let service = super::service::RoutingService::new(mirror.clone());
+    assert_eq!(
+        [leader(&service, "r0"), leader(&service, "r1")],
+        ["g0", "g2"]
+    );
+    // c1's try reaches r1 only: r0 goes on where it was, r1 starts over.
+    w.prov(json!({"_id": "carrier:example.net:c1", "try": 1}));
+    mirror.replace_all(mirror_entries(&w));
+    assert_eq!(leader(&service, "r0"), "g1", "r0 keeps its state");
+    assert_eq!(leader(&service, "r1"), "g2", "r1 is a new table");
+    assert_eq!(
+        gwids(&service.lookup("example.net", "r1", "1", None).unwrap()),
+        ["g3"],
+        "try 1 rotates"
+    );
+    // A gateway r0 names: r0 starts over.
+    w.prov(json!({"_id": "gateway:example.net:g1", "address": "g1:5070", "carrierid": "c0"}));
+    mirror.replace_all(mirror_entries(&w));
+    assert_eq!(leader(&service, "r0"), "g0");
+    let answer = service.lookup("example.net", "r0", "1", None).unwrap();
+    assert_eq!(gateway(&answer, "g1")["address"], json!("g1:5070"));
+}
+
+/// The export lists the ruleset's errors and those of the directory that
+/// concern the gateways and carriers the table reaches; its `hash` follows
+/// both documents.
+#[test]
+fn the_export_reports_the_problems_of_what_the_table_reaches() {
+    use crate::cache::mirror::Mirror;
+    let mut w = base();
+    w.prov(json!({"_id": "gateway:example.net:a", "address": "a:5060", "weight": "heavy"}));
+    w.prov(json!({"_id": "gateway:example.net:b", "address": "b:5060", "priority": "high"}));
+    w.put("rules", json!({"_id": "rule:", "gwlist": [{"gwid": "a"}]}));
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(mirror_entries(&w));
+    let service = super::service::RoutingService::new(mirror.clone());
+    let export = service.export("example.net", "default").unwrap();
+    let docs: Vec<&str> = export["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["doc"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        docs,
+        ["gateway:example.net:a"],
+        "b is not reached: {export:#}"
+    );
+    let before = export["hash"].clone();
+    w.prov(json!({"_id": "gateway:example.net:b", "address": "b:5061"}));
+    mirror.replace_all(mirror_entries(&w));
+    let after = service.export("example.net", "default").unwrap();
+    assert_ne!(after["hash"], before, "the directory changed");
+    assert_eq!(after["rules"], export["rules"]);
+}
+
+/// A domain without gateways has no directory: its tables still answer,
+/// every entry rejected.
+#[test]
+fn a_domain_without_gateways_still_routes_its_rules() {
+    use crate::cache::mirror::Mirror;
+    let mut w = World::default();
+    w.prov(json!({"_id": "ruleset:example.net:default", "database": "rules"}));
+    w.put(
+        "rules",
+        json!({"_id": "rule:", "gwlist": [{"gwid": "a"}, {"carrierid": "c"}]}),
+    );
+    let entries = mirror_entries(&w);
+    assert_eq!(entries.len(), 1, "no directory");
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(entries);
+    let service = super::service::RoutingService::new(mirror);
+    let answer = service.lookup("example.net", "default", "1", None).unwrap();
+    assert_eq!(
+        rejected_reasons(&answer),
+        [
+            "no gateway a in example.net",
+            "carrier c has no gateways in example.net"
+        ]
+    );
 }

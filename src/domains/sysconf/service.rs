@@ -312,7 +312,16 @@ impl SysconfService {
         create: impl Fn() -> Option<Value>,
     ) -> Result<()> {
         let attempts = self.settings.load().write_attempts;
-        for _ in 0..attempts {
+        // Writers that lost a race retry after a jittered, growing pause:
+        // retrying at once, in step, makes the same writers collide again.
+        let mut pause = crate::couch::retry::Backoff::new(
+            std::time::Duration::from_millis(2),
+            std::time::Duration::from_millis(100),
+        );
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(pause.next_delay(ErrorKind::Conflict)).await;
+            }
             let doc = match self.source.get(category).await? {
                 Some(mut doc) => {
                     match change(&mut doc).map_err(|e| SysconfError::Conflict(e.to_string()))? {
