@@ -612,6 +612,24 @@ async fn mac_enumeration_cools_the_source_down_while_an_authenticated_phone_keep
         .await;
         assert_eq!(ok.status, StatusCode::OK);
     }
+    // Denials that are not unknown MACs never count either: a User-Agent
+    // whose MAC is not the path's, another vendor's User-Agent, a file the
+    // model does not produce, malformed paths.
+    let polycom = "FileTransport PolycomVVX-VVX_500-UA/5.9.7.4477 Type/Application";
+    for _ in 0..4 {
+        for (path, ua) in [
+            (
+                "/805ec0123456.cfg",
+                "Yealink SIP-T46S 66.86.0.15 80:5e:c0:aa:bb:cc",
+            ),
+            ("/805ec0123456.cfg", polycom),
+            ("/805ec0123456-phone.cfg", YEALINK_UA),
+            ("/a/b/c", YEALINK_UA),
+        ] {
+            let reply = phone(&daemon, reqwest::Method::GET, path, REALM, ua, &scanner).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path} ({ua})");
+        }
+    }
     let mut statuses = Vec::new();
     for i in 0..8 {
         let path = format!("/805ec0{i:06x}.cfg");
