@@ -19,15 +19,24 @@ use axum::routing::get;
 
 use super::middleware;
 use crate::domains::phones::service::{PhoneRequest, PhonesService, Reply};
+use crate::domains::phones::serving::ServedFile;
 use crate::telemetry::metrics::Metrics;
 
+/// GETs are answered from memory without waiting, so only an upload's
+/// body read is bounded by `timeout` (no timer per request).
 pub fn router(service: Arc<PhonesService>, metrics: Arc<Metrics>, timeout: Duration) -> Router {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(serve)
         .method_not_allowed_fallback(serve)
-        .with_state(service);
-    middleware::common(router, "phones", metrics, timeout)
+        .with_state(Listener { service, timeout });
+    middleware::instrumented(router, "phones", metrics)
+}
+
+#[derive(Clone)]
+struct Listener {
+    service: Arc<PhonesService>,
+    timeout: Duration,
 }
 
 fn uniform_not_found() -> Response {
@@ -43,7 +52,8 @@ fn text_header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn serve(State(service): State<Arc<PhonesService>>, request: Request) -> Response {
+async fn serve(State(listener): State<Listener>, request: Request) -> Response {
+    let service = &listener.service;
     let Some(peer) = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -52,20 +62,30 @@ async fn serve(State(service): State<Arc<PhonesService>>, request: Request) -> R
         return uniform_not_found();
     };
     let (parts, body) = request.into_parts();
-    let method = parts.method.as_str().to_string();
+    let method = parts.method.as_str();
     let upload = if parts.method == axum::http::Method::PUT {
-        Some(read_capped(body, service.settings().max_upload).await)
+        let read = read_capped(body, service.settings().max_upload);
+        let Ok(length) = tokio::time::timeout(listener.timeout, read).await else {
+            // Decided before any lookup, so it tells nothing about units.
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "Request Timeout\n",
+            )
+                .into_response();
+        };
+        Some(length)
     } else {
         None
     };
     let target = parts
         .uri
         .path_and_query()
-        .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string());
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
     let headers = &parts.headers;
     let phone = PhoneRequest {
-        method: &method,
-        target: &target,
+        method,
+        target,
         host: text_header(headers, header::HOST).or_else(|| parts.uri.host()),
         user_agent: text_header(headers, header::USER_AGENT),
         authorization: text_header(headers, header::AUTHORIZATION),
@@ -125,49 +145,26 @@ fn respond(reply: Reply) -> Response {
             .into_response(),
         Reply::File {
             not_modified,
-            content_type,
-            etag,
-            last_modified,
-            body,
+            file,
             private,
-        } => file_response(
-            not_modified,
-            &content_type,
-            &etag,
-            last_modified,
-            body,
-            private,
-        ),
+        } => file_response(not_modified, &file, private),
     }
 }
 
-fn file_response(
-    not_modified: bool,
-    content_type: &str,
-    etag: &str,
-    last_modified: Option<std::time::SystemTime>,
-    body: bytes::Bytes,
-    private: bool,
-) -> Response {
+fn file_response(not_modified: bool, file: &ServedFile, private: bool) -> Response {
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         // HEAD: hyper sends the headers (Content-Length included) and drops
         // the body.
-        Response::new(Body::from(body))
+        Response::new(Body::from(file.body.clone()))
     };
     let headers = response.headers_mut();
-    if !not_modified && let Ok(value) = HeaderValue::from_str(content_type) {
-        headers.insert(header::CONTENT_TYPE, value);
+    if !not_modified {
+        headers.insert(header::CONTENT_TYPE, file.headers.content_type.clone());
     }
-    if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-        headers.insert(header::ETAG, value);
-    }
-    if let Some(time) = last_modified
-        && let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(time))
-    {
-        headers.insert(header::LAST_MODIFIED, value);
-    }
+    headers.insert(header::ETAG, file.headers.etag.clone());
+    headers.insert(header::LAST_MODIFIED, file.headers.last_modified.clone());
     let cache = if private {
         "private, no-cache"
     } else {

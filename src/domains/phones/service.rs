@@ -100,10 +100,8 @@ pub enum Reply {
     },
     File {
         not_modified: bool,
-        content_type: String,
-        etag: String,
-        last_modified: Option<SystemTime>,
-        body: Bytes,
+        /// The body and its precomputed headers (shared, not copied).
+        file: Arc<ServedFile>,
         /// Per-device (carries secrets): not for shared caches.
         private: bool,
     },
@@ -744,7 +742,7 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
 }
 
 /// The reply for a file, honouring the conditional headers.
-fn file_reply(file: &ServedFile, req: &PhoneRequest<'_>, private: bool) -> Reply {
+fn file_reply(file: &Arc<ServedFile>, req: &PhoneRequest<'_>, private: bool) -> Reply {
     let not_modified = match (req.if_none_match, req.if_modified_since) {
         (Some(tags), _) => etag_matches(tags, &file.etag),
         (None, Some(since)) => httpdate::parse_http_date(since).is_ok_and(|since| {
@@ -757,10 +755,7 @@ fn file_reply(file: &ServedFile, req: &PhoneRequest<'_>, private: bool) -> Reply
     };
     Reply::File {
         not_modified,
-        content_type: file.content_type.clone(),
-        etag: file.etag.clone(),
-        last_modified: Some(file.since),
-        body: file.body.clone(),
+        file: file.clone(),
         private,
     }
 }

@@ -18,6 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use ipnet::IpNet;
 use serde_json::Value;
@@ -39,6 +40,31 @@ pub struct ServedFile {
     pub content_type: String,
     /// Since when the file has had this content (as this process saw it).
     pub since: SystemTime,
+    /// The response headers, formatted once per content rather than per
+    /// request.
+    pub headers: FileHeaders,
+}
+
+/// `Content-Type`, `ETag` (quoted) and `Last-Modified` of a served file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileHeaders {
+    pub content_type: HeaderValue,
+    pub etag: HeaderValue,
+    pub last_modified: HeaderValue,
+}
+
+impl FileHeaders {
+    fn of(content_type: &str, etag: &str, since: SystemTime) -> FileHeaders {
+        let value = |text: String| {
+            HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        FileHeaders {
+            content_type: HeaderValue::from_str(content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+            etag: value(format!("\"{etag}\"")),
+            last_modified: value(httpdate::fmt_http_date(since)),
+        }
+    }
 }
 
 /// An account as serving needs it.
@@ -149,11 +175,13 @@ fn files(
                 .and_then(|b| b.get(name))
                 .filter(|old| old.etag == etag)
                 .map_or(now, |old| old.since);
+            let content_type =
+                text(file, "content_type").unwrap_or_else(|| "application/octet-stream".into());
             let served = ServedFile {
                 body: Bytes::copy_from_slice(body.as_bytes()),
+                headers: FileHeaders::of(&content_type, &etag, since),
                 etag,
-                content_type: text(file, "content_type")
-                    .unwrap_or_else(|| "application/octet-stream".into()),
+                content_type,
                 since,
             };
             Some((name.clone(), Arc::new(served)))
