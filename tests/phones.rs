@@ -1338,3 +1338,45 @@ fn caldera_render_prints_what_a_phone_receives() {
     );
     drop(runtime);
 }
+
+/// Model-common names several models of an account share: Polycom's
+/// `000000000000.cfg` (its User-Agent has no MAC) goes by the model the
+/// User-Agent names, Yealink's `y000000000000.boot` by the asking phone's
+/// own unit, else by its User-Agent's model.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_common_names_go_to_the_asking_model() {
+    let env = PhonesEnv::new().await;
+    env.seed().await;
+    for (id, brand, model, mac) in [
+        ("u-vvx410", "polycom", "vvx410", "0004f2000410"),
+        ("u-vvx500", "polycom", "vvx500", "0004f2000500"),
+        ("u-t54w", "yealink", "t54w", "805ec0000054"),
+    ] {
+        env.unit_doc(json!({"_id": id, "type": "unit", "account_id": ACME, "mac_address": mac, "brand": brand, "model": model})).await;
+    }
+    // The T46S's common files are overridden by the seed; the T54W's are
+    // the shipped ones: drop the override so both name their model file.
+    assert!(env.env.couch.delete(&env.units, "tpl-common").await);
+    let daemon = Daemon::start_ready(&env.config()).await;
+    let vvx410 = "FileTransport PolycomVVX-VVX_410-UA/5.9.5.0614 Type/Application";
+    let vvx500 = "FileTransport PolycomVVX-VVX_500-UA/5.9.7.4477 Type/Application";
+    let master = wait_status(&daemon, "/000000000000.cfg", REALM, vvx410, StatusCode::OK).await;
+    assert!(master.text.contains("site-vvx410.cfg"), "{}", master.text);
+    let master = get(&daemon, "/000000000000.cfg", REALM, vvx500).await;
+    assert!(master.text.contains("site-vvx500.cfg"), "{}", master.text);
+    // A T54W the account knows, and one it does not yet: both get the
+    // T54W's boot file; the T46S its own.
+    for ua in [
+        "Yealink SIP-T54W 96.86.0.100 80:5e:c0:00:00:54",
+        "Yealink SIP-T54W 96.86.0.100 80:5e:c0:99:99:99",
+    ] {
+        let boot = wait_status(&daemon, "/y000000000000.boot", REALM, ua, StatusCode::OK).await;
+        assert!(
+            boot.text.contains("y000000000096.cfg"),
+            "{ua}: {}",
+            boot.text
+        );
+    }
+    let boot = get(&daemon, "/y000000000000.boot", REALM, YEALINK_UA).await;
+    assert!(boot.text.contains("y000000000066.cfg"), "{}", boot.text);
+}
