@@ -28,6 +28,10 @@ use crate::couch::{Body, Client, Db};
 use crate::domains::Domain;
 use crate::domains::acls::{self, service::AclsService};
 use crate::domains::edge::{self, service::EdgeService};
+use crate::domains::phones::{
+    self,
+    service::{PhonesService, Settings as PhonesSettings},
+};
 use crate::domains::routing::service::RoutingService;
 use crate::domains::sysconf::service::{Settings, SysconfService};
 use crate::feeds::dynamic::{DynamicFeeds, StartFeed};
@@ -73,6 +77,9 @@ pub fn main(cli: Cli) -> ExitCode {
             &number,
             host.as_deref(),
         ),
+        Command::Render { realm, mac, file } => {
+            render(&loaded.config, &realm, &mac, file.as_deref())
+        }
         Command::Run => {
             let log = match telemetry::init(&loaded.config.log) {
                 Ok(log) => log,
@@ -153,6 +160,48 @@ fn route(config: &Config, sdn: &str, groupid: &str, number: &str, host: Option<&
     ExitCode::from(code)
 }
 
+/// `caldera render`: one phone's files built straight from CouchDB.
+fn render(config: &Config, realm: &str, mac: &str, file: Option<&str>) -> ExitCode {
+    use crate::domains::phones::offline::{RenderError, Rendered, render_offline};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let client = Client::new(&config.couchdb).map_err(RenderError::from)?;
+        let dbs = &config.databases;
+        render_offline(&client, &dbs.units, &dbs.sip_auth, realm, mac, file).await
+    });
+    match answer {
+        Ok(Rendered::File { body, .. }) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok(Rendered::All(all)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&all).unwrap_or_else(|_| all.to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let code = match err {
+                RenderError::BadMac(_) => 64,
+                RenderError::Unavailable(_) => 69,
+                _ => 1,
+            };
+            eprintln!("caldera render: {err}");
+            ExitCode::from(code)
+        }
+    }
+}
+
 fn config_failure(path: &Path, err: &LoadError) -> ExitCode {
     eprintln!(
         "caldera: invalid configuration ({}):\n{err}",
@@ -204,6 +253,14 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         .enabled
         .then(|| start_building(&config, &shared, &client, &tasks, &core, &abort));
 
+    let phone_sources =
+        start_phone_sources(&config, &shared, &client, &tasks, &core, engine.as_ref());
+    let phones_engine = engine.clone();
+    let phones = Arc::new(PhonesService::new(
+        shared.mirror.clone(),
+        PhonesSettings::from_config(&config.phones),
+        phones::service::nonce_key(config.phones.nonce_secret.as_ref().map(|s| s.expose())),
+    ));
     let edge_key = edge_fallback_key(&config);
     let edge = Arc::new(EdgeService::new(
         shared.mirror.clone(),
@@ -252,11 +309,26 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let http_tasks = TaskTracker::new();
     let limits = Limits::from_config(&config.http);
     let grace = config.shutdown.grace;
+    let phones_api = Arc::new(phones::api::PhonesApi {
+        sources: phone_sources,
+        db: client.db(&config.databases.units),
+        sip_auth: client.db(&config.databases.sip_auth),
+        engine: phones_engine,
+        service: phones.clone(),
+        write_wait: config.phones.write_wait,
+    });
     let edge_router = http::edge::router(Arc::new(http::edge::EdgeHttp {
         service: edge.clone(),
         json_limit: config.http.max_body_bytes,
     }));
-    let api_router = api::router_with(api_state, config.http.request_timeout, Some(edge_router));
+    let api_router = api::router_with(api_state, config.http.request_timeout, Some(edge_router))
+        .merge(http::phones_api::router(
+            phones_api,
+            admin.clone(),
+            config.http.max_body_bytes,
+            shared.metrics.clone(),
+            config.http.request_timeout,
+        ));
     http_tasks.spawn(http::serve(
         "api",
         api_listener,
@@ -265,7 +337,11 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         http_token.clone(),
         grace,
     ));
-    let phones_router = http::phones::router(shared.metrics.clone(), config.http.request_timeout);
+    let phones_router = http::phones::router(
+        phones.clone(),
+        shared.metrics.clone(),
+        config.http.request_timeout,
+    );
     http_tasks.spawn(http::serve(
         "phones",
         phones_listener,
@@ -297,6 +373,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         admin,
         sysconf,
         acls,
+        phones,
         edge,
         edge_key,
         current: config,
@@ -462,6 +539,35 @@ fn cache_entry(doc: SourceDoc) -> Option<CacheEntry> {
     CacheEntry::from_doc(json, bytes).ok()
 }
 
+/// The phones shell's copy of `units` (a follower, no checkpoints) and, on a
+/// building instance, the template fetcher feeding the synthetic source
+/// `phones_templates`.
+fn start_phone_sources(
+    config: &Config,
+    shared: &Shared,
+    client: &Client,
+    tasks: &TaskTracker,
+    core: &CancellationToken,
+    engine: Option<&EngineHandle>,
+) -> Arc<phones::sources::Sources> {
+    use phones::sources::{Sources, TemplateFetcher, consume};
+    let sources = Arc::new(Sources::default());
+    let (tx, rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
+    let db = client.db(&config.databases.units);
+    tasks.spawn(follower(config, shared, "phones_sources:units", db, false, tx).run(core.clone()));
+    tasks.spawn(consume(sources.clone(), rx));
+    if let Some(engine) = engine {
+        let fetcher = TemplateFetcher {
+            sources: sources.clone(),
+            db: client.db(&config.databases.units),
+            engine: engine.sender(),
+            backoff: Backoff::new(config.feeds.backoff_initial, config.feeds.backoff_max),
+        };
+        tasks.spawn(fetcher.run(core.clone()));
+    }
+    sources
+}
+
 /// Starts the engine and one follower per source it reads.
 fn start_building(
     config: &Config,
@@ -501,6 +607,7 @@ fn start_building(
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     for source in engine.sources() {
         if acls::SYNTHETIC_SOURCES.contains(&&*source)
+            || phones::SYNTHETIC_SOURCES.contains(&&*source)
             || edge::SYNTHETIC_SOURCES.contains(&&*source)
         {
             continue;
@@ -633,6 +740,7 @@ struct Reloader {
     admin: Arc<AdminAuth>,
     sysconf: Arc<SysconfService>,
     acls: Arc<AclsService>,
+    phones: Arc<PhonesService>,
     edge: Arc<EdgeService>,
     edge_key: Vec<u8>,
     current: Config,
@@ -662,6 +770,7 @@ impl Reloader {
                 settings.node = self.current.node.clone();
                 self.sysconf.reload(settings);
                 self.acls.set_zone(new.zone.clone());
+                self.phones.reload(PhonesSettings::from_config(&new.phones));
                 self.edge.reload(edge::service::Settings::from_config(
                     &new.edge,
                     &self.edge_key,

@@ -1,5 +1,5 @@
-//! The command line: `caldera [--config PATH] <run|check-config>`; the
-//! option works before or after the subcommand.
+//! The command line: `caldera [--config PATH] <run|check-config|route|render>`;
+//! the option works before or after the subcommand.
 
 use std::path::PathBuf;
 
@@ -49,6 +49,21 @@ pub enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Print what a phone would receive, built from the CouchDB data (no
+    /// daemon needed): every file as JSON, or with --file that file's bytes
+    /// (exit 0 served, 1 unknown realm/MAC/file or not served, 64 bad MAC,
+    /// 69 CouchDB unavailable).
+    Render {
+        /// The account's realm (the Host phones use), or its id.
+        #[arg(long)]
+        realm: String,
+        /// The phone's MAC, in any common notation.
+        #[arg(long)]
+        mac: String,
+        /// One file to print (its bytes, as the phone would get them).
+        #[arg(long)]
+        file: Option<String>,
+    },
 }
 
 impl Cli {
@@ -90,5 +105,18 @@ mod tests {
         assert!(
             matches!(route.command, Command::Route { ref number, ref host, .. } if number == "33123" && host.as_deref() == Some("sbc1"))
         );
+        let render = Cli::try_parse_from([
+            "caldera",
+            "render",
+            "--realm",
+            "acme.example.net",
+            "--mac",
+            "00:15:65:4a:a9:37",
+            "--config",
+            "a.toml",
+        ])
+        .unwrap();
+        assert!(matches!(render.command, Command::Render { ref file, .. } if file.is_none()));
+        assert_eq!(render.config_path().0, PathBuf::from("a.toml"));
     }
 }

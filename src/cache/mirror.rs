@@ -9,6 +9,10 @@
 //! Invariant: a feed update never replaces a newer revision this process
 //! already holds (its echo may arrive late); write-through and a full reload
 //! always win, because they are known to be current.
+//!
+//! Observers (`Mirror::observe`) are told every change in the order it is
+//! applied, under the mirror's lock, so a secondary index they keep (the
+//! phones domain's realm/MAC tables) never disagrees with the mirror.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -42,9 +46,21 @@ enum Slot {
     },
 }
 
+/// Told about every change to the mirror, in order, while the mirror's
+/// write lock is held: it must be quick and must not call the mirror.
+pub trait Observer: Send + Sync {
+    /// The mirror now holds exactly `entries` (also called on registration).
+    fn reset(&self, entries: &[Arc<CacheEntry>]);
+    /// `entry` is live now (new or replacing its previous revision).
+    fn put(&self, entry: &Arc<CacheEntry>);
+    /// The document `id` is gone.
+    fn remove(&self, id: &str);
+}
+
 /// The mirror. Cheap to read from many threads.
 pub struct Mirror {
     state: RwLock<State>,
+    observers: RwLock<Vec<Arc<dyn Observer>>>,
     changed: Notify,
     loaded: watch::Sender<bool>,
     reloads: watch::Sender<u64>,
@@ -54,6 +70,7 @@ impl Default for Mirror {
     fn default() -> Self {
         Mirror {
             state: RwLock::default(),
+            observers: RwLock::default(),
             changed: Notify::new(),
             loaded: watch::channel(false).0,
             reloads: watch::channel(0).0,
@@ -123,6 +140,30 @@ impl Mirror {
         self.changed.notified()
     }
 
+    /// Registers an observer and tells it the current content.
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        let state = self.write();
+        observer.reset(&state.live());
+        self.observers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(observer);
+    }
+
+    /// Tells the observers what was just applied (the state lock is held).
+    fn notify(&self, applied: &Applied) {
+        let observers = self
+            .observers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for observer in observers.iter() {
+            match applied {
+                Applied::Put(entry) => observer.put(entry),
+                Applied::Removed(id) => observer.remove(id),
+            }
+        }
+    }
+
     /// Replaces everything with a fresh load of the cache database.
     pub fn replace_all(&self, entries: Vec<CacheEntry>) {
         {
@@ -130,6 +171,14 @@ impl Mirror {
             *state = State::default();
             for entry in entries {
                 state.put(Arc::new(entry));
+            }
+            let live = state.live();
+            let observers = self
+                .observers
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for observer in observers.iter() {
+                observer.reset(&live);
             }
         }
         self.loaded.send_replace(true);
@@ -153,7 +202,8 @@ impl Mirror {
                 Some(Slot::Deleted { generation }) => incoming > *generation,
             };
             if newer {
-                state.apply(update);
+                let applied = state.apply(update);
+                self.notify(&applied);
             }
             newer
         };
@@ -165,7 +215,11 @@ impl Mirror {
     /// Applies what this process just wrote (or read back) from the cache
     /// database: always current.
     pub fn apply_written(&self, update: Update) {
-        self.write().apply(update);
+        {
+            let mut state = self.write();
+            let applied = state.apply(update);
+            self.notify(&applied);
+        }
         self.changed.notify_waiters();
     }
 
@@ -212,17 +266,40 @@ impl Update {
     }
 }
 
+/// What `State::apply` did, for the observers.
+enum Applied {
+    Put(Arc<CacheEntry>),
+    Removed(String),
+}
+
 impl State {
-    fn apply(&mut self, update: Update) {
+    fn apply(&mut self, update: Update) -> Applied {
         match update {
-            Update::Live(entry) => self.put(Arc::new(entry)),
+            Update::Live(entry) => {
+                let entry = Arc::new(entry);
+                self.put(entry.clone());
+                Applied::Put(entry)
+            }
             Update::Deleted { id, rev } => {
                 let generation = rev_generation(&rev);
-                if let Some(Slot::Live(old)) = self.slots.insert(id, Slot::Deleted { generation }) {
+                if let Some(Slot::Live(old)) =
+                    self.slots.insert(id.clone(), Slot::Deleted { generation })
+                {
                     self.count(&old, false);
                 }
+                Applied::Removed(id)
             }
         }
+    }
+
+    fn live(&self) -> Vec<Arc<CacheEntry>> {
+        self.slots
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Live(entry) => Some(entry.clone()),
+                Slot::Deleted { .. } => None,
+            })
+            .collect()
     }
 
     fn put(&mut self, entry: Arc<CacheEntry>) {
@@ -327,5 +404,51 @@ mod tests {
             }
         );
         assert_eq!(mirror.ids_of("sysconf"), ["sysconf:a"]);
+    }
+
+    /// Records what it is told, as `put id` / `remove id` / `reset n`.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl Observer for Recorder {
+        fn reset(&self, entries: &[Arc<CacheEntry>]) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("reset {}", entries.len()));
+        }
+        fn put(&self, entry: &Arc<CacheEntry>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("put {} {}", entry.id, entry.rev));
+        }
+        fn remove(&self, id: &str) {
+            self.0.lock().unwrap().push(format!("remove {id}"));
+        }
+    }
+
+    #[test]
+    fn observers_see_every_applied_change_and_no_ignored_one() {
+        let mirror = Mirror::default();
+        mirror.apply_written(Update::Live(entry("sysconf:a", "1-a", json!(1))));
+        let recorder = Arc::new(Recorder::default());
+        mirror.observe(recorder.clone());
+        mirror.apply_written(Update::Live(entry("sysconf:b", "1-b", json!(1))));
+        mirror.apply_feed(Update::Live(entry("sysconf:b", "1-b", json!(1))));
+        mirror.apply_feed(Update::Deleted {
+            id: "sysconf:a".into(),
+            rev: "2-a".into(),
+        });
+        mirror.replace_all(vec![entry("sysconf:c", "1-c", json!(1))]);
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                "reset 1",
+                "put sysconf:b 1-b",
+                "remove sysconf:a",
+                "reset 1"
+            ]
+        );
     }
 }

@@ -60,6 +60,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub sysconf: SysconfConfig,
     pub acls: AclsConfig,
+    pub phones: PhonesConfig,
     /// The Kazoo-compatible AMQP front door of sysconf (`amqp.*`).
     pub amqp: AmqpConfig,
     pub edge: EdgeConfig,
@@ -200,6 +201,32 @@ pub struct AclsConfig {
     pub dns_max_ttl: Duration,
 }
 
+/// Phone provisioning (`phones.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhonesConfig {
+    /// Misses (unknown MACs, mismatched User-Agents, malformed paths, wrong
+    /// credentials) a source may make per window; 0 turns limiting off.
+    pub rate_limit_misses: u32,
+    pub rate_limit_window: Duration,
+    /// How long a source that spent its budget is refused.
+    pub rate_limit_cooldown: Duration,
+    /// Most sources tracked at once.
+    pub rate_limit_max_sources: usize,
+    /// How long a Digest nonce stays valid.
+    pub nonce_ttl: Duration,
+    /// The key signing nonces; set the same on every replica so a nonce
+    /// from one is accepted by the others (unset: random per process).
+    pub nonce_secret: Option<Secret>,
+    /// Requests kept per unit for `/v1/units/{id}/requests`.
+    pub request_log_size: usize,
+    /// Largest Polycom log upload accepted.
+    pub max_upload_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a configuration API write waits for its outputs to be built.
+    pub write_wait: Duration,
+}
+
 /// What went wrong loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -326,6 +353,14 @@ impl Config {
         );
         check(self.log.format != new.log.format, "log.format");
         check(self.acls != new.acls, "acls.*");
+        check(
+            self.phones.nonce_secret != new.phones.nonce_secret,
+            "phones.auth.nonce_secret",
+        );
+        check(
+            self.phones.write_wait != new.phones.write_wait,
+            "phones.write_wait_ms",
+        );
         check(self.amqp != new.amqp, "amqp.*");
         keys
     }
@@ -355,8 +390,52 @@ fn read(r: &mut Reader<'_>) -> Config {
             write_attempts: r.int("sysconf.write_attempts", 10, 1, 100) as u32,
         },
         acls: read_acls(r),
+        phones: read_phones(r),
         amqp: amqp::read(r),
         edge: edge::read(r),
+    }
+}
+
+fn read_phones(r: &mut Reader<'_>) -> PhonesConfig {
+    let proxies = r.opt_string("phones.trusted_proxies").unwrap_or_default();
+    let mut trusted_proxies = Vec::new();
+    for part in proxies.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => r.error(
+                "phones.trusted_proxies",
+                format!("{part:?} is not a network (a.b.c.d/n) or an address"),
+            ),
+        }
+    }
+    PhonesConfig {
+        rate_limit_misses: r.int("phones.rate_limit.misses", 20, 0, 1_000_000) as u32,
+        rate_limit_window: Duration::from_secs(r.int(
+            "phones.rate_limit.window_secs",
+            60,
+            1,
+            86_400,
+        )),
+        rate_limit_cooldown: Duration::from_secs(r.int(
+            "phones.rate_limit.cooldown_secs",
+            300,
+            1,
+            86_400,
+        )),
+        rate_limit_max_sources: r.int("phones.rate_limit.max_sources", 100_000, 10, 10_000_000)
+            as usize,
+        nonce_ttl: Duration::from_secs(r.int("phones.auth.nonce_ttl_secs", 300, 10, 86_400)),
+        nonce_secret: r
+            .opt_string("phones.auth.nonce_secret")
+            .filter(|s| !s.is_empty())
+            .map(Secret::new),
+        request_log_size: r.int("phones.request_log_size", 50, 1, 10_000) as usize,
+        max_upload_bytes: r.int("phones.max_upload_bytes", 65_536, 0, 16 << 20) as usize,
+        trusted_proxies,
+        write_wait: r.millis("phones.write_wait_ms", 3_000, 0, 60_000),
     }
 }
 
@@ -734,6 +813,32 @@ mod tests {
             "acls.dns_min_ttl_secs",
             "acls.dns_concurrency",
             "acls.ttl",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn phones_settings_are_read_and_checked() {
+        let config = Config::from_toml("", &no_env).unwrap();
+        assert_eq!(config.phones.rate_limit_misses, 20);
+        assert_eq!(config.phones.nonce_secret, None);
+        let config = Config::from_toml(
+            "[phones]\ntrusted_proxies = \"10.0.0.0/8, 192.0.2.1\"\n[phones.rate_limit]\nmisses = 0\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(config.phones.trusted_proxies.len(), 2);
+        assert_eq!(config.phones.rate_limit_misses, 0);
+        let text = "[phones]\ntrusted_proxies = \"nope\"\nrequest_log_size = 0\n[phones.auth]\nnonce_ttl_secs = 1\n";
+        let Err(LoadError::Invalid(errors)) = Config::from_toml(text, &no_env) else {
+            panic!("expected errors");
+        };
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "phones.trusted_proxies",
+            "phones.request_log_size",
+            "phones.auth.nonce_ttl_secs",
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }

@@ -21,11 +21,18 @@ pub enum Domain {
     Sysconf,
     Acls,
     Routing,
+    Phones,
     Edge,
 }
 
 impl Domain {
-    pub const ALL: [Domain; 4] = [Domain::Sysconf, Domain::Acls, Domain::Routing, Domain::Edge];
+    pub const ALL: [Domain; 5] = [
+        Domain::Sysconf,
+        Domain::Acls,
+        Domain::Routing,
+        Domain::Phones,
+        Domain::Edge,
+    ];
 
     /// The name used in cache document ids (`sysconf:ecallmgr`), metrics and logs.
     pub fn name(self) -> &'static str {
@@ -33,6 +40,7 @@ impl Domain {
             Domain::Sysconf => "sysconf",
             Domain::Acls => "acls",
             Domain::Routing => "routing",
+            Domain::Phones => "phones",
             Domain::Edge => "edge",
         }
     }
@@ -47,6 +55,7 @@ impl Domain {
             Domain::Sysconf => &sysconf::SysconfBuilder,
             Domain::Acls => &acls::AclsBuilder,
             Domain::Routing => &routing::RoutingBuilder,
+            Domain::Phones => &phones::PhonesBuilder,
             Domain::Edge => &edge::EdgeBuilder,
         }
     }

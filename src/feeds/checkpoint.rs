@@ -23,6 +23,15 @@ pub async fn marker(db: &Db) -> Result<String> {
     if let Some(token) = read_marker(db).await? {
         return Ok(token);
     }
+    // Several followers of one database start together in one process (the
+    // engine's and the phones shell's of `units`): without this lock each
+    // could create its own marker, and all but the last would see the
+    // database as re-created at their first check and reload it.
+    static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _creating = CREATING.lock().await;
+    if let Some(token) = read_marker(db).await? {
+        return Ok(token);
+    }
     let token = uuid::Uuid::new_v4().simple().to_string();
     // On CouchDB a concurrent creator may overwrite ours (it does not check
     // `_rev` on `_local` documents), so adopt whatever is stored afterwards.

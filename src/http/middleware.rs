@@ -40,10 +40,17 @@ pub fn common(
     metrics: Arc<Metrics>,
     timeout: Duration,
 ) -> Router {
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| deadline(timeout, request, next),
+    ));
+    instrumented(router, listener, metrics)
+}
+
+/// `common` without the request deadline, for handlers that never wait
+/// (the phones listener answers from memory; it bounds its one wait, an
+/// upload's body, itself): no timer per request.
+pub fn instrumented(router: Router, listener: &'static str, metrics: Arc<Metrics>) -> Router {
     router
-        .layer(axum::middleware::from_fn(
-            move |request: Request, next: Next| deadline(timeout, request, next),
-        ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,7 +2,8 @@
 //! board), never from CouchDB.
 //!
 //! * `api`: health, readiness, metrics, status and the admin/`/v1` API;
-//! * `phones`: what devices fetch (phone files come with the phones domain).
+//! * `phones`: what phones fetch (their files, from the mirror);
+//! * `phones_api`: the phones configuration and admin read API (on `api`).
 //!
 //! Connections are served by hyper directly (not `axum::serve`) so the
 //! header limits and the header read timeout apply per connection, and
@@ -13,6 +14,7 @@ pub mod edge;
 mod error;
 mod middleware;
 pub mod phones;
+pub mod phones_api;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -755,6 +755,11 @@ impl EngineHandle {
         EngineHandle { tx }
     }
 
+    /// The engine's event queue, for shells that feed a synthetic source.
+    pub fn sender(&self) -> mpsc::Sender<FeedEvent> {
+        self.tx.clone()
+    }
+
     /// Hands the engine a freshly read document and waits until the outputs
     /// depending on it are in the cache. Returns false on timeout/shutdown.
     pub async fn refresh(

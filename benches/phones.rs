@@ -1,0 +1,714 @@
+//! Phone provisioning at scale (`cargo bench --bench phones`, or
+//! `scripts/bench-phones`, which installs nginx-light and wrk when missing).
+//!
+//! Data (generated): `PHONES_BENCH_UNITS` units (default 10k) over
+//! `PHONES_BENCH_ACCOUNTS` accounts (default 100: resellers with customer
+//! accounts below them), each account with a provision config (locks
+//! included), 5 policies and 2 profiles, each unit with 1–2 lines; one
+//! customer has `PHONES_BENCH_BIG` units (default 1000) sharing one policy.
+//! Measures: the full build (units/s, parallel like the engine), one edit of
+//! that policy (outputs reached through the dependency graph, their rebuild,
+//! hashing), the mirror and serving index, RSS, and phone file GETs over
+//! HTTP on loopback — the real phones listener served from the mirror —
+//! with wrk (`-c64` and `-c256`, random units per request) when installed
+//! (else an in-process client), side by side with nginx serving the same
+//! files pre-rendered on disk when nginx is installed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caldera::cache::mirror::Mirror;
+use caldera::cache::{CacheEntry, content_hash};
+use caldera::couch::Body;
+use caldera::domains::phones::limiter::Limits;
+use caldera::domains::phones::model::{SIP_AUTH, TEMPLATE_BODIES, UNITS};
+use caldera::domains::phones::service::{PhonesService, Settings, nonce_key};
+use caldera::domains::phones::{PhonesBuilder, phones_index};
+use caldera::domains::{Builder, Built, Domain};
+use caldera::rebuild::deps::DepGraph;
+use caldera::rebuild::index::{Dep, Index, Reads, SourceDoc, SourceId};
+use caldera::telemetry::metrics::Metrics;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn doc(id: &str, body: Value) -> (String, Arc<SourceDoc>) {
+    (
+        id.to_string(),
+        Arc::new(SourceDoc {
+            id: id.to_string(),
+            rev: "1-a".into(),
+            body: Body::Json(body),
+        }),
+    )
+}
+
+/// A unit the load generator asks for.
+struct Target {
+    host: String,
+    path: String,
+    ua: String,
+}
+
+struct Data {
+    units: BTreeMap<String, Arc<SourceDoc>>,
+    devices: BTreeMap<String, Arc<SourceDoc>>,
+    big_policy: String,
+}
+
+fn mac_of(n: usize) -> String {
+    format!("805ec0{n:06x}")
+}
+
+fn generate(units: usize, accounts: usize, big: usize) -> Data {
+    let mut docs = BTreeMap::new();
+    let mut devices = BTreeMap::new();
+    let resellers = (accounts / 10).max(1);
+    let customers = accounts.saturating_sub(resellers).max(1);
+    for r in 0..resellers {
+        let id = format!("reseller-{r}");
+        docs.extend([doc(
+            &id,
+            json!({"type": "account", "name": id, "realm": format!("r{r}.example.net")}),
+        )]);
+        docs.extend([doc(
+            &format!("pc-{id}"),
+            json!({"type": "provision_config", "account_id": id,
+            "config": {"codecs": ["g722", "pcmu"],
+                       "yealink": {"static": {"network": {"vlan": {"internet_port_enable": 1, "internet_port_vid": 20 + r % 10}}}}},
+            "defaults": {"time": {"ntp_server": "pool.ntp.org"}, "yealink": {"local_time": {"time_zone": "+1", "time_zone_name": "France(Paris)"}}},
+            "locks": {"codecs": true, "yealink": {"static": {"network": {"vlan": true}}}}}),
+        )]);
+    }
+    let rest = units.saturating_sub(big);
+    let mut next_unit = 0;
+    for c in 0..customers {
+        let account = format!("acct-{c}");
+        let reseller = format!("reseller-{}", c % resellers);
+        docs.extend([doc(&account, json!({"type": "account", "name": account, "realm": format!("c{c}.example.net"), "tree": [reseller]}))]);
+        docs.extend([doc(&format!("pc-{account}"), json!({"type": "provision_config", "account_id": account,
+            "config": {"time": {"ntp_server": format!("ntp.c{c}.example.net")}, "yealink": {"features": {"dnd": {"allow": 0}}}},
+            "defaults": {"yealink": {"lang": {"gui": "French"}}},
+            "locks": {"yealink": {"features": {"dnd": true}}}}))]);
+        for p in 0..5 {
+            let id = format!("pol-{c}-{p}");
+            docs.extend([doc(&id, json!({"type": "policy", "account_id": account,
+                "config": {"phone_book": {"name": "Company", "entries": [{"name": "Reception", "number": format!("{p}00")}]},
+                           "keys": [{"key": 3 + p, "type": "blf", "value": format!("10{p}"), "label": format!("Key {p}")}],
+                           "yealink": {"phone_setting": {"ring_type": format!("Ring{}.wav", 1 + p)}}}}))]);
+        }
+        for f in 0..2 {
+            let id = format!("prof-{c}-{f}");
+            docs.extend([doc(&id, json!({"type": "profile", "account_id": account, "policies": [format!("pol-{c}-0"), format!("pol-{c}-{}", 1 + f)]}))]);
+        }
+        let count = if c == 0 {
+            big.min(units)
+        } else {
+            rest / customers.saturating_sub(1).max(1)
+                + usize::from(c <= rest % customers.saturating_sub(1).max(1))
+        };
+        for _ in 0..count {
+            if next_unit >= units {
+                break;
+            }
+            let n = next_unit;
+            next_unit += 1;
+            let id = format!("unit-{n}");
+            let lines: Vec<Value> = (1..=1 + n % 2)
+                .map(|l| {
+                    let device = format!("dev-{n}-{l}");
+                    devices.extend([doc(&device, json!({"pvt_type": "device", "pvt_account_id": account,
+                        "sip": {"username": format!("u{n}l{l}"), "password": format!("secret-{n}-{l}")}}))]);
+                    json!({"line": l, "device_id": device, "label": format!("Line {l}")})
+                })
+                .collect();
+            docs.extend([doc(&id, json!({"type": "unit", "account_id": account, "name": format!("Desk {n}"),
+                "mac_address": mac_of(n), "brand": "yealink", "model": "t46s",
+                "profiles": [format!("prof-{c}-{}", n % 2)], "config": {"yealink": {"local_time": {"time_format": n % 2}}},
+                "lines": lines}))]);
+        }
+    }
+    Data {
+        units: docs,
+        devices,
+        big_policy: "pol-0-0".into(),
+    }
+}
+
+fn index_of(data: &Data) -> Index {
+    let mut index = phones_index();
+    index.replace(&SourceId::from(UNITS), data.units.clone());
+    index.replace(&SourceId::from(SIP_AUTH), data.devices.clone());
+    index.replace(&SourceId::from(TEMPLATE_BODIES), BTreeMap::new());
+    index
+}
+
+type Result1 = (String, Built, BTreeSet<Dep>);
+
+/// Builds `keys` on `threads` scoped threads, like the engine.
+fn build_all(index: &Index, keys: &[String], threads: usize) -> Vec<Result1> {
+    let chunk = keys.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|key| {
+                            let mut reads = Reads::new(index);
+                            let built = PhonesBuilder.build(key, &mut reads);
+                            (key.clone(), built, reads.finish().0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// Builds `keys` like `build_all`, keeping only the cache documents and the
+/// dependencies (what a daemon holds), not the built values.
+fn build_entries(
+    index: &Index,
+    keys: &[String],
+    threads: usize,
+) -> Vec<(String, Option<CacheEntry>, BTreeSet<Dep>)> {
+    let chunk = keys.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|key| {
+                            let mut reads = Reads::new(index);
+                            let built = PhonesBuilder.build(key, &mut reads);
+                            (key.clone(), entry(key, &built), reads.finish().0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+fn entry(key: &str, built: &Built) -> Option<CacheEntry> {
+    let Built::Content { content, issues } = built else {
+        return None;
+    };
+    let errors: Value = issues
+        .iter()
+        .map(|i| json!({"doc": i.doc, "reason": i.reason}))
+        .collect();
+    let hash = content_hash(content, &errors, false);
+    Some(CacheEntry {
+        id: format!("phones:{key}"),
+        rev: "1-a".into(),
+        domain: "phones".into(),
+        key: key.to_string(),
+        hash,
+        content: content.clone(),
+        errors,
+        stale: false,
+        bytes: serde_json::to_vec(content).map_or(0, |b| b.len()),
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// What one load run measured.
+struct Load {
+    rps: f64,
+    p50: String,
+    p99: String,
+    errors: String,
+}
+
+/// The wrk script and its data: one target per line (`path TAB host TAB
+/// user agent`), read at start-up (a Lua table literal of 100k entries is
+/// more than Lua accepts). Every request picks a random target.
+fn lua_script(targets: &[Target]) -> (tempfile::NamedTempFile, tempfile::NamedTempFile) {
+    let mut data = tempfile::NamedTempFile::new().unwrap();
+    for t in targets {
+        writeln!(data, "{}\t{}\t{}", t.path, t.host, t.ua).unwrap();
+    }
+    data.flush().unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        r#"local targets = {{}}
+for line in io.lines("{}") do
+  local path, host, ua = line:match("^([^\t]*)\t([^\t]*)\t(.*)$")
+  targets[#targets + 1] = {{path, host, ua}}
+end
+local n = #targets
+math.randomseed(os.time())
+request = function()
+  local t = targets[math.random(n)]
+  return wrk.format("GET", t[1], {{["Host"] = t[2], ["User-Agent"] = t[3]}})
+end"#,
+        data.path().display()
+    )
+    .unwrap();
+    file.flush().unwrap();
+    (file, data)
+}
+
+fn wrk(
+    addr: SocketAddr,
+    script: &std::path::Path,
+    connections: usize,
+    seconds: u64,
+) -> Option<Load> {
+    let output = std::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("http://{addr}/"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let rps = field("Requests/sec:").parse().unwrap_or(0.0);
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(Load {
+        rps,
+        p50: field("50%"),
+        p99: field("99%"),
+        errors: if errors.is_empty() {
+            "none".into()
+        } else {
+            errors
+        },
+    })
+}
+
+/// Without wrk: an in-process keep-alive client per task.
+async fn in_process(
+    addr: SocketAddr,
+    targets: Arc<Vec<Target>>,
+    tasks: usize,
+    duration: Duration,
+) -> Load {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(tasks)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (client, targets) = (client.clone(), targets.clone());
+        handles.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t as u64);
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            while started.elapsed() < duration {
+                let target = &targets[rng.usize(..targets.len())];
+                let begun = Instant::now();
+                let reply = client
+                    .get(format!("http://{addr}{}", target.path))
+                    .header("Host", &target.host)
+                    .header("User-Agent", &target.ua)
+                    .send()
+                    .await;
+                match reply {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.bytes().await;
+                    }
+                    _ => errors += 1,
+                }
+                latencies.push(begun.elapsed());
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (latencies, e) = h.await.unwrap();
+        all.extend(latencies);
+        errors += e;
+    }
+    all.sort();
+    Load {
+        rps: all.len() as f64 / duration.as_secs_f64(),
+        p50: format!("{:.2?}", percentile(&all, 0.5)),
+        p99: format!("{:.2?}", percentile(&all, 0.99)),
+        errors: errors.to_string(),
+    }
+}
+
+/// nginx serving the same files from disk (`root <dir>/$host`).
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // The whole process group (master and workers), so no worker outlives the bench.
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx(files: &[(String, String, String)]) -> Option<Nginx> {
+    let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = tempfile::tempdir().ok()?;
+    for (host, name, body) in files {
+        let folder = dir.path().join("www").join(host);
+        std::fs::create_dir_all(&folder).ok()?;
+        std::fs::write(folder.join(name), body).ok()?;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let conf = format!(
+        "worker_processes 2;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;\n\
+           client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;\n\
+           uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n\
+           default_type text/plain; etag on;\n\
+           server {{ listen 127.0.0.1:{port}; root {dir}/www/$host; location / {{ try_files $uri =404; }} }} }}\n",
+        dir = dir.path().display()
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).ok()?;
+    let child = std::process::Command::new(binary)
+        .process_group(0)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some(Nginx {
+                child,
+                addr,
+                _dir: dir,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn main() {
+    let units = env_usize("PHONES_BENCH_UNITS", 10_000);
+    let accounts = env_usize("PHONES_BENCH_ACCOUNTS", 100);
+    let big = env_usize("PHONES_BENCH_BIG", 1_000);
+    let seconds = env_usize("PHONES_BENCH_SECONDS", 10) as u64;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!(
+        "phones bench: {units} units over {accounts} accounts (one with {big}), {threads} build threads"
+    );
+    let rss_start = rss_mb();
+
+    let started = Instant::now();
+    let data = generate(units, accounts, big);
+    let index = index_of(&data);
+    println!(
+        "source index: {} units-db docs + {} devices in {:.2?}, +{:.0} MB RSS",
+        data.units.len(),
+        data.devices.len(),
+        started.elapsed(),
+        rss_mb() - rss_start
+    );
+
+    let rss_index = rss_mb();
+    let keys = PhonesBuilder.all_keys(&index);
+    let started = Instant::now();
+    // Built, hashed and turned into cache documents on the build threads
+    // (the writer hashes every output too), keeping what a daemon keeps.
+    let built = build_entries(&index, &keys, threads);
+    let elapsed = started.elapsed();
+    let mut all_deps = Vec::new();
+    let mut entries = Vec::new();
+    for (key, entry, deps) in built {
+        if let Some(entry) = entry {
+            all_deps.push((key, deps));
+            entries.push(entry);
+        }
+    }
+    let unit_outputs = entries
+        .iter()
+        .filter(|e| e.key.starts_with("unit:"))
+        .count();
+    let served = entries
+        .iter()
+        .filter(|e| e.key.starts_with("unit:") && e.content["served"] == true)
+        .count();
+    let bytes: usize = entries.iter().map(|e| e.bytes).sum();
+    let with_errors = entries
+        .iter()
+        .filter(|e| e.errors.as_array().is_some_and(|a| !a.is_empty()))
+        .count();
+    if let Some(first) = entries
+        .iter()
+        .find(|e| e.errors.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        println!(
+            "outputs with errors: {with_errors} (the first: {} {})",
+            first.key, first.errors
+        );
+    }
+    println!(
+        "full build (built and hashed): {} outputs ({unit_outputs} units, {served} served) in {elapsed:.2?} = {:.0} units/s ({:.0} µs per output per thread); cache documents {:.1} MB ({:.1} kB per unit)",
+        entries.len(),
+        unit_outputs as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 * threads as f64 / entries.len().max(1) as f64,
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e3 / unit_outputs.max(1) as f64
+    );
+
+    let rss_before_graph = rss_mb();
+    let mut graph = DepGraph::default();
+    let dep_count: usize = all_deps.iter().map(|(_, d)| d.len()).sum();
+    for (key, deps) in all_deps {
+        graph.set((Domain::Phones, key), deps);
+    }
+    println!(
+        "dependency graph: {dep_count} dependencies ({:.1} per output), +{:.0} MB RSS",
+        dep_count as f64 / graph.len().max(1) as f64,
+        rss_mb() - rss_before_graph
+    );
+    let policy_dep = Dep::Doc(SourceId::from(UNITS), data.big_policy.clone());
+    let started = Instant::now();
+    let reached: Vec<String> = graph
+        .dependents(&policy_dep)
+        .map(|(_, k)| k.clone())
+        .collect();
+    let lookup = started.elapsed();
+    let started = Instant::now();
+    let rebuilt = build_all(&index, &reached, threads);
+    let rebuild = started.elapsed();
+    let started = Instant::now();
+    let hashed: Vec<CacheEntry> = rebuilt.iter().filter_map(|(k, b, _)| entry(k, b)).collect();
+    println!(
+        "one policy edit: reaches {} outputs (lookup {lookup:.2?}), rebuilt in {rebuild:.2?}, hashed in {:.2?}",
+        reached.len(),
+        started.elapsed()
+    );
+    drop(hashed);
+    drop(rebuilt);
+
+    let mirror = Arc::new(Mirror::default());
+    let started = Instant::now();
+    mirror.replace_all(entries);
+    let settings = Settings {
+        limits: Limits {
+            budget: 0,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(60),
+            max_sources: 1000,
+        },
+        nonce_ttl: Duration::from_secs(300),
+        request_log: 50,
+        max_upload: 65536,
+        trusted_proxies: Vec::new(),
+    };
+    let service = Arc::new(PhonesService::new(
+        mirror.clone(),
+        settings,
+        nonce_key(Some("bench")),
+    ));
+    let rss_all = rss_mb();
+    println!(
+        "mirror + serving index: {:.2?}; RSS {rss_all:.0} MB: source index {:.0} MB, outputs (mirror, serving index, dependency graph) {:.0} MB = {:.1} kB per unit",
+        started.elapsed(),
+        rss_index - rss_start,
+        rss_all - rss_index,
+        (rss_all - rss_index) * 1024.0 / unit_outputs.max(1) as f64
+    );
+
+    // What the load generator asks for: served units' device files.
+    let mut targets = Vec::new();
+    let mut files = Vec::new();
+    for id in mirror.ids_of("phones") {
+        let Some(entry) = mirror.get(&id) else {
+            continue;
+        };
+        let content = &entry.content;
+        if !entry.key.starts_with("unit:") || content["served"] != true {
+            continue;
+        }
+        let host = content["account"]["realm"].as_str().unwrap().to_string();
+        let mac = content["unit"]["mac"].as_str().unwrap();
+        for (name, file) in content["files"].as_object().unwrap() {
+            let colons: Vec<String> = (0..6).map(|i| mac[2 * i..2 * i + 2].to_string()).collect();
+            targets.push(Target {
+                host: host.clone(),
+                path: format!("/{name}"),
+                ua: format!("Yealink SIP-T46S 66.86.0.15 {}", colons.join(":")),
+            });
+            files.push((
+                host.clone(),
+                name.clone(),
+                file["body"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    // The serving decision alone (no HTTP), one thread.
+    let peer: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let rounds = 200_000.min(targets.len() * 20).max(1);
+    let started = Instant::now();
+    let mut ok = 0usize;
+    for _ in 0..rounds {
+        let t = &targets[rng.usize(..targets.len())];
+        let request = caldera::domains::phones::service::PhoneRequest {
+            method: "GET",
+            target: &t.path,
+            host: Some(&t.host),
+            user_agent: Some(&t.ua),
+            authorization: None,
+            if_none_match: None,
+            if_modified_since: None,
+            forwarded_for: None,
+            peer,
+            upload: None,
+        };
+        if service.serve(&request).status() == 200 {
+            ok += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "serving decision in process (no HTTP, 1 thread): {:.0} requests/s, {:.2} µs each ({ok} of {rounds} served)",
+        rounds as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / rounds as f64
+    );
+    let targets = Arc::new(targets);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    let addr = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = caldera::http::phones::router(
+            service.clone(),
+            Arc::new(Metrics::new()),
+            Duration::from_secs(10),
+        );
+        let limits = caldera::http::Limits {
+            max_headers: 64,
+            max_header_bytes: 16384,
+            header_read_timeout: Duration::from_secs(10),
+        };
+        tokio::spawn(caldera::http::serve(
+            "phones",
+            listener,
+            router,
+            limits,
+            token.clone(),
+            Duration::from_secs(1),
+        ));
+        addr
+    });
+    let have_wrk = std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let (script, _data) = lua_script(&targets);
+    let nginx = nginx(&files);
+    for connections in [64, 256] {
+        let caldera = if have_wrk {
+            wrk(addr, script.path(), connections, seconds)
+        } else {
+            Some(runtime.block_on(in_process(
+                addr,
+                targets.clone(),
+                connections.min(64),
+                Duration::from_secs(seconds),
+            )))
+        };
+        let caldera = caldera.expect("a load run");
+        let tool = if have_wrk { "wrk" } else { "in-process client" };
+        println!(
+            "HTTP GET per-device files ({tool}, c{connections}, {seconds} s, random units): caldera {:.0} req/s, p50 {}, p99 {}, non-200/errors: {}",
+            caldera.rps, caldera.p50, caldera.p99, caldera.errors
+        );
+        if let (true, Some(nginx)) = (have_wrk, &nginx)
+            && let Some(reference) = wrk(nginx.addr, script.path(), connections, seconds)
+        {
+            println!(
+                "  nginx (same files from disk, 2 workers): {:.0} req/s, p50 {}, p99 {}, non-200/errors: {} -> caldera/nginx = {:.2}",
+                reference.rps,
+                reference.p50,
+                reference.p99,
+                reference.errors,
+                caldera.rps / reference.rps.max(1.0)
+            );
+        }
+    }
+    if nginx.is_none() {
+        println!(
+            "  (nginx is not installed: scripts/bench-phones installs nginx-light and wrk, then runs this)"
+        );
+    }
+    token.cancel();
+    println!("RSS at the end: {:.0} MB", rss_mb());
+}

@@ -1,0 +1,797 @@
+//! The phones listener's logic: what a phone's request gets, from the
+//! mirror and the serving index only (never CouchDB). Also the per-unit
+//! request log, the security log, the miss limiter, and the admin read
+//! views built on them.
+//!
+//! Every denial — unknown realm or account, unknown MAC, a MAC of another
+//! account, a disabled or duplicate unit, a file the model does not
+//! produce, a User-Agent whose MAC or vendor disagrees with the path, an
+//! address outside the account's allow list, a malformed path, another
+//! method — is the same bare 404; the reason goes to the unit's request
+//! log (when there is a unit) and to the security log (tracing target
+//! `caldera::security`), never to the client. Secrets (passwords, HA1s,
+//! `Authorization`) are never logged.
+//!
+//! Misses that look like probing (unknown MACs, mismatched User-Agents,
+//! malformed paths, wrong credentials) count against the source; past the
+//! budget the source cools down: device requests that do not authenticate
+//! get 429 (authenticated phones behind the same address keep working, and
+//! model-common files, which carry no secrets, stay served).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use super::auth::{self, NonceKey, Stored, Verdict};
+use super::limiter::{Limiter, Limits};
+use super::mac::Mac;
+use super::request::{self, Agent, Target};
+use super::serving::{ServedCommon, ServedFile, Tables};
+use super::vendors;
+use crate::cache::CacheEntry;
+use crate::cache::mirror::{Mirror, Observer};
+
+/// The tracing target of the security log.
+pub const SECURITY: &str = "caldera::security";
+
+/// The phones settings that may change on SIGHUP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub limits: Limits,
+    pub nonce_ttl: Duration,
+    /// Entries kept per unit in its request log.
+    pub request_log: usize,
+    /// Largest accepted log upload.
+    pub max_upload: usize,
+    /// Proxies whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Settings {
+    pub fn from_config(config: &crate::config::PhonesConfig) -> Settings {
+        Settings {
+            limits: Limits {
+                budget: config.rate_limit_misses,
+                window: config.rate_limit_window,
+                cooldown: config.rate_limit_cooldown,
+                max_sources: config.rate_limit_max_sources,
+            },
+            nonce_ttl: config.nonce_ttl,
+            request_log: config.request_log_size,
+            max_upload: config.max_upload_bytes,
+            trusted_proxies: config.trusted_proxies.clone(),
+        }
+    }
+}
+
+/// A phone's request, as the listener read it.
+#[derive(Debug, Clone, Copy)]
+pub struct PhoneRequest<'a> {
+    pub method: &'a str,
+    /// The request target as sent (path and query).
+    pub target: &'a str,
+    pub host: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+    pub if_modified_since: Option<&'a str>,
+    pub forwarded_for: Option<&'a str>,
+    pub peer: IpAddr,
+    /// For a PUT: the body length, or `None` when it was over the cap.
+    pub upload: Option<Option<usize>>,
+}
+
+/// What the listener answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The uniform 404.
+    NotFound,
+    TooMany {
+        retry_after: u64,
+    },
+    Challenge {
+        challenges: Vec<String>,
+    },
+    File {
+        not_modified: bool,
+        /// The body and its precomputed headers (shared, not copied).
+        file: Arc<ServedFile>,
+        /// Per-device (carries secrets): not for shared caches.
+        private: bool,
+    },
+    /// A log upload taken (204).
+    Accepted,
+    /// A log upload over the cap (413).
+    TooLarge,
+}
+
+impl Reply {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::NotFound => 404,
+            Reply::TooMany { .. } => 429,
+            Reply::Challenge { .. } => 401,
+            Reply::File {
+                not_modified: true, ..
+            } => 304,
+            Reply::File { .. } => 200,
+            Reply::Accepted => 204,
+            Reply::TooLarge => 413,
+        }
+    }
+}
+
+/// One request in a unit's log.
+#[derive(Debug, Clone)]
+struct Logged {
+    time: SystemTime,
+    ip: IpAddr,
+    user_agent: String,
+    method: String,
+    file: String,
+    status: u16,
+    reason: String,
+}
+
+impl Logged {
+    fn to_json(&self) -> Value {
+        json!({
+            "time": rfc3339(self.time), "ip": self.ip.to_string(), "user_agent": self.user_agent,
+            "method": self.method, "file": self.file, "status": self.status, "reason": self.reason,
+        })
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[derive(Default)]
+struct UnitLog {
+    requests: VecDeque<Logged>,
+    last_seen: Option<Logged>,
+}
+
+/// Shards of the per-unit logs, so phones served on different threads
+/// rarely wait on each other.
+const LOG_SHARDS: usize = 16;
+
+struct RequestLogs {
+    shards: Vec<Mutex<HashMap<Arc<str>, UnitLog>>>,
+}
+
+impl Default for RequestLogs {
+    fn default() -> Self {
+        RequestLogs {
+            shards: (0..LOG_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl RequestLogs {
+    fn shard(&self, unit: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, UnitLog>> {
+        // FNV-1a: cheap and stable.
+        let hash = unit.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        self.shards[(hash % LOG_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, unit: &str, entry: Logged, keep: usize) {
+        let mut shard = self.shard(unit);
+        if !shard.contains_key(unit) {
+            shard.insert(Arc::from(unit), UnitLog::default());
+        }
+        let log = shard.get_mut(unit).expect("just inserted");
+        if matches!(entry.status, 200 | 204 | 304) {
+            log.last_seen = Some(entry.clone());
+        }
+        log.requests.push_back(entry);
+        while log.requests.len() > keep.max(1) {
+            log.requests.pop_front();
+        }
+    }
+
+    fn last_seen(&self, unit: &str) -> Option<Value> {
+        self.shard(unit)
+            .get(unit)?
+            .last_seen
+            .as_ref()
+            .map(Logged::to_json)
+    }
+
+    /// The requests, newest first, and the last success.
+    fn requests(&self, unit: &str) -> (Vec<Value>, Option<Value>) {
+        let shard = self.shard(unit);
+        let Some(log) = shard.get(unit) else {
+            return (Vec::new(), None);
+        };
+        let requests = log.requests.iter().rev().map(Logged::to_json).collect();
+        (requests, log.last_seen.as_ref().map(Logged::to_json))
+    }
+}
+
+/// A unit's log goes with its cache document (observed on the mirror).
+impl Observer for RequestLogs {
+    fn reset(&self, entries: &[Arc<CacheEntry>]) {
+        let units: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter_map(|e| e.id.strip_prefix("phones:unit:"))
+            .collect();
+        for shard in &self.shards {
+            shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|id, _| units.contains(&**id));
+        }
+    }
+
+    fn put(&self, _entry: &Arc<CacheEntry>) {}
+
+    fn remove(&self, id: &str) {
+        if let Some(unit) = id.strip_prefix("phones:unit:") {
+            self.shard(unit).remove(unit);
+        }
+    }
+}
+
+/// How a request was decided, for the reply and the logs.
+struct Outcome {
+    reply: Reply,
+    account: Option<String>,
+    /// The unit's document id (without the `phones:unit:` prefix).
+    unit: Option<String>,
+    file: String,
+    reason: String,
+    /// Counts against the source (probing, wrong credentials).
+    miss: bool,
+    /// Addresses a device (per-device file or upload), so a cool-down applies.
+    device: bool,
+    authenticated: bool,
+}
+
+impl Outcome {
+    fn deny(file: &str, reason: impl Into<String>) -> Outcome {
+        Outcome {
+            reply: Reply::NotFound,
+            account: None,
+            unit: None,
+            file: file.to_string(),
+            reason: reason.into(),
+            miss: false,
+            device: false,
+            authenticated: false,
+        }
+    }
+
+    /// A miss that counts against the source: a MAC-shaped name whose MAC
+    /// the account does not serve (what enumeration looks like).
+    fn counted(mut self) -> Outcome {
+        self.miss = true;
+        self.device = true;
+        self
+    }
+
+    /// Addresses a device, so a source's cool-down applies to it.
+    fn of_device(mut self) -> Outcome {
+        self.device = true;
+        self
+    }
+
+    fn in_account(mut self, account: &str) -> Outcome {
+        self.account = Some(account.to_string());
+        self
+    }
+
+    fn of_unit(mut self, unit: &str) -> Outcome {
+        self.unit = Some(unit.to_string());
+        self.device = true;
+        self
+    }
+}
+
+/// The phones listener's state.
+pub struct PhonesService {
+    mirror: Arc<Mirror>,
+    tables: Arc<Tables>,
+    limiter: Limiter,
+    logs: Arc<RequestLogs>,
+    key: NonceKey,
+    settings: ArcSwap<Settings>,
+}
+
+/// Nonce key material: the configured secret, else random for this process.
+pub fn nonce_key(secret: Option<&str>) -> NonceKey {
+    match secret {
+        Some(secret) => NonceKey::new(secret.as_bytes()),
+        None => {
+            // uuid v4 comes from the operating system's CSPRNG.
+            let a = uuid::Uuid::new_v4();
+            let b = uuid::Uuid::new_v4();
+            NonceKey::new(&[a.as_bytes().as_slice(), b.as_bytes().as_slice()].concat())
+        }
+    }
+}
+
+impl PhonesService {
+    pub fn new(mirror: Arc<Mirror>, settings: Settings, key: NonceKey) -> PhonesService {
+        let tables = Arc::new(Tables::default());
+        mirror.observe(tables.clone());
+        let logs = Arc::new(RequestLogs::default());
+        mirror.observe(logs.clone());
+        PhonesService {
+            mirror,
+            tables,
+            limiter: Limiter::default(),
+            logs,
+            key,
+            settings: ArcSwap::from_pointee(settings),
+        }
+    }
+
+    pub fn reload(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Answers one request.
+    pub fn serve(&self, req: &PhoneRequest<'_>) -> Reply {
+        let settings = self.settings.load();
+        let now = Instant::now();
+        let ip = client_ip(req.peer, req.forwarded_for, &settings.trusted_proxies);
+        let mut outcome = self.decide(req, &settings);
+        if outcome.device
+            && !outcome.authenticated
+            && let Some(until) = self.limiter.cooling(ip, &settings.limits, now)
+        {
+            outcome.reply = Reply::TooMany {
+                retry_after: until.saturating_duration_since(now).as_secs().max(1),
+            };
+            outcome.reason = format!("cooling down after too many misses ({})", outcome.reason);
+            outcome.miss = false;
+        }
+        if outcome.miss && self.limiter.miss(ip, &settings.limits, now) {
+            // The miss past the budget is refused already.
+            tracing::warn!(target: SECURITY, event = "cooldown_started", %ip,
+                cooldown_secs = settings.limits.cooldown.as_secs(), "too many misses from this source");
+            outcome.reply = Reply::TooMany {
+                retry_after: settings.limits.cooldown.as_secs().max(1),
+            };
+            outcome.reason = format!("cool-down started ({})", outcome.reason);
+        }
+        self.record(req, ip, &outcome, &settings);
+        outcome.reply
+    }
+
+    fn decide(&self, req: &PhoneRequest<'_>, settings: &Settings) -> Outcome {
+        let path = req.target.split('?').next().unwrap_or_default();
+        let Some(Target { account, file }) = request::parse_target(path) else {
+            let shown = request::loggable(path, 128);
+            return Outcome::deny(&shown, "malformed path");
+        };
+        let upload = req.method == "PUT";
+        if !matches!(req.method, "GET" | "HEAD" | "POST" | "PUT") {
+            let why = format!("method {} is not served", request::loggable(req.method, 16));
+            return Outcome::deny(&file, why);
+        }
+        let ua = req.user_agent.unwrap_or_default();
+        let path_macs = if upload {
+            request::mac_of_upload(&file).into_iter().collect()
+        } else {
+            request::macs_in_file(&file)
+        };
+        let agent = Agent::of(ua);
+        let Some(account) = self.account_id(account.as_deref(), req.host) else {
+            let outcome = Outcome::deny(&file, "unknown realm or account");
+            return if path_macs.is_empty() {
+                outcome
+            } else {
+                outcome.counted()
+            };
+        };
+        let Some(served) = self.tables.account(&account) else {
+            return Outcome::deny(&file, "unknown account").in_account(&account);
+        };
+        if !served.served {
+            return Outcome::deny(&file, "the account is not served").in_account(&account);
+        }
+        if !served.allows(client_ip(
+            req.peer,
+            req.forwarded_for,
+            &settings.trusted_proxies,
+        )) {
+            return Outcome::deny(&file, "address not in the account's allowed_cidrs")
+                .in_account(&account);
+        }
+        if upload && path_macs.is_empty() {
+            return Outcome::deny(&file, "PUT only takes <mac>-<name> uploads")
+                .in_account(&account);
+        }
+        if !upload && let Some(outcome) = self.common_file(req, &account, &file, &agent) {
+            return outcome;
+        }
+        let mac = match (self.path_mac(&account, &path_macs), agent.mac) {
+            (Some(path), Some(ua_mac)) if path != ua_mac => {
+                let why = format!("the User-Agent's MAC {ua_mac} is not the path's {path}");
+                return Outcome::deny(&file, why).in_account(&account).of_device();
+            }
+            (Some(mac), _) | (None, Some(mac)) => mac,
+            (None, None) => {
+                return Outcome::deny(&file, "no MAC in the file name or the User-Agent")
+                    .in_account(&account);
+            }
+        };
+        self.device_file(req, settings, &account, &file, mac, &agent)
+    }
+
+    /// The MAC a file name carries: the one of a unit of the account when
+    /// several vendors' grammars read different MACs, else the first.
+    fn path_mac(&self, account: &str, macs: &[Mac]) -> Option<Mac> {
+        macs.iter()
+            .find(|mac| !self.tables.units(account, mac).is_empty())
+            .or_else(|| macs.first())
+            .copied()
+    }
+
+    /// The account id from the path prefix, else from `Host`.
+    fn account_id(&self, prefix: Option<&str>, host: Option<&str>) -> Option<String> {
+        if let Some(id) = prefix {
+            return Some(id.to_string());
+        }
+        let realm = request::realm_of_host(host?)?;
+        self.tables
+            .account_of_realm(&realm)
+            .map(|id| id.to_string())
+    }
+
+    /// A model-common file of the account, if `file` is one.
+    fn common_file(
+        &self,
+        req: &PhoneRequest<'_>,
+        account: &str,
+        file: &str,
+        agent: &Agent,
+    ) -> Option<Outcome> {
+        let candidates = self.tables.common(account, file);
+        // Several models of the account may share a file name (Polycom's
+        // 000000000000.cfg): the asking phone's own model, else one of the
+        // User-Agent's vendor, else the first.
+        let chosen = match candidates.as_slice() {
+            [] => return None,
+            [only] => only.clone(),
+            _ => {
+                let own = agent
+                    .mac
+                    .and_then(|mac| self.tables.units(account, &mac).into_iter().next())
+                    .and_then(|unit| unit.common.clone());
+                let of_brand = |c: &&Arc<ServedCommon>| Some(c.brand.as_str()) == agent.brand;
+                own.and_then(|doc| candidates.iter().find(|c| c.doc == doc).cloned())
+                    .or_else(|| {
+                        candidates
+                            .iter()
+                            .filter(of_brand)
+                            .find(|c| agent.model.as_deref() == Some(c.model.as_str()))
+                            .cloned()
+                    })
+                    .or_else(|| candidates.iter().find(of_brand).cloned())
+                    .unwrap_or_else(|| candidates[0].clone())
+            }
+        };
+        let found = chosen.files.get(file)?;
+        let mut outcome = Outcome::deny(file, "model-common file").in_account(account);
+        outcome.reply = file_reply(found, req, false);
+        Some(outcome)
+    }
+
+    fn device_file(
+        &self,
+        req: &PhoneRequest<'_>,
+        settings: &Settings,
+        account: &str,
+        file: &str,
+        mac: Mac,
+        agent: &Agent,
+    ) -> Outcome {
+        let units = self.tables.units(account, &mac);
+        let [unit] = units.as_slice() else {
+            let why = if self.tables.mac_in_other_account(account, &mac) {
+                format!("MAC {mac} belongs to another account")
+            } else {
+                format!("unknown MAC {mac}")
+            };
+            return Outcome::deny(file, why).in_account(account).counted();
+        };
+        let deny = |why: &str| {
+            Outcome::deny(file, why)
+                .in_account(account)
+                .of_unit(&unit.id)
+        };
+        match agent.brand {
+            Some(brand) if brand != unit.brand => {
+                return deny("the User-Agent is another vendor's phone").of_device();
+            }
+            // Per-device files carry SIP credentials: without the unit's
+            // own HTTP credentials to ask for, only its vendor's phones get
+            // them (the reference: "unknown UA → deny or require auth").
+            None if unit.auth.is_none() => {
+                return deny("the User-Agent is not a phone's").of_device();
+            }
+            _ => {}
+        }
+        let upload = req.method == "PUT";
+        let found = unit.files.get(file);
+        if upload
+            && !vendors::by_brand(&unit.brand).is_some_and(|vendor| vendor.accepts_upload(file))
+        {
+            return deny("the unit's vendor does not upload this file").of_device();
+        }
+        if !upload && found.is_none() {
+            return deny("the unit's model does not produce this file").of_device();
+        }
+        let mut outcome = deny("per-device file");
+        if let Some(stored) = &unit.auth {
+            match self.authenticate(req, settings, stored) {
+                Ok(()) => outcome.authenticated = true,
+                Err(mut challenge) => {
+                    challenge.account = outcome.account;
+                    challenge.unit = outcome.unit;
+                    challenge.device = true;
+                    challenge.file = file.to_string();
+                    return *challenge;
+                }
+            }
+        }
+        outcome.reply = match (upload, found, req.upload) {
+            (true, _, Some(Some(_))) => Reply::Accepted,
+            (true, _, _) => Reply::TooLarge,
+            (false, Some(found), _) => file_reply(found, req, true),
+            (false, None, _) => unreachable!("checked above"),
+        };
+        if upload {
+            outcome.reason = "log upload".into();
+        }
+        outcome
+    }
+
+    /// `Ok` when the request carries the unit's credentials, else the 401.
+    fn authenticate(
+        &self,
+        req: &PhoneRequest<'_>,
+        settings: &Settings,
+        stored: &Stored,
+    ) -> Result<(), Box<Outcome>> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let request = auth::Request {
+            method: req.method,
+            uri: req.target,
+            authorization: req.authorization,
+        };
+        let ttl = settings.nonce_ttl.as_secs();
+        let verdict = auth::verify(stored, &request, &self.key, now, ttl);
+        let challenge = |stale: bool, reason: &str| {
+            let nonce = self.key.issue(&stored.realm, now, fastrand::u64(..));
+            let mut outcome = Outcome::deny("", reason);
+            outcome.reply = Reply::Challenge {
+                challenges: auth::challenges(stored, &nonce, stale),
+            };
+            outcome
+        };
+        match verdict {
+            Verdict::Accepted => Ok(()),
+            Verdict::Missing => Err(Box::new(challenge(false, "credentials required"))),
+            Verdict::Stale => Err(Box::new(challenge(true, "expired nonce"))),
+            Verdict::Refused => {
+                let mut outcome = challenge(false, "wrong credentials");
+                outcome.miss = true;
+                Err(Box::new(outcome))
+            }
+        }
+    }
+
+    fn record(&self, req: &PhoneRequest<'_>, ip: IpAddr, outcome: &Outcome, settings: &Settings) {
+        let status = outcome.reply.status();
+        let ua = request::loggable(req.user_agent.unwrap_or_default(), 200);
+        let account = outcome.account.as_deref().unwrap_or("-");
+        let unit = outcome.unit.as_deref().unwrap_or("-");
+        let file = request::loggable(&outcome.file, 128);
+        match status {
+            404 => {
+                tracing::info!(target: SECURITY, event = "denied", %ip, account, unit, file, reason = outcome.reason, user_agent = ua, "phone request denied")
+            }
+            401 if outcome.miss => {
+                tracing::warn!(target: SECURITY, event = "auth_refused", %ip, account, unit, file, user_agent = ua, "wrong credentials")
+            }
+            429 => {
+                tracing::debug!(target: SECURITY, event = "rate_limited", %ip, account, unit, file, "refused while cooling down")
+            }
+            200 if outcome.unit.is_some() => {
+                tracing::info!(target: SECURITY, event = "device_file", %ip, account, unit, file, user_agent = ua, authenticated = outcome.authenticated, "per-device file served")
+            }
+            _ => {}
+        }
+        let Some(unit) = &outcome.unit else {
+            return;
+        };
+        let entry = Logged {
+            time: SystemTime::now(),
+            ip,
+            user_agent: ua,
+            method: request::loggable(req.method, 16),
+            file,
+            status,
+            reason: outcome.reason.clone(),
+        };
+        self.logs.record(unit, entry, settings.request_log);
+    }
+
+    /// `GET /v1/units/{id}`: the unit as built, with its last request.
+    pub fn unit_view(&self, id: &str) -> Option<Value> {
+        let entry = self.mirror.get(&format!("phones:unit:{id}"))?;
+        let content = &entry.content;
+        let files = |value: &Value| -> Value {
+            let Some(map) = value.as_object() else {
+                return json!({});
+            };
+            map.iter()
+                .map(|(name, f)| {
+                    let bytes = f["body"].as_str().map_or(0, str::len);
+                    (name.clone(), json!({"content_type": f["content_type"], "etag": f["etag"], "bytes": bytes}))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        let common = content["common"]["key"]
+            .as_str()
+            .and_then(|key| self.mirror.get(&format!("phones:{key}")))
+            .map(|c| files(&c.content["files"]))
+            .unwrap_or_else(|| json!({}));
+        let last_seen = self.logs.last_seen(id);
+        Some(json!({
+            "id": id, "unit": content["unit"], "account": content["account"],
+            "served": content["served"], "reason": content["reason"],
+            "config": content["config"],
+            "provenance": super::merge::expand_provenance(&content["provenance"], &content["origins"]),
+            "lines": content["lines"],
+            "auth": content["auth"].is_object(),
+            "files": files(&content["files"]), "common_files": common,
+            "errors": entry.errors, "stale": entry.stale, "last_seen": last_seen,
+        }))
+    }
+
+    /// `GET /v1/units/{id}/files/{file}`: a device file, or a common file
+    /// of its model.
+    pub fn unit_file(&self, id: &str, file: &str) -> Option<(String, Bytes)> {
+        let entry = self.mirror.get(&format!("phones:unit:{id}"))?;
+        let found = |entry: &CacheEntry| {
+            let f = entry.content["files"].get(file)?;
+            Some((
+                f["content_type"].as_str()?.to_string(),
+                Bytes::from(f["body"].as_str()?.to_string()),
+            ))
+        };
+        found(&entry).or_else(|| {
+            let key = entry.content["common"]["key"].as_str()?;
+            found(&*self.mirror.get(&format!("phones:{key}"))?)
+        })
+    }
+
+    /// `GET /v1/units/{id}/requests`.
+    pub fn unit_requests(&self, id: &str) -> Option<Value> {
+        self.mirror.get(&format!("phones:unit:{id}"))?;
+        let (requests, last_seen) = self.logs.requests(id);
+        Some(json!({"unit": id, "last_seen": last_seen, "requests": requests}))
+    }
+
+    /// Build status of every unit of an account, by unit id.
+    pub fn account_units(&self, account: &str) -> serde_json::Map<String, Value> {
+        self.tables
+            .units_of(account)
+            .into_iter()
+            .filter_map(|doc| {
+                let entry = self.mirror.get(&doc)?;
+                let id = doc.trim_start_matches("phones:unit:").to_string();
+                let last_seen = self.logs.last_seen(&id);
+                let status = json!({
+                    "served": entry.content["served"], "reason": entry.content["reason"],
+                    "errors": entry.errors.as_array().map_or(0, Vec::len), "stale": entry.stale,
+                    "files": entry.content["files"].as_object().map(|f| f.keys().cloned().collect::<Vec<_>>()),
+                    "last_seen": last_seen,
+                });
+                Some((id, status))
+            })
+            .collect()
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy —
+/// the last `X-Forwarded-For` hop that is not one.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
+    header
+        .rsplit(',')
+        .map(str::trim)
+        .map(|hop| hop.parse::<IpAddr>())
+        .take_while(Result::is_ok)
+        .filter_map(Result::ok)
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+/// The reply for a file, honouring the conditional headers.
+fn file_reply(file: &Arc<ServedFile>, req: &PhoneRequest<'_>, private: bool) -> Reply {
+    let not_modified = match (req.if_none_match, req.if_modified_since) {
+        (Some(tags), _) => etag_matches(tags, &file.etag),
+        (None, Some(since)) => httpdate::parse_http_date(since).is_ok_and(|since| {
+            // HTTP dates have whole seconds.
+            file.since
+                .duration_since(since)
+                .map_or(true, |newer| newer < Duration::from_secs(1))
+        }),
+        (None, None) => false,
+    };
+    Reply::File {
+        not_modified,
+        file: file.clone(),
+        private,
+    }
+}
+
+/// `If-None-Match`: `*` or a list of (possibly weak) entity tags.
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let header = Some("198.51.100.7, 10.0.0.9");
+        assert_eq!(
+            client_ip(peer, header, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let stranger: IpAddr = "192.0.2.9".parse().unwrap();
+        assert_eq!(client_ip(stranger, header, &trusted), stranger);
+        assert_eq!(client_ip(peer, Some("garbage"), &trusted), peer);
+        assert_eq!(client_ip(peer, None, &trusted), peer);
+    }
+
+    #[test]
+    fn entity_tags_match_strong_weak_and_star() {
+        assert!(etag_matches("\"abc\"", "abc"));
+        assert!(etag_matches("W/\"abc\", \"x\"", "abc"));
+        assert!(etag_matches("*", "abc"));
+        assert!(!etag_matches("\"abd\"", "abc"));
+    }
+}
