@@ -35,6 +35,7 @@ pub mod domains;
 pub mod feeds;
 pub mod http;
 pub mod rebuild;
+pub mod xml;
 
 #[cfg(test)]
 mod tidy;

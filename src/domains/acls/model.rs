@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::domains::Issue;
+use crate::xml::push_escaped;
 
 /// Source holding auth-by-ip devices and local (account) resources.
 pub const SIP_AUTH: &str = "sip_auth";
@@ -1071,22 +1072,5 @@ fn cidr_texts(entry: &Value) -> Vec<&str> {
         Some(Value::String(s)) => vec![s],
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
-    }
-}
-
-fn push_escaped(out: &mut String, text: &str) {
-    if !text.contains(['&', '<', '>', '"', '\'']) {
-        out.push_str(text);
-        return;
-    }
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
     }
 }

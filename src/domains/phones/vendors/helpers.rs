@@ -70,23 +70,9 @@ pub(super) fn register(registry: &mut Handlebars<'_>) {
     }
 }
 
-/// Text for XML element content and attribute values: the five special
-/// characters become entities, and control characters (which XML 1.0
-/// cannot carry, and which no phone setting needs) are dropped.
+/// Text for XML element content and attribute values (`crate::xml`).
 pub fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
-            c => out.push(c),
-        }
-    }
-    out
+    crate::xml::escape(text)
 }
 
 /// Text for a `key = value` line: control characters (line breaks above
