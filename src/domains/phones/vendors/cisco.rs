@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::grammar::{Case, any_hex12, bounded, mac_between, starts_with_ignore_case};
 use super::helpers::xml_escape;
 use super::params::{Bools, Frame, KeyKind, Neutral, Params, Path, finish, flatten_flat};
-use super::{FileClass, FileSpec, ModelRef, Vendor};
+use super::{FileClass, FileSpec, ModelRef, Vendor, named_files};
 use crate::domains::phones::mac::Mac;
 
 pub struct Cisco;
@@ -69,21 +69,16 @@ impl Vendor for Cisco {
     }
 
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec> {
-        let spec = |role: &str, class, template| {
-            self.file_name(role, model, Some(mac)).map(|name| FileSpec {
-                name,
-                class,
-                template,
-                content_type: XML,
-            })
-        };
-        [
-            spec("common", FileClass::Common, "cisco/common.xml.hbs"),
-            spec("device", FileClass::Device, "cisco/device.xml.hbs"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        named_files(
+            self,
+            model,
+            mac,
+            XML,
+            &[
+                ("common", FileClass::Common, "cisco/common.xml.hbs"),
+                ("device", FileClass::Device, "cisco/device.xml.hbs"),
+            ],
+        )
     }
 
     fn file_name(&self, role: &str, model: &ModelRef<'_>, mac: Option<&Mac>) -> Option<String> {

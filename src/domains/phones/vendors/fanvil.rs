@@ -16,7 +16,7 @@ use super::helpers::{hash_text, line_text};
 use super::params::{
     Frame, KeyKind, Neutral, ONE_ZERO, Params, Path, finish, natural_cmp, scalar_text,
 };
-use super::{FileClass, FileSpec, ModelRef, Vendor};
+use super::{FileClass, FileSpec, ModelRef, Vendor, named_files};
 use crate::domains::phones::mac::Mac;
 
 pub struct Fanvil;
@@ -55,21 +55,16 @@ impl Vendor for Fanvil {
     }
 
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec> {
-        let spec = |role: &str, class, template| {
-            self.file_name(role, model, Some(mac)).map(|name| FileSpec {
-                name,
-                class,
-                template,
-                content_type: TEXT,
-            })
-        };
-        [
-            spec("common", FileClass::Common, "fanvil/common.cfg.hbs"),
-            spec("device", FileClass::Device, "fanvil/device.cfg.hbs"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        named_files(
+            self,
+            model,
+            mac,
+            TEXT,
+            &[
+                ("common", FileClass::Common, "fanvil/common.cfg.hbs"),
+                ("device", FileClass::Device, "fanvil/device.cfg.hbs"),
+            ],
+        )
     }
 
     fn file_name(&self, role: &str, model: &ModelRef<'_>, mac: Option<&Mac>) -> Option<String> {

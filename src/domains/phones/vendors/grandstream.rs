@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::grammar::{Case, bounded, mac_between, starts_with_ignore_case};
 use super::helpers::xml_escape;
 use super::params::{Frame, KeyKind, Neutral, ONE_ZERO, Params, Path, finish, flatten_flat};
-use super::{FileClass, FileSpec, ModelRef, Vendor};
+use super::{FileClass, FileSpec, ModelRef, Vendor, named_files};
 use crate::domains::phones::mac::Mac;
 
 pub struct Grandstream;
@@ -59,31 +59,26 @@ impl Vendor for Grandstream {
     }
 
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec> {
-        let spec = |role: &str, class, template| {
-            self.file_name(role, model, Some(mac)).map(|name| FileSpec {
-                name,
-                class,
-                template,
-                content_type: XML,
-            })
-        };
-        [
-            spec("common", FileClass::Common, "grandstream/common.xml.hbs"),
-            spec(
-                "device_bare",
-                FileClass::Device,
-                "grandstream/device.xml.hbs",
-            ),
-            spec("device", FileClass::Device, "grandstream/device.xml.hbs"),
-            spec(
-                "phonebook",
-                FileClass::Device,
-                "grandstream/phonebook.xml.hbs",
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        named_files(
+            self,
+            model,
+            mac,
+            XML,
+            &[
+                ("common", FileClass::Common, "grandstream/common.xml.hbs"),
+                (
+                    "device_bare",
+                    FileClass::Device,
+                    "grandstream/device.xml.hbs",
+                ),
+                ("device", FileClass::Device, "grandstream/device.xml.hbs"),
+                (
+                    "phonebook",
+                    FileClass::Device,
+                    "grandstream/phonebook.xml.hbs",
+                ),
+            ],
+        )
     }
 
     fn file_name(&self, role: &str, model: &ModelRef<'_>, mac: Option<&Mac>) -> Option<String> {

@@ -130,6 +130,33 @@ pub struct FileSpec {
     pub content_type: &'static str,
 }
 
+/// A file a vendor may produce: its role (what `Vendor::file_name` is
+/// asked to name), its class and the shipped template that renders it.
+pub(crate) type FileRole = (&'static str, FileClass, &'static str);
+
+/// The files among `roles` that `vendor` names for `model` and `mac`, all
+/// of `content_type` (a role the model has no name for is left out).
+pub(crate) fn named_files<V: Vendor + ?Sized>(
+    vendor: &V,
+    model: &ModelRef<'_>,
+    mac: &Mac,
+    content_type: &'static str,
+    roles: &[FileRole],
+) -> Vec<FileSpec> {
+    roles
+        .iter()
+        .filter_map(|&(role, class, template)| {
+            let name = vendor.file_name(role, model, Some(mac))?;
+            Some(FileSpec {
+                name,
+                class,
+                template,
+                content_type,
+            })
+        })
+        .collect()
+}
+
 /// A model as the catalogue describes it.
 #[derive(Debug, Clone, Copy)]
 pub struct ModelRef<'a> {

@@ -16,7 +16,7 @@ use super::helpers::xml_escape;
 use super::params::{
     Frame, KeyKind, Neutral, ONE_ZERO, Params, Path, dotted, finish, flatten_nested,
 };
-use super::{FileClass, FileSpec, ModelRef, Vendor};
+use super::{FileClass, FileSpec, ModelRef, Vendor, named_files};
 use crate::domains::phones::mac::Mac;
 
 pub struct Polycom;
@@ -78,24 +78,19 @@ impl Vendor for Polycom {
     }
 
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec> {
-        let spec = |role: &str, class, template| {
-            self.file_name(role, model, Some(mac)).map(|name| FileSpec {
-                name,
-                class,
-                template,
-                content_type: XML,
-            })
-        };
-        [
-            spec("common_master", FileClass::Common, "polycom/master.cfg.hbs"),
-            spec("site", FileClass::Common, "polycom/site.cfg.hbs"),
-            spec("master", FileClass::Device, "polycom/master.cfg.hbs"),
-            spec("phone", FileClass::Device, "polycom/phone.cfg.hbs"),
-            spec("directory", FileClass::Device, "polycom/directory.xml.hbs"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        named_files(
+            self,
+            model,
+            mac,
+            XML,
+            &[
+                ("common_master", FileClass::Common, "polycom/master.cfg.hbs"),
+                ("site", FileClass::Common, "polycom/site.cfg.hbs"),
+                ("master", FileClass::Device, "polycom/master.cfg.hbs"),
+                ("phone", FileClass::Device, "polycom/phone.cfg.hbs"),
+                ("directory", FileClass::Device, "polycom/directory.xml.hbs"),
+            ],
+        )
     }
 
     fn file_name(&self, role: &str, model: &ModelRef<'_>, mac: Option<&Mac>) -> Option<String> {

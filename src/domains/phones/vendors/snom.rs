@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::grammar::{Case, any_hex12, bounded, mac_between, starts_with_ignore_case};
 use super::helpers::{hash_text, xml_escape};
 use super::params::{Bools, Frame, KeyKind, Neutral, Param, Params, Path, finish, scalar_text};
-use super::{FileClass, FileSpec, ModelRef, Vendor};
+use super::{FileClass, FileSpec, ModelRef, Vendor, named_files};
 use crate::domains::phones::mac::Mac;
 
 pub struct Snom;
@@ -57,23 +57,18 @@ impl Vendor for Snom {
     }
 
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec> {
-        let spec = |role: &str, class, template| {
-            self.file_name(role, model, Some(mac)).map(|name| FileSpec {
-                name,
-                class,
-                template,
-                content_type: XML,
-            })
-        };
-        [
-            spec("common_htm", FileClass::Common, "snom/common.xml.hbs"),
-            spec("common_xml", FileClass::Common, "snom/common.xml.hbs"),
-            spec("device_htm", FileClass::Device, "snom/device.xml.hbs"),
-            spec("device_xml", FileClass::Device, "snom/device.xml.hbs"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        named_files(
+            self,
+            model,
+            mac,
+            XML,
+            &[
+                ("common_htm", FileClass::Common, "snom/common.xml.hbs"),
+                ("common_xml", FileClass::Common, "snom/common.xml.hbs"),
+                ("device_htm", FileClass::Device, "snom/device.xml.hbs"),
+                ("device_xml", FileClass::Device, "snom/device.xml.hbs"),
+            ],
+        )
     }
 
     fn file_name(&self, role: &str, model: &ModelRef<'_>, mac: Option<&Mac>) -> Option<String> {

@@ -14,7 +14,7 @@ use super::helpers::line_text;
 use super::params::{
     Frame, KeyKind, Neutral, ONE_ZERO, Params, Path, dotted, finish, flatten_nested,
 };
-use super::{FileClass, FileSpec, ModelRef, Vendor};
+use super::{FileClass, FileSpec, ModelRef, Vendor, named_files};
 use crate::domains::phones::mac::Mac;
 
 pub struct Yealink;
@@ -59,23 +59,18 @@ impl Vendor for Yealink {
     }
 
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec> {
-        let spec = |role: &str, class, template| {
-            self.file_name(role, model, Some(mac)).map(|name| FileSpec {
-                name,
-                class,
-                template,
-                content_type: TEXT,
-            })
-        };
-        [
-            spec("common_boot", FileClass::Common, "yealink/common.boot.hbs"),
-            spec("common_cfg", FileClass::Common, "yealink/common.cfg.hbs"),
-            spec("device_boot", FileClass::Device, "yealink/device.boot.hbs"),
-            spec("device_cfg", FileClass::Device, "yealink/device.cfg.hbs"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        named_files(
+            self,
+            model,
+            mac,
+            TEXT,
+            &[
+                ("common_boot", FileClass::Common, "yealink/common.boot.hbs"),
+                ("common_cfg", FileClass::Common, "yealink/common.cfg.hbs"),
+                ("device_boot", FileClass::Device, "yealink/device.boot.hbs"),
+                ("device_cfg", FileClass::Device, "yealink/device.cfg.hbs"),
+            ],
+        )
     }
 
     fn file_name(&self, role: &str, model: &ModelRef<'_>, mac: Option<&Mac>) -> Option<String> {
