@@ -425,31 +425,37 @@ fn render_files(
     if failed { Err(()) } else { Ok(files) }
 }
 
+/// The document an output is named after, parsed (its problems recorded);
+/// `Err` is the output when there is none to build: absent, or failed
+/// with the reason the document cannot be read.
+fn own_document<T>(
+    docs: &mut Docs<'_, '_>,
+    id: &str,
+    kind: DocType,
+    parse: fn(&str, &Value) -> Result<model::Parsed<T>, String>,
+) -> Result<T, Built> {
+    let failed = |why: String| Built::Failed {
+        issues: vec![Issue::doc(UNITS, id, why)],
+    };
+    let json = match classify(docs.reads.get(UNITS, id), kind) {
+        Found::Doc(json) => json,
+        Found::Malformed(why) => return Err(failed(why)),
+        _ => return Err(Built::Absent),
+    };
+    let parsed = parse(id, json).map_err(failed)?;
+    docs.problems(id, parsed.problems);
+    Ok(parsed.value)
+}
+
 /// Builds `account:<id>`.
 pub fn build_account(id: &str, reads: &mut Reads<'_>) -> Built {
     let mut docs = Docs {
         reads,
         issues: Vec::new(),
     };
-    let json = match classify(docs.reads.get(UNITS, id), DocType::Account) {
-        Found::Doc(json) => json,
-        Found::Malformed(why) => {
-            return Built::Failed {
-                issues: vec![Issue::doc(UNITS, id, why)],
-            };
-        }
-        _ => return Built::Absent,
-    };
-    let account = match model::parse_account(id, json) {
-        Ok(parsed) => {
-            docs.problems(id, parsed.problems);
-            parsed.value
-        }
-        Err(why) => {
-            return Built::Failed {
-                issues: vec![Issue::doc(UNITS, id, why)],
-            };
-        }
+    let account = match own_document(&mut docs, id, DocType::Account, model::parse_account) {
+        Ok(account) => account,
+        Err(built) => return built,
     };
     let mut reason = None;
     if !account.enabled {
@@ -633,25 +639,9 @@ pub fn build_unit(id: &str, reads: &mut Reads<'_>) -> Built {
         reads,
         issues: Vec::new(),
     };
-    let json = match classify(docs.reads.get(UNITS, id), DocType::Unit) {
-        Found::Doc(json) => json,
-        Found::Malformed(why) => {
-            return Built::Failed {
-                issues: vec![Issue::doc(UNITS, id, why)],
-            };
-        }
-        _ => return Built::Absent,
-    };
-    let unit = match model::parse_unit(id, json) {
-        Ok(parsed) => {
-            docs.problems(id, parsed.problems);
-            parsed.value
-        }
-        Err(why) => {
-            return Built::Failed {
-                issues: vec![Issue::doc(UNITS, id, why)],
-            };
-        }
+    let unit = match own_document(&mut docs, id, DocType::Unit, model::parse_unit) {
+        Ok(unit) => unit,
+        Err(built) => return built,
     };
     let mut state = UnitState { reason: None };
     if !unit.enabled {
