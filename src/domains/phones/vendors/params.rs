@@ -29,6 +29,16 @@ impl Path {
     pub fn last(&self) -> &str {
         self.0.last().map_or("", String::as_str)
     }
+
+    /// Whether this is `<family>.<N>.<one of members>` (a numbered block
+    /// such as a line's `account.1.password`).
+    pub fn is_numbered_member(&self, family: &str, members: &[&str]) -> bool {
+        let segments = &self.0;
+        segments.len() >= 3
+            && segments[0] == family
+            && segments[1].bytes().all(|b| b.is_ascii_digit())
+            && members.contains(&segments[2..].join(".").as_str())
+    }
 }
 
 impl Ord for Path {

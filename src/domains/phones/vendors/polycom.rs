@@ -245,11 +245,7 @@ fn line_owned(path: &Path) -> bool {
         "displayName",
         "server.1.address",
     ];
-    let segments = &path.0;
-    segments.len() >= 3
-        && segments[0] == "reg"
-        && segments[1].bytes().all(|b| b.is_ascii_digit())
-        && OWNED.contains(&segments[2..].join(".").as_str())
+    path.is_numbered_member("reg", &OWNED)
 }
 
 /// One ` name="value"` attribute per line, for the element the template opens.

@@ -232,11 +232,7 @@ fn line_owned(path: &Path) -> bool {
         "sip_server_host",
         "sip_server.1.address",
     ];
-    let segments = &path.0;
-    segments.len() >= 3
-        && segments[0] == "account"
-        && segments[1].bytes().all(|b| b.is_ascii_digit())
-        && OWNED.contains(&segments[2..].join(".").as_str())
+    path.is_numbered_member("account", &OWNED)
 }
 
 pub fn write_params(params: &Params, _: &Helper<'_>) -> String {
