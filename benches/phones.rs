@@ -302,7 +302,10 @@ fn group_stats(group: u32) -> Vec<std::path::PathBuf> {
 }
 
 /// A load run and the CPU seconds the server's processes spent meanwhile.
-fn measured(stats: &[std::path::PathBuf], run: impl FnOnce() -> Option<Load>) -> Option<(Load, f64)> {
+fn measured(
+    stats: &[std::path::PathBuf],
+    run: impl FnOnce() -> Option<Load>,
+) -> Option<(Load, f64)> {
     let before = cpu_seconds(stats);
     let load = run()?;
     Some((load, cpu_seconds(stats) - before))
@@ -714,7 +717,7 @@ fn main() {
     let addr = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = caldera::http::phones::router(
+        let router = caldera::http::phones::listener(
             service.clone(),
             Arc::new(Metrics::new()),
             Duration::from_secs(10),
@@ -770,8 +773,9 @@ fn main() {
             per_request_us(caldera_cpu, &caldera)
         );
         if let (true, Some(nginx)) = (have_wrk, &nginx)
-            && let Some((reference, nginx_cpu)) =
-                measured(&nginx_stats, || wrk(nginx.addr, script.path(), connections, seconds))
+            && let Some((reference, nginx_cpu)) = measured(&nginx_stats, || {
+                wrk(nginx.addr, script.path(), connections, seconds)
+            })
         {
             println!(
                 "  nginx (same files from disk, 2 workers): {:.0} req/s, p50 {}, p99 {}, non-200/errors: {}, CPU {:.1} µs per request -> caldera/nginx = {:.2}",
