@@ -372,8 +372,9 @@ impl Metrics {
 }
 
 /// The HTTP request series of one listener, resolved once per route and
-/// once per (method, status) of a route: a request then costs a map lookup
-/// and two atomic updates, not four label strings and two label-set hashes.
+/// once per (method, status) of a route: a request then costs a map lookup,
+/// a counter increment and a histogram observation, not four label strings
+/// and two label-set hashes.
 pub struct ListenerMetrics {
     listener: &'static str,
     metrics: Arc<Metrics>,
