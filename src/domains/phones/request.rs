@@ -248,7 +248,10 @@ mod tests {
         assert_eq!(loggable("a\nb", 10), "a\u{fffd}b");
         assert_eq!(loggable("abcdef", 3), "abc…");
         // Clean and short enough: the text itself, not a copy.
-        assert!(matches!(loggable("Yealink SIP-T46S", 200), Cow::Borrowed(_)));
+        assert!(matches!(
+            loggable("Yealink SIP-T46S", 200),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(loggable("é\u{7f}", 200), Cow::Owned(_)));
     }
 }
