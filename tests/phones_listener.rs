@@ -2,7 +2,10 @@
 //! through the real daemon: requests are still counted by route, method
 //! and status, `/healthz` answers, and the per-unit request log (whose
 //! texts are shared between consecutive entries) reads right when a phone
-//! changes its User-Agent or method.
+//! changes its User-Agent or method; the header read timeout and the
+//! upload body deadline still hold.
+
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
@@ -148,5 +151,65 @@ async fn the_phones_listener_counts_every_request_and_logs_each_one() {
         log.json["last_seen"]["user_agent"], upgraded,
         "{}",
         log.text
+    );
+}
+
+/// Sends `request`, then reads until the server closes or `wait` passes.
+async fn exchange(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The limits and deadlines of the shared HTTP layer still hold on the
+/// phones listener's own handler: a head that never ends is hung up on
+/// after `http.header_read_timeout_ms`, an upload whose body stalls is
+/// answered 408 after `http.request_timeout_ms`, and phones keep being
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_phones_listener_hangs_up_on_stalled_heads_and_uploads() {
+    let env = PhonesEnv::new().await;
+    env.seed().await;
+    let mut config = env.config();
+    config
+        .set("http.header_read_timeout_ms", 500)
+        .set("http.request_timeout_ms", 600);
+    let daemon = Daemon::start_ready(&config).await;
+    wait_status(&daemon, FILE, REALM, YEALINK_UA, StatusCode::OK).await;
+
+    let started = Instant::now();
+    let head = format!("GET {FILE} HTTP/1.1\r\nHost: {REALM}\r\nX-Slow:");
+    let answer = exchange(daemon.phones, head.as_bytes(), Duration::from_secs(10)).await;
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "a head that never ended kept the connection for {closed_after:?}"
+    );
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+
+    let started = Instant::now();
+    let upload = format!(
+        "PUT /805ec0123456-local.cfg HTTP/1.1\r\nHost: {REALM}\r\nUser-Agent: {YEALINK_UA}\r\nContent-Length: 1000\r\n\r\nonly part of it"
+    );
+    let answer = exchange(daemon.phones, upload.as_bytes(), Duration::from_secs(10)).await;
+    let answered_after = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        answered_after < Duration::from_secs(5),
+        "the stalled upload was answered after {answered_after:?}"
+    );
+
+    assert_eq!(
+        get(&daemon, FILE, REALM, YEALINK_UA).await.status,
+        StatusCode::OK
+    );
+    let text = daemon.get("/metrics").await.text;
+    assert_eq!(
+        phones_requests(&text, "/{*file}", "PUT", "408"),
+        1.0,
+        "{text}"
     );
 }
