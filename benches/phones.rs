@@ -12,7 +12,10 @@
 //! HTTP on loopback — the real phones listener served from the mirror —
 //! with wrk (`-c64` and `-c256`, random units per request) when installed
 //! (else an in-process client), side by side with nginx serving the same
-//! files pre-rendered on disk when nginx is installed.
+//! files pre-rendered on disk when nginx is installed; for both servers
+//! also the CPU time per request (user + system time of the server's
+//! processes during the run), which the machine's other load moves far
+//! less than requests/s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
