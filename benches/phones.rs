@@ -12,7 +12,10 @@
 //! HTTP on loopback — the real phones listener served from the mirror —
 //! with wrk (`-c64` and `-c256`, random units per request) when installed
 //! (else an in-process client), side by side with nginx serving the same
-//! files pre-rendered on disk when nginx is installed.
+//! files pre-rendered on disk when nginx is installed; for both servers
+//! also the CPU time per request (user + system time of the server's
+//! processes during the run), which the machine's other load moves far
+//! less than requests/s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -49,6 +52,15 @@ fn rss_mb() -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn doc(id: &str, body: Value) -> (String, Arc<SourceDoc>) {
@@ -254,6 +266,56 @@ struct Load {
     p50: String,
     p99: String,
     errors: String,
+    /// Requests answered during the run (for CPU per request).
+    requests: f64,
+}
+
+/// User + system CPU seconds of the processes `stat_paths` name
+/// (`/proc/<pid>/stat`), in clock ticks of 10 ms (Linux's `USER_HZ`).
+fn cpu_seconds(stat_paths: &[std::path::PathBuf]) -> f64 {
+    stat_paths
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces): state is
+            // the 3rd field of the line, utime and stime the 14th and 15th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .sum()
+}
+
+/// The `/proc/<pid>/stat` of every process in process group `group`.
+fn group_stats(group: u32) -> Vec<std::path::PathBuf> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .map(|e| e.path().join("stat"))
+        .filter(|p| {
+            std::fs::read_to_string(p).ok().is_some_and(|stat| {
+                let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+                rest.split_whitespace().nth(2) == Some(group.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+/// A load run and the CPU seconds the server's processes spent meanwhile.
+fn measured(
+    stats: &[std::path::PathBuf],
+    run: impl FnOnce() -> Option<Load>,
+) -> Option<(Load, f64)> {
+    let before = cpu_seconds(stats);
+    let load = run()?;
+    Some((load, cpu_seconds(stats) - before))
+}
+
+fn per_request_us(cpu: f64, load: &Load) -> f64 {
+    cpu * 1e6 / load.requests.max(1.0)
 }
 
 /// The wrk script and its data: one target per line (`path TAB host TAB
@@ -313,6 +375,13 @@ fn wrk(
             .to_string()
     };
     let rps = field("Requests/sec:").parse().unwrap_or(0.0);
+    // "  123456 requests in 10.00s, ..."
+    let requests = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
     let errors = text
         .lines()
         .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
@@ -327,6 +396,7 @@ fn wrk(
         } else {
             errors
         },
+        requests,
     })
 }
 
@@ -378,6 +448,7 @@ async fn in_process(
     }
     all.sort();
     Load {
+        requests: all.len() as f64,
         rps: all.len() as f64 / duration.as_secs_f64(),
         p50: format!("{:.2?}", percentile(&all, 0.5)),
         p99: format!("{:.2?}", percentile(&all, 0.99)),
@@ -463,6 +534,7 @@ fn main() {
     println!(
         "phones bench: {units} units over {accounts} accounts (one with {big}), {threads} build threads"
     );
+    println!("load average at the start: {}", load_average());
     let rss_start = rss_mb();
 
     let started = Instant::now();
@@ -648,7 +720,7 @@ fn main() {
     let addr = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = caldera::http::phones::router(
+        let router = caldera::http::phones::listener(
             service.clone(),
             Arc::new(Metrics::new()),
             Duration::from_secs(10),
@@ -674,32 +746,47 @@ fn main() {
         .is_ok();
     let (script, _data) = lua_script(&targets);
     let nginx = nginx(&files);
+    // The server runs in this process; while wrk runs, only its threads work.
+    let own_stat = [std::path::PathBuf::from("/proc/self/stat")];
+    let nginx_stats = nginx
+        .as_ref()
+        .map(|n| group_stats(n.child.id()))
+        .unwrap_or_default();
     for connections in [64, 256] {
         let caldera = if have_wrk {
-            wrk(addr, script.path(), connections, seconds)
+            measured(&own_stat, || wrk(addr, script.path(), connections, seconds))
         } else {
-            Some(runtime.block_on(in_process(
+            // The client shares the process: no CPU figure.
+            let load = runtime.block_on(in_process(
                 addr,
                 targets.clone(),
                 connections.min(64),
                 Duration::from_secs(seconds),
-            )))
+            ));
+            Some((load, f64::NAN))
         };
-        let caldera = caldera.expect("a load run");
+        let (caldera, caldera_cpu) = caldera.expect("a load run");
         let tool = if have_wrk { "wrk" } else { "in-process client" };
         println!(
-            "HTTP GET per-device files ({tool}, c{connections}, {seconds} s, random units): caldera {:.0} req/s, p50 {}, p99 {}, non-200/errors: {}",
-            caldera.rps, caldera.p50, caldera.p99, caldera.errors
+            "HTTP GET per-device files ({tool}, c{connections}, {seconds} s, random units): caldera {:.0} req/s, p50 {}, p99 {}, non-200/errors: {}, CPU {:.1} µs per request",
+            caldera.rps,
+            caldera.p50,
+            caldera.p99,
+            caldera.errors,
+            per_request_us(caldera_cpu, &caldera)
         );
         if let (true, Some(nginx)) = (have_wrk, &nginx)
-            && let Some(reference) = wrk(nginx.addr, script.path(), connections, seconds)
+            && let Some((reference, nginx_cpu)) = measured(&nginx_stats, || {
+                wrk(nginx.addr, script.path(), connections, seconds)
+            })
         {
             println!(
-                "  nginx (same files from disk, 2 workers): {:.0} req/s, p50 {}, p99 {}, non-200/errors: {} -> caldera/nginx = {:.2}",
+                "  nginx (same files from disk, 2 workers): {:.0} req/s, p50 {}, p99 {}, non-200/errors: {}, CPU {:.1} µs per request -> caldera/nginx = {:.2}",
                 reference.rps,
                 reference.p50,
                 reference.p99,
                 reference.errors,
+                per_request_us(nginx_cpu, &reference),
                 caldera.rps / reference.rps.max(1.0)
             );
         }
@@ -711,4 +798,5 @@ fn main() {
     }
     token.cancel();
     println!("RSS at the end: {:.0} MB", rss_mb());
+    println!("load average at the end: {}", load_average());
 }

@@ -337,7 +337,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         http_token.clone(),
         grace,
     ));
-    let phones_router = http::phones::router(
+    let phones_listener_service = http::phones::listener(
         phones.clone(),
         shared.metrics.clone(),
         config.http.request_timeout,
@@ -345,7 +345,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     http_tasks.spawn(http::serve(
         "phones",
         phones_listener,
-        phones_router,
+        phones_listener_service,
         limits,
         http_token.clone(),
         grace,

@@ -17,7 +17,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use super::ApiError;
 use crate::config::Secret;
-use crate::telemetry::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::telemetry::metrics::{ListenerMetrics, Metrics};
 
 /// JSON answers for unknown routes and methods.
 pub fn json_fallbacks(router: Router) -> Router {
@@ -50,6 +50,7 @@ pub fn common(
 /// (the phones listener answers from memory; it bounds its one wait, an
 /// upload's body, itself): no timer per request.
 pub fn instrumented(router: Router, listener: &'static str, metrics: Arc<Metrics>) -> Router {
+    let metrics = Arc::new(ListenerMetrics::new(listener, metrics));
     router
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
@@ -60,7 +61,7 @@ pub fn instrumented(router: Router, listener: &'static str, metrics: Arc<Metrics
             .into_response()
         }))
         .layer(axum::middleware::from_fn(
-            move |request: Request, next: Next| record(listener, metrics.clone(), request, next),
+            move |request: Request, next: Next| record(metrics.clone(), request, next),
         ))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
@@ -84,37 +85,15 @@ async fn deadline(timeout: Duration, request: Request, next: Next) -> Response {
     }
 }
 
-async fn record(
-    listener: &'static str,
-    metrics: Arc<Metrics>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn record(metrics: Arc<ListenerMetrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     // Unmatched paths share one label so scanners cannot inflate cardinality.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_string();
-    let method = request.method().as_str().to_string();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = RequestLabels {
-        listener: listener.to_string(),
-        route: route.clone(),
-        method,
-        status,
-    };
-    metrics.http_requests.get_or_create(&labels).inc();
-    let route_labels = RouteLabels {
-        listener: listener.to_string(),
-        route,
-    };
-    metrics
-        .http_seconds
-        .get_or_create(&route_labels)
-        .observe(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = response.status().as_u16();
+    metrics.record(route, &method, status, started.elapsed());
     response
 }
 

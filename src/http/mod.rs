@@ -8,6 +8,9 @@
 //! Connections are served by hyper directly (not `axum::serve`) so the
 //! header limits and the header read timeout apply per connection, and
 //! shutdown is graceful: stop accepting, let in-flight requests finish.
+//! `serve` takes any `Connections`: an axum `Router` (the api listener), or
+//! the phones listener's own service (no router, no middleware stack: one
+//! handler answering from memory).
 
 pub mod api;
 pub mod edge;
@@ -22,12 +25,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 pub use error::ApiError;
 pub use middleware::AdminAuth;
@@ -52,12 +55,56 @@ impl Limits {
     }
 }
 
-/// Serves `router` on `listener` until `token` fires, then waits up to
+/// What `serve` needs: the service of each accepted connection.
+pub trait Connections: Clone + Send + 'static {
+    type Service: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static;
+
+    /// The service answering `peer`'s requests on one connection.
+    fn for_peer(&self, peer: SocketAddr) -> Self::Service;
+}
+
+/// An axum router's connection: every request carries `ConnectInfo`.
+#[derive(Clone)]
+pub struct RouterConnection {
+    router: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for RouterConnection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = axum::routing::future::RouteFuture<Infallible>;
+
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        // A router is always ready: `call` needs no `poll_ready` first.
+        tower::Service::call(&mut self.router.clone(), request)
+    }
+}
+
+impl Connections for Router {
+    type Service = RouterConnection;
+
+    fn for_peer(&self, peer: SocketAddr) -> RouterConnection {
+        RouterConnection {
+            router: self.clone(),
+            peer,
+        }
+    }
+}
+
+/// Serves `connections` on `listener` until `token` fires, then waits up to
 /// `grace` for in-flight requests.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
-    router: Router,
+    connections: impl Connections,
     limits: Limits,
     token: CancellationToken,
     grace: Duration,
@@ -83,19 +130,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let router = router.clone();
-            async move {
-                Ok::<_, Infallible>(
-                    router
-                        .oneshot(request)
-                        .await
-                        .unwrap_or_else(|never| match never {}),
-                )
-            }
-        });
+        let service = connections.for_peer(peer);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(err) = connection.await {

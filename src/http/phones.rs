@@ -6,97 +6,188 @@
 //! text/plain`, body `Not Found\n`, nothing else (hyper adds only `Date` and
 //! `Content-Length`), so nothing can be learnt by probing.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use futures_util::future::{BoxFuture, Either, Ready, ready};
+use hyper::body::Incoming;
 
-use super::middleware;
+use super::{ApiError, Connections};
 use crate::domains::phones::service::{PhoneRequest, PhonesService, Reply};
 use crate::domains::phones::serving::ServedFile;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{ListenerMetrics, Metrics, RouteMetrics};
 
-/// GETs are answered from memory without waiting, so only an upload's
-/// body read is bounded by `timeout` (no timer per request).
-pub fn router(service: Arc<PhonesService>, metrics: Arc<Metrics>, timeout: Duration) -> Router {
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(serve)
-        .method_not_allowed_fallback(serve)
-        .with_state(Listener { service, timeout });
-    middleware::instrumented(router, "phones", metrics)
+/// The route label of phone file requests (every path but `/healthz`).
+pub const FILES_ROUTE: &str = "/{*file}";
+const HEALTH_ROUTE: &str = "/healthz";
+
+/// The phones listener, for `http::serve`. GETs are answered from memory
+/// without waiting, so only an upload's body read is bounded by `timeout`
+/// (no timer per request).
+pub fn listener(service: Arc<PhonesService>, metrics: Arc<Metrics>, timeout: Duration) -> Listener {
+    let metrics = ListenerMetrics::new("phones", metrics);
+    Listener {
+        shared: Arc::new(Shared {
+            service,
+            timeout,
+            files: metrics.route(FILES_ROUTE),
+            health: metrics.route(HEALTH_ROUTE),
+        }),
+    }
 }
 
+/// One handler for every request, instead of a router and a middleware
+/// stack: the only other route is `/healthz`, and what the shared layers
+/// did is done here per request — metrics by route, method and status
+/// (handles resolved once), `Authorization` marked sensitive, a panic
+/// answered 500.
 #[derive(Clone)]
-struct Listener {
+pub struct Listener {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     service: Arc<PhonesService>,
     timeout: Duration,
+    files: Arc<RouteMetrics>,
+    health: Arc<RouteMetrics>,
+}
+
+impl Connections for Listener {
+    type Service = Connection;
+
+    fn for_peer(&self, peer: SocketAddr) -> Connection {
+        Connection {
+            shared: self.shared.clone(),
+            peer,
+        }
+    }
+}
+
+/// The phones listener on one connection.
+pub struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+}
+
+type Answer = Result<Response, Infallible>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Connection {
+    type Response = Response;
+    type Error = Infallible;
+    /// Ready at once, but for an upload, whose body is read first.
+    type Future = Either<Ready<Answer>, BoxFuture<'static, Answer>>;
+
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        let started = Instant::now();
+        if let Some(value) = request.headers_mut().get_mut(header::AUTHORIZATION) {
+            value.set_sensitive(true);
+        }
+        let peer = self.peer;
+        if request.method() == Method::PUT {
+            let shared = self.shared.clone();
+            return Either::Right(Box::pin(async move {
+                let (parts, body) = request.into_parts();
+                let read = read_capped(Body::new(body), shared.service.settings().max_upload);
+                let response = match tokio::time::timeout(shared.timeout, read).await {
+                    Ok(length) => shared.phone(
+                        &parts.method,
+                        &parts.uri,
+                        &parts.headers,
+                        peer,
+                        Some(length),
+                    ),
+                    // Decided before any lookup, so it tells nothing about units.
+                    Err(_) => plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n"),
+                };
+                shared
+                    .files
+                    .record(&parts.method, response.status().as_u16(), started.elapsed());
+                Ok(response)
+            }));
+        }
+        let shared = &self.shared;
+        let (route, response) = if request.uri().path() == HEALTH_ROUTE
+            && matches!(*request.method(), Method::GET | Method::HEAD)
+        {
+            (&shared.health, plain(StatusCode::OK, "ok\n"))
+        } else {
+            let response = shared.phone(
+                request.method(),
+                request.uri(),
+                request.headers(),
+                peer,
+                None,
+            );
+            (&shared.files, response)
+        };
+        route.record(
+            request.method(),
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        Either::Left(ready(Ok(response)))
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 fn uniform_not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "Not Found\n",
-    )
-        .into_response()
+    plain(StatusCode::NOT_FOUND, "Not Found\n")
 }
 
 fn text_header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn serve(State(listener): State<Listener>, request: Request) -> Response {
-    let service = &listener.service;
-    let Some(peer) = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-    else {
-        return uniform_not_found();
-    };
-    let (parts, body) = request.into_parts();
-    let method = parts.method.as_str();
-    let upload = if parts.method == axum::http::Method::PUT {
-        let read = read_capped(body, service.settings().max_upload);
-        let Ok(length) = tokio::time::timeout(listener.timeout, read).await else {
-            // Decided before any lookup, so it tells nothing about units.
-            return (
-                StatusCode::REQUEST_TIMEOUT,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "Request Timeout\n",
-            )
-                .into_response();
+impl Shared {
+    /// A phone's request, decided by the service; a panic is a 500.
+    fn phone(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        upload: Option<Option<usize>>,
+    ) -> Response {
+        let target = uri
+            .path_and_query()
+            .map_or_else(|| uri.path(), |p| p.as_str());
+        let phone = PhoneRequest {
+            method: method.as_str(),
+            target,
+            host: text_header(headers, header::HOST).or_else(|| uri.host()),
+            user_agent: text_header(headers, header::USER_AGENT),
+            authorization: text_header(headers, header::AUTHORIZATION),
+            if_none_match: text_header(headers, header::IF_NONE_MATCH),
+            if_modified_since: text_header(headers, header::IF_MODIFIED_SINCE),
+            forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+            peer: peer.ip(),
+            upload,
         };
-        Some(length)
-    } else {
-        None
-    };
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path(), |p| p.as_str());
-    let headers = &parts.headers;
-    let phone = PhoneRequest {
-        method,
-        target,
-        host: text_header(headers, header::HOST).or_else(|| parts.uri.host()),
-        user_agent: text_header(headers, header::USER_AGENT),
-        authorization: text_header(headers, header::AUTHORIZATION),
-        if_none_match: text_header(headers, header::IF_NONE_MATCH),
-        if_modified_since: text_header(headers, header::IF_MODIFIED_SINCE),
-        forwarded_for: headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        peer,
-        upload,
-    };
-    let reply = service.serve(&phone);
-    respond(reply)
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.service.serve(&phone))) {
+            Ok(reply) => respond(reply),
+            Err(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request failed unexpectedly",
+            )
+            .into_response(),
+        }
+    }
 }
 
 /// The body's length, or `None` past `limit` (the body is not kept: log
@@ -109,24 +200,14 @@ fn respond(reply: Reply) -> Response {
     match reply {
         Reply::NotFound => uniform_not_found(),
         Reply::TooMany { retry_after } => {
-            let mut response = (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "Too Many Requests\n",
-            )
-                .into_response();
+            let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             response
         }
         Reply::Challenge { challenges } => {
-            let mut response = (
-                StatusCode::UNAUTHORIZED,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "Unauthorized\n",
-            )
-                .into_response();
+            let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
             for challenge in challenges {
                 if let Ok(value) = HeaderValue::from_str(&challenge) {
                     response
@@ -137,12 +218,7 @@ fn respond(reply: Reply) -> Response {
             response
         }
         Reply::Accepted => StatusCode::NO_CONTENT.into_response(),
-        Reply::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "Payload Too Large\n",
-        )
-            .into_response(),
+        Reply::TooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n"),
         Reply::File {
             not_modified,
             file,

@@ -8,6 +8,8 @@
 //! no backslash, no leading dot), so encoded or double-encoded traversal
 //! simply does not parse.
 
+use std::borrow::Cow;
+
 use super::mac::Mac;
 use super::vendors;
 
@@ -127,8 +129,11 @@ impl Agent {
 }
 
 /// A string safe to put in a log line: control characters replaced, cut
-/// at `max` characters.
-pub fn loggable(text: &str, max: usize) -> String {
+/// at `max` characters (borrowed when it already is).
+pub fn loggable(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
     let mut out: String = text
         .chars()
         .take(max)
@@ -137,7 +142,7 @@ pub fn loggable(text: &str, max: usize) -> String {
     if text.chars().count() > max {
         out.push('…');
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -242,5 +247,11 @@ mod tests {
         assert!(macs_in_file("000000000000.cfg").is_empty());
         assert_eq!(loggable("a\nb", 10), "a\u{fffd}b");
         assert_eq!(loggable("abcdef", 3), "abc…");
+        // Clean and short enough: the text itself, not a copy.
+        assert!(matches!(
+            loggable("Yealink SIP-T46S", 200),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(loggable("é\u{7f}", 200), Cow::Owned(_)));
     }
 }

@@ -18,6 +18,7 @@
 //! get 429 (authenticated phones behind the same address keep working, and
 //! model-common files, which carry no secrets, stay served).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -127,24 +128,45 @@ impl Reply {
     }
 }
 
-/// One request in a unit's log.
+/// One request in a unit's log. The texts are shared with the entry
+/// before when they are the same (a phone sends the same User-Agent for the
+/// same files every time), so logging a request allocates nothing.
 #[derive(Debug, Clone)]
 struct Logged {
     time: SystemTime,
     ip: IpAddr,
-    user_agent: String,
-    method: String,
-    file: String,
+    user_agent: Arc<str>,
+    method: Arc<str>,
+    file: Arc<str>,
     status: u16,
-    reason: String,
+    reason: Cow<'static, str>,
 }
 
 impl Logged {
     fn to_json(&self) -> Value {
         json!({
-            "time": rfc3339(self.time), "ip": self.ip.to_string(), "user_agent": self.user_agent,
-            "method": self.method, "file": self.file, "status": self.status, "reason": self.reason,
+            "time": rfc3339(self.time), "ip": self.ip.to_string(), "user_agent": &*self.user_agent,
+            "method": &*self.method, "file": &*self.file, "status": self.status, "reason": &*self.reason,
         })
+    }
+}
+
+/// A request for a unit's log, as the service saw it (texts already made
+/// loggable).
+struct LogLine<'a> {
+    ip: IpAddr,
+    user_agent: &'a str,
+    method: &'a str,
+    file: &'a str,
+    status: u16,
+    reason: &'a Cow<'static, str>,
+}
+
+/// `text`, sharing `before` when it says the same.
+fn shared_text(before: Option<&Arc<str>>, text: &str) -> Arc<str> {
+    match before {
+        Some(before) if **before == *text => before.clone(),
+        _ => Arc::from(text),
     }
 }
 
@@ -185,12 +207,19 @@ impl RequestLogs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn record(&self, unit: &str, entry: Logged, keep: usize) {
+    fn record(&self, unit: &Arc<str>, line: &LogLine<'_>, keep: usize) {
         let mut shard = self.shard(unit);
-        if !shard.contains_key(unit) {
-            shard.insert(Arc::from(unit), UnitLog::default());
-        }
-        let log = shard.get_mut(unit).expect("just inserted");
+        let log = shard.entry(unit.clone()).or_default();
+        let before = log.requests.back();
+        let entry = Logged {
+            time: SystemTime::now(),
+            ip: line.ip,
+            user_agent: shared_text(before.map(|b| &b.user_agent), line.user_agent),
+            method: shared_text(before.map(|b| &b.method), line.method),
+            file: shared_text(before.map(|b| &b.file), line.file),
+            status: line.status,
+            reason: line.reason.clone(),
+        };
         if matches!(entry.status, 200 | 204 | 304) {
             log.last_seen = Some(entry.clone());
         }
@@ -246,11 +275,10 @@ impl Observer for RequestLogs {
 /// How a request was decided, for the reply and the logs.
 struct Outcome {
     reply: Reply,
-    account: Option<String>,
+    account: Option<Arc<str>>,
     /// The unit's document id (without the `phones:unit:` prefix).
-    unit: Option<String>,
-    file: String,
-    reason: String,
+    unit: Option<Arc<str>>,
+    reason: Cow<'static, str>,
     /// Counts against the source (probing, wrong credentials).
     miss: bool,
     /// Addresses a device (per-device file or upload), so a cool-down applies.
@@ -259,12 +287,11 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn deny(file: &str, reason: impl Into<String>) -> Outcome {
+    fn deny(reason: impl Into<Cow<'static, str>>) -> Outcome {
         Outcome {
             reply: Reply::NotFound,
             account: None,
             unit: None,
-            file: file.to_string(),
             reason: reason.into(),
             miss: false,
             device: false,
@@ -286,13 +313,13 @@ impl Outcome {
         self
     }
 
-    fn in_account(mut self, account: &str) -> Outcome {
-        self.account = Some(account.to_string());
+    fn in_account(mut self, account: &Arc<str>) -> Outcome {
+        self.account = Some(account.clone());
         self
     }
 
-    fn of_unit(mut self, unit: &str) -> Outcome {
-        self.unit = Some(unit.to_string());
+    fn of_unit(mut self, unit: &Arc<str>) -> Outcome {
+        self.unit = Some(unit.clone());
         self.device = true;
         self
     }
@@ -354,7 +381,18 @@ impl PhonesService {
         let settings = self.settings.load();
         let now = Instant::now();
         let ip = client_ip(req.peer, req.forwarded_for, &settings.trusted_proxies);
-        let mut outcome = self.decide(req, &settings);
+        let path = req.target.split('?').next().unwrap_or_default();
+        let target = request::parse_target(path);
+        let (mut outcome, file) = match &target {
+            Some(target) => (
+                self.decide(req, ip, target),
+                Cow::Borrowed(target.file.as_str()),
+            ),
+            None => (
+                Outcome::deny("malformed path"),
+                request::loggable(path, 128),
+            ),
+        };
         if outcome.device
             && !outcome.authenticated
             && let Some(until) = self.limiter.cooling(ip, &settings.limits, now)
@@ -362,7 +400,8 @@ impl PhonesService {
             outcome.reply = Reply::TooMany {
                 retry_after: until.saturating_duration_since(now).as_secs().max(1),
             };
-            outcome.reason = format!("cooling down after too many misses ({})", outcome.reason);
+            outcome.reason =
+                format!("cooling down after too many misses ({})", outcome.reason).into();
             outcome.miss = false;
         }
         if outcome.miss && self.limiter.miss(ip, &settings.limits, now) {
@@ -372,32 +411,29 @@ impl PhonesService {
             outcome.reply = Reply::TooMany {
                 retry_after: settings.limits.cooldown.as_secs().max(1),
             };
-            outcome.reason = format!("cool-down started ({})", outcome.reason);
+            outcome.reason = format!("cool-down started ({})", outcome.reason).into();
         }
-        self.record(req, ip, &outcome, &settings);
+        self.record(req, ip, &outcome, &file, &settings);
         outcome.reply
     }
 
-    fn decide(&self, req: &PhoneRequest<'_>, settings: &Settings) -> Outcome {
-        let path = req.target.split('?').next().unwrap_or_default();
-        let Some(Target { account, file }) = request::parse_target(path) else {
-            let shown = request::loggable(path, 128);
-            return Outcome::deny(&shown, "malformed path");
-        };
+    /// Decides a request for a well-formed `target`; `ip` is the client.
+    fn decide(&self, req: &PhoneRequest<'_>, ip: IpAddr, target: &Target) -> Outcome {
+        let Target { account, file } = target;
         let upload = req.method == "PUT";
         if !matches!(req.method, "GET" | "HEAD" | "POST" | "PUT") {
             let why = format!("method {} is not served", request::loggable(req.method, 16));
-            return Outcome::deny(&file, why);
+            return Outcome::deny(why);
         }
         let ua = req.user_agent.unwrap_or_default();
         let path_macs = if upload {
-            request::mac_of_upload(&file).into_iter().collect()
+            request::mac_of_upload(file).into_iter().collect()
         } else {
-            request::macs_in_file(&file)
+            request::macs_in_file(file)
         };
         let agent = Agent::of(ua);
         let Some(account) = self.account_id(account.as_deref(), req.host) else {
-            let outcome = Outcome::deny(&file, "unknown realm or account");
+            let outcome = Outcome::deny("unknown realm or account");
             return if path_macs.is_empty() {
                 outcome
             } else {
@@ -405,43 +441,42 @@ impl PhonesService {
             };
         };
         let Some(served) = self.tables.account(&account) else {
-            return Outcome::deny(&file, "unknown account").in_account(&account);
+            return Outcome::deny("unknown account").in_account(&account);
         };
         if !served.served {
-            return Outcome::deny(&file, "the account is not served").in_account(&account);
+            return Outcome::deny("the account is not served").in_account(&account);
         }
-        if !served.allows(client_ip(
-            req.peer,
-            req.forwarded_for,
-            &settings.trusted_proxies,
-        )) {
-            return Outcome::deny(&file, "address not in the account's allowed_cidrs")
+        if !served.allows(ip) {
+            return Outcome::deny("address not in the account's allowed_cidrs")
                 .in_account(&account);
         }
         if upload && path_macs.is_empty() {
-            return Outcome::deny(&file, "PUT only takes <mac>-<name> uploads")
-                .in_account(&account);
+            return Outcome::deny("PUT only takes <mac>-<name> uploads").in_account(&account);
         }
-        if !upload && let Some(outcome) = self.common_file(req, &account, &file, &agent) {
+        if !upload && let Some(outcome) = self.common_file(req, &account, file, &agent) {
             return outcome;
         }
         let mac = match (self.path_mac(&account, &path_macs), agent.mac) {
             (Some(path), Some(ua_mac)) if path != ua_mac => {
                 let why = format!("the User-Agent's MAC {ua_mac} is not the path's {path}");
-                return Outcome::deny(&file, why).in_account(&account).of_device();
+                return Outcome::deny(why).in_account(&account).of_device();
             }
             (Some(mac), _) | (None, Some(mac)) => mac,
             (None, None) => {
-                return Outcome::deny(&file, "no MAC in the file name or the User-Agent")
+                return Outcome::deny("no MAC in the file name or the User-Agent")
                     .in_account(&account);
             }
         };
-        self.device_file(req, settings, &account, &file, mac, &agent)
+        self.device_file(req, &account, file, mac, &agent)
     }
 
     /// The MAC a file name carries: the one of a unit of the account when
     /// several vendors' grammars read different MACs, else the first.
     fn path_mac(&self, account: &str, macs: &[Mac]) -> Option<Mac> {
+        if let [only] = macs {
+            // The rule below picks it too; no lookup needed.
+            return Some(*only);
+        }
         macs.iter()
             .find(|mac| !self.tables.units(account, mac).is_empty())
             .or_else(|| macs.first())
@@ -449,21 +484,19 @@ impl PhonesService {
     }
 
     /// The account id from the path prefix, else from `Host`.
-    fn account_id(&self, prefix: Option<&str>, host: Option<&str>) -> Option<String> {
+    fn account_id(&self, prefix: Option<&str>, host: Option<&str>) -> Option<Arc<str>> {
         if let Some(id) = prefix {
-            return Some(id.to_string());
+            return Some(Arc::from(id));
         }
         let realm = request::realm_of_host(host?)?;
-        self.tables
-            .account_of_realm(&realm)
-            .map(|id| id.to_string())
+        self.tables.account_of_realm(&realm)
     }
 
     /// A model-common file of the account, if `file` is one.
     fn common_file(
         &self,
         req: &PhoneRequest<'_>,
-        account: &str,
+        account: &Arc<str>,
         file: &str,
         agent: &Agent,
     ) -> Option<Outcome> {
@@ -493,7 +526,7 @@ impl PhonesService {
             }
         };
         let found = chosen.files.get(file)?;
-        let mut outcome = Outcome::deny(file, "model-common file").in_account(account);
+        let mut outcome = Outcome::deny("model-common file").in_account(account);
         outcome.reply = file_reply(found, req, false);
         Some(outcome)
     }
@@ -501,8 +534,7 @@ impl PhonesService {
     fn device_file(
         &self,
         req: &PhoneRequest<'_>,
-        settings: &Settings,
-        account: &str,
+        account: &Arc<str>,
         file: &str,
         mac: Mac,
         agent: &Agent,
@@ -514,13 +546,9 @@ impl PhonesService {
             } else {
                 format!("unknown MAC {mac}")
             };
-            return Outcome::deny(file, why).in_account(account).counted();
+            return Outcome::deny(why).in_account(account).counted();
         };
-        let deny = |why: &str| {
-            Outcome::deny(file, why)
-                .in_account(account)
-                .of_unit(&unit.id)
-        };
+        let deny = |why: &'static str| Outcome::deny(why).in_account(account).of_unit(&unit.id);
         match agent.brand {
             Some(brand) if brand != unit.brand => {
                 return deny("the User-Agent is another vendor's phone").of_device();
@@ -545,13 +573,12 @@ impl PhonesService {
         }
         let mut outcome = deny("per-device file");
         if let Some(stored) = &unit.auth {
-            match self.authenticate(req, settings, stored) {
+            match self.authenticate(req, stored) {
                 Ok(()) => outcome.authenticated = true,
                 Err(mut challenge) => {
                     challenge.account = outcome.account;
                     challenge.unit = outcome.unit;
                     challenge.device = true;
-                    challenge.file = file.to_string();
                     return *challenge;
                 }
             }
@@ -569,12 +596,8 @@ impl PhonesService {
     }
 
     /// `Ok` when the request carries the unit's credentials, else the 401.
-    fn authenticate(
-        &self,
-        req: &PhoneRequest<'_>,
-        settings: &Settings,
-        stored: &Stored,
-    ) -> Result<(), Box<Outcome>> {
+    fn authenticate(&self, req: &PhoneRequest<'_>, stored: &Stored) -> Result<(), Box<Outcome>> {
+        let settings = self.settings.load();
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -586,9 +609,9 @@ impl PhonesService {
         };
         let ttl = settings.nonce_ttl.as_secs();
         let verdict = auth::verify(stored, &request, &self.key, now, ttl);
-        let challenge = |stale: bool, reason: &str| {
+        let challenge = |stale: bool, reason: &'static str| {
             let nonce = self.key.issue(&stored.realm, now, fastrand::u64(..));
-            let mut outcome = Outcome::deny("", reason);
+            let mut outcome = Outcome::deny(reason);
             outcome.reply = Reply::Challenge {
                 challenges: auth::challenges(stored, &nonce, stale),
             };
@@ -606,15 +629,24 @@ impl PhonesService {
         }
     }
 
-    fn record(&self, req: &PhoneRequest<'_>, ip: IpAddr, outcome: &Outcome, settings: &Settings) {
+    fn record(
+        &self,
+        req: &PhoneRequest<'_>,
+        ip: IpAddr,
+        outcome: &Outcome,
+        file: &str,
+        settings: &Settings,
+    ) {
         let status = outcome.reply.status();
         let ua = request::loggable(req.user_agent.unwrap_or_default(), 200);
+        let ua = &*ua;
         let account = outcome.account.as_deref().unwrap_or("-");
         let unit = outcome.unit.as_deref().unwrap_or("-");
-        let file = request::loggable(&outcome.file, 128);
+        let file = request::loggable(file, 128);
+        let file = &*file;
         match status {
             404 => {
-                tracing::info!(target: SECURITY, event = "denied", %ip, account, unit, file, reason = outcome.reason, user_agent = ua, "phone request denied")
+                tracing::info!(target: SECURITY, event = "denied", %ip, account, unit, file, reason = &*outcome.reason, user_agent = ua, "phone request denied")
             }
             401 if outcome.miss => {
                 tracing::warn!(target: SECURITY, event = "auth_refused", %ip, account, unit, file, user_agent = ua, "wrong credentials")
@@ -630,16 +662,15 @@ impl PhonesService {
         let Some(unit) = &outcome.unit else {
             return;
         };
-        let entry = Logged {
-            time: SystemTime::now(),
+        let line = LogLine {
             ip,
             user_agent: ua,
-            method: request::loggable(req.method, 16),
+            method: &request::loggable(req.method, 16),
             file,
             status,
-            reason: outcome.reason.clone(),
+            reason: &outcome.reason,
         };
-        self.logs.record(unit, entry, settings.request_log);
+        self.logs.record(unit, &line, settings.request_log);
     }
 
     /// `GET /v1/units/{id}`: the unit as built, with its last request.
