@@ -236,6 +236,10 @@ impl Daemon {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
+            // Below the shortest `http.header_read_timeout_ms` a test sets
+            // (500 ms): the daemon hangs up on a keep-alive connection idle
+            // that long, and reusing one it is closing fails the request.
+            .pool_idle_timeout(Duration::from_millis(250))
             .build()
             .expect("build the test HTTP client");
         let mut daemon = Daemon {
