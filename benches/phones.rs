@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caldera::cache::mirror::Mirror;
-use caldera::cache::{CacheEntry, content_hash};
+use caldera::cache::{CacheEntry, Content, JsonText, serialized_content_hash};
 use caldera::couch::Body;
 use caldera::domains::phones::limiter::Limits;
 use caldera::domains::phones::model::{SIP_AUTH, TEMPLATE_BODIES, UNITS};
@@ -227,17 +227,19 @@ fn entry(key: &str, built: &Built) -> Option<CacheEntry> {
         .iter()
         .map(|i| json!({"doc": i.doc, "reason": i.reason}))
         .collect();
-    let hash = content_hash(content, &errors, false);
+    // As the writer does: serialized once, hashed, and kept as that text.
+    let json = serde_json::to_vec(content).expect("JSON values serialize");
+    let hash = serialized_content_hash(&json, &errors, false);
     Some(CacheEntry {
         id: format!("phones:{key}"),
         rev: "1-a".into(),
         domain: "phones".into(),
         key: key.to_string(),
         hash,
-        content: content.clone(),
+        content: Content::Text(JsonText::from_serialized(&json)),
         errors,
         stale: false,
-        bytes: serde_json::to_vec(content).map_or(0, |b| b.len()),
+        bytes: json.len(),
     })
 }
 
@@ -497,7 +499,7 @@ fn main() {
         .count();
     let served = entries
         .iter()
-        .filter(|e| e.key.starts_with("unit:") && e.content["served"] == true)
+        .filter(|e| e.key.starts_with("unit:") && e.content.value()["served"] == true)
         .count();
     let bytes: usize = entries.iter().map(|e| e.bytes).sum();
     let with_errors = entries
@@ -589,7 +591,7 @@ fn main() {
         let Some(entry) = mirror.get(&id) else {
             continue;
         };
-        let content = &entry.content;
+        let content = &entry.content.value();
         if !entry.key.starts_with("unit:") || content["served"] != true {
             continue;
         }

@@ -357,7 +357,7 @@ mod tests {
             domain: "sysconf".into(),
             key: id.into(),
             hash: "h".into(),
-            content,
+            content: content.into(),
             errors: json!([]),
             stale: false,
             bytes: 10,
@@ -369,7 +369,7 @@ mod tests {
         let mirror = Mirror::default();
         mirror.apply_written(Update::Live(entry("sysconf:a", "2-b", json!(2))));
         mirror.apply_feed(Update::Live(entry("sysconf:a", "1-a", json!(1))));
-        assert_eq!(mirror.get("sysconf:a").unwrap().content, json!(2));
+        assert_eq!(*mirror.get("sysconf:a").unwrap().content.value(), json!(2));
         mirror.apply_written(Update::Deleted {
             id: "sysconf:a".into(),
             rev: "3-c".into(),
@@ -377,7 +377,7 @@ mod tests {
         mirror.apply_feed(Update::Live(entry("sysconf:a", "2-b", json!(2))));
         assert!(mirror.get("sysconf:a").is_none());
         mirror.apply_feed(Update::Live(entry("sysconf:a", "4-d", json!(4))));
-        assert_eq!(mirror.get("sysconf:a").unwrap().content, json!(4));
+        assert_eq!(*mirror.get("sysconf:a").unwrap().content.value(), json!(4));
     }
 
     #[test]
