@@ -14,6 +14,7 @@ mod phones;
 mod phones_api;
 mod phones_demo;
 mod phones_incremental;
+mod phones_stale;
 mod robustness;
 mod routing;
 mod support;
