@@ -555,9 +555,24 @@ fn main() {
     drop(hashed);
     drop(rebuilt);
 
+    if let Some(unit) = entries.iter().find(|e| e.key.starts_with("unit:")) {
+        let content = unit.content.value();
+        let sizes: Vec<String> = content
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(field, value)| format!("{field} {}", value.to_string().len()))
+            .collect();
+        println!(
+            "a unit's content, JSON bytes by field: {}",
+            sizes.join(", ")
+        );
+    }
     let mirror = Arc::new(Mirror::default());
     let started = Instant::now();
+    let rss_before_mirror = rss_mb();
     mirror.replace_all(entries);
+    let rss_mirror = rss_mb();
     let settings = Settings {
         limits: Limits {
             budget: 0,
@@ -576,6 +591,11 @@ fn main() {
         nonce_key(Some("bench")),
     ));
     let rss_all = rss_mb();
+    println!(
+        "mirror +{:.0} MB RSS, serving index (and request logs) +{:.0} MB RSS",
+        rss_mirror - rss_before_mirror,
+        rss_all - rss_mirror
+    );
     println!(
         "mirror + serving index: {:.2?}; RSS {rss_all:.0} MB: source index {:.0} MB, outputs (mirror, serving index, dependency graph) {:.0} MB = {:.1} kB per unit",
         started.elapsed(),

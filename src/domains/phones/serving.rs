@@ -116,7 +116,8 @@ enum Contribution {
         account: Arc<ServedAccount>,
     },
     Unit {
-        account: String,
+        /// Shared with `accounts_by_mac`.
+        account: Arc<str>,
         mac: Option<Mac>,
         unit: Option<Arc<ServedUnit>>,
     },
@@ -135,8 +136,8 @@ struct Inner {
     accounts: HashMap<String, Arc<ServedAccount>>,
     /// account → MAC → served units (nested so lookups need no key copy).
     units_by_mac: HashMap<String, HashMap<Mac, Vec<Arc<ServedUnit>>>>,
-    /// MAC → accounts serving it.
-    accounts_by_mac: HashMap<Mac, Ids>,
+    /// MAC → accounts serving it (a set, as a list: nearly always one).
+    accounts_by_mac: HashMap<Mac, Vec<Arc<str>>>,
     /// account → common file name → common outputs holding it.
     common: HashMap<String, HashMap<String, Vec<Arc<ServedCommon>>>>,
     /// account → every unit document (served or not), for the admin API.
@@ -293,7 +294,7 @@ fn unit_contribution(
     now: SystemTime,
 ) -> Option<Contribution> {
     let unit = content.unit.as_ref()?;
-    let account = text(unit, "account_id")?;
+    let account: Arc<str> = Arc::from(text(unit, "account_id")?);
     let mac = content
         .served()
         .then(|| text(unit, "mac").and_then(|m| Mac::parse(&m)))
@@ -343,16 +344,16 @@ impl Inner {
             }
             Contribution::Unit { account, mac, unit } => {
                 self.units_of
-                    .entry(account.clone())
+                    .entry(account.to_string())
                     .or_default()
                     .insert(doc.clone());
                 if let (Some(mac), Some(unit)) = (mac, unit) {
-                    let by_mac = self.units_by_mac.entry(account.clone()).or_default();
+                    let by_mac = self.units_by_mac.entry(account.to_string()).or_default();
                     by_mac.entry(*mac).or_default().push(unit.clone());
-                    self.accounts_by_mac
-                        .entry(*mac)
-                        .or_default()
-                        .insert(Arc::from(account.as_str()));
+                    let accounts = self.accounts_by_mac.entry(*mac).or_default();
+                    if !accounts.contains(account) {
+                        accounts.push(account.clone());
+                    }
                 }
             }
             Contribution::Common { account, common } => {
@@ -383,10 +384,10 @@ impl Inner {
                 self.accounts.remove(id);
             }
             Contribution::Unit { account, mac, unit } => {
-                if let Some(ids) = self.units_of.get_mut(account) {
+                if let Some(ids) = self.units_of.get_mut(&**account) {
                     ids.remove(doc);
                     if ids.is_empty() {
-                        self.units_of.remove(account);
+                        self.units_of.remove(&**account);
                     }
                 }
                 if let (Some(mac), Some(unit)) = (mac, unit) {
@@ -427,7 +428,7 @@ impl Inner {
             self.units_by_mac.remove(account);
         }
         if !still && let Some(accounts) = self.accounts_by_mac.get_mut(mac) {
-            accounts.remove(account);
+            accounts.retain(|a| &**a != account);
             if accounts.is_empty() {
                 self.accounts_by_mac.remove(mac);
             }
