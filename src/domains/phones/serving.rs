@@ -7,8 +7,11 @@
 //! A request is then a few hash lookups and reference-count bumps: no JSON
 //! is walked and no body is copied per request (measured: the serving
 //! decision was 40% of the listener's time before). The price is one copy
-//! of each served file's bytes next to the mirror's JSON. Each file also
-//! carries since when it has had its current content (`Last-Modified`).
+//! of each served file's bytes next to the mirror's JSON text (the mirror
+//! keeps phones outputs unparsed, `cache::Content::Text`): a put reads
+//! only the fields indexed here (`Indexed`) and moves the bodies in. Each
+//! file also carries since when it has had its current content
+//! (`Last-Modified`).
 //!
 //! Only served things are indexed: a disabled or duplicate unit, an
 //! account with a duplicate realm, a common output without files are
