@@ -4,14 +4,8 @@
 //! Invariant: the two directions always agree; `set` replaces an output's
 //! dependencies atomically, `remove` forgets an output entirely (an absent
 //! output is brought back by its root document, not by its old reads).
-//!
-//! Memory: a graph of 100k outputs holds millions of (output, dependency)
-//! pairs, so each output id and each dependency is stored once and shared
-//! (`Arc`) by both directions; a pair costs a pointer on each side, and a
-//! dependency read by a single output (a unit's own document) needs no set.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 
 use super::index::Dep;
 use crate::domains::Domain;
@@ -21,85 +15,21 @@ pub type OutputId = (Domain, String);
 
 #[derive(Debug, Default)]
 pub struct DepGraph {
-    by_output: HashMap<Arc<OutputId>, Box<[Arc<Dep>]>>,
-    by_dep: HashMap<Arc<Dep>, Readers>,
-}
-
-/// The outputs that read one dependency: most are read by one output.
-#[derive(Debug)]
-enum Readers {
-    One(Arc<OutputId>),
-    // Boxed on purpose: keeps every `by_dep` entry at two words instead
-    // of a whole set's header, for the many single-reader dependencies.
-    #[allow(clippy::box_collection)]
-    Many(Box<HashSet<Arc<OutputId>>>),
-}
-
-impl Readers {
-    fn add(&mut self, output: &Arc<OutputId>) {
-        match self {
-            Readers::One(only) if only == output => {}
-            Readers::One(only) => {
-                let set = HashSet::from([only.clone(), output.clone()]);
-                *self = Readers::Many(Box::new(set));
-            }
-            Readers::Many(set) => {
-                set.insert(output.clone());
-            }
-        }
-    }
-
-    /// Forgets `output`; `false` when no reader is left.
-    fn forget(&mut self, output: &OutputId) -> bool {
-        match self {
-            Readers::One(only) => **only != *output,
-            Readers::Many(set) => {
-                set.remove(output);
-                match set.len() {
-                    0 => false,
-                    1 => {
-                        let last = set.iter().next().cloned().expect("one reader");
-                        *self = Readers::One(last);
-                        true
-                    }
-                    _ => true,
-                }
-            }
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Arc<OutputId>> {
-        let (one, many) = match self {
-            Readers::One(only) => (Some(only), None),
-            Readers::Many(set) => (None, Some(set.iter())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
+    by_output: HashMap<OutputId, BTreeSet<Dep>>,
+    by_dep: HashMap<Dep, HashSet<OutputId>>,
 }
 
 impl DepGraph {
     /// Records what `output`'s latest build read.
     pub fn set(&mut self, output: OutputId, deps: BTreeSet<Dep>) {
         self.unlink(&output);
-        let output = match self.by_output.get_key_value(&output) {
-            Some((shared, _)) => shared.clone(),
-            None => Arc::new(output),
-        };
-        let mut read = Vec::with_capacity(deps.len());
-        for dep in deps {
-            let shared = if let Some(readers) = self.by_dep.get_mut(&dep) {
-                readers.add(&output);
-                let (shared, _) = self.by_dep.get_key_value(&dep).expect("just found");
-                shared.clone()
-            } else {
-                let shared = Arc::new(dep);
-                self.by_dep
-                    .insert(shared.clone(), Readers::One(output.clone()));
-                shared
-            };
-            read.push(shared);
+        for dep in &deps {
+            self.by_dep
+                .entry(dep.clone())
+                .or_default()
+                .insert(output.clone());
         }
-        self.by_output.insert(output, read.into_boxed_slice());
+        self.by_output.insert(output, deps);
     }
 
     pub fn remove(&mut self, output: &OutputId) {
@@ -109,16 +39,12 @@ impl DepGraph {
 
     /// The outputs that read `dep`.
     pub fn dependents<'a>(&'a self, dep: &Dep) -> impl Iterator<Item = &'a OutputId> + use<'a> {
-        self.by_dep
-            .get(dep)
-            .into_iter()
-            .flat_map(Readers::iter)
-            .map(|output| &**output)
+        self.by_dep.get(dep).into_iter().flatten()
     }
 
     /// Every output with recorded dependencies.
     pub fn outputs(&self) -> impl Iterator<Item = &OutputId> {
-        self.by_output.keys().map(|output| &**output)
+        self.by_output.keys()
     }
 
     pub fn len(&self) -> usize {
@@ -134,10 +60,11 @@ impl DepGraph {
             return;
         };
         for dep in old {
-            if let Some(readers) = self.by_dep.get_mut(&**dep)
-                && !readers.forget(output)
-            {
-                self.by_dep.remove(&**dep);
+            if let Some(outputs) = self.by_dep.get_mut(dep) {
+                outputs.remove(output);
+                if outputs.is_empty() {
+                    self.by_dep.remove(dep);
+                }
             }
         }
     }
@@ -178,7 +105,7 @@ mod tests {
         assert_eq!(graph.dependents(&doc("y")).count(), 0);
         assert_eq!(graph.len(), 1);
         assert!(
-            graph.by_dep.keys().all(|dep| **dep == doc("z")),
+            graph.by_dep.keys().all(|dep| *dep == doc("z")),
             "no empty entries are left behind"
         );
     }
