@@ -8,6 +8,10 @@
 //! same hash; a document is written only when its hash changes. The
 //! provenance fields (`built_from`, `seqs`, `built_by`, `built_at`) describe
 //! the build that last changed the hash.
+//!
+//! In memory (`CacheEntry`) the content takes its domain's form
+//! (`Content`): parsed, or — for domains that index what they serve
+//! themselves (phones) — the stored JSON text, parsed only on demand.
 
 pub mod mirror;
 pub mod writer;
@@ -84,7 +88,8 @@ impl JsonText {
 }
 
 /// An output's content as the mirror holds it. Which form a domain's
-/// outputs take is `Domain::keeps_content_as_text`.
+/// outputs take is `Domain::keeps_content_as_text`; equality compares the
+/// form too (an entry only ever holds its domain's).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
     /// Parsed once, for domains whose services walk their content.
