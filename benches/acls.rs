@@ -124,7 +124,7 @@ fn entry(key: &str, built: &Built, rev: u64) -> Option<CacheEntry> {
         domain: "acls".into(),
         key: key.to_string(),
         hash,
-        content: content.clone(),
+        content: content.clone().into(),
         errors: json!([]),
         stale: false,
         bytes,

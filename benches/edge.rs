@@ -234,7 +234,7 @@ fn mirror_of(outputs: Vec<Output>) -> Arc<Mirror> {
                 domain: "edge".into(),
                 key: o.key,
                 hash: content_hash(&o.content, &json!([]), false),
-                content: o.content,
+                content: o.content.into(),
                 errors: json!([]),
                 stale: false,
                 bytes,

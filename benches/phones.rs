@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caldera::cache::mirror::Mirror;
-use caldera::cache::{CacheEntry, content_hash};
+use caldera::cache::{CacheEntry, Content, JsonText, serialized_content_hash};
 use caldera::couch::Body;
 use caldera::domains::phones::limiter::Limits;
 use caldera::domains::phones::model::{SIP_AUTH, TEMPLATE_BODIES, UNITS};
@@ -239,17 +239,19 @@ fn entry(key: &str, built: &Built) -> Option<CacheEntry> {
         .iter()
         .map(|i| json!({"doc": i.doc, "reason": i.reason}))
         .collect();
-    let hash = content_hash(content, &errors, false);
+    // As the writer does: serialized once, hashed, and kept as that text.
+    let json = serde_json::to_vec(content).expect("JSON values serialize");
+    let hash = serialized_content_hash(&json, &errors, false);
     Some(CacheEntry {
         id: format!("phones:{key}"),
         rev: "1-a".into(),
         domain: "phones".into(),
         key: key.to_string(),
         hash,
-        content: content.clone(),
+        content: Content::Text(JsonText::from_serialized(&json)),
         errors,
         stale: false,
-        bytes: serde_json::to_vec(content).map_or(0, |b| b.len()),
+        bytes: json.len(),
     })
 }
 
@@ -569,7 +571,7 @@ fn main() {
         .count();
     let served = entries
         .iter()
-        .filter(|e| e.key.starts_with("unit:") && e.content["served"] == true)
+        .filter(|e| e.key.starts_with("unit:") && e.content.value()["served"] == true)
         .count();
     let bytes: usize = entries.iter().map(|e| e.bytes).sum();
     let with_errors = entries
@@ -625,9 +627,24 @@ fn main() {
     drop(hashed);
     drop(rebuilt);
 
+    if let Some(unit) = entries.iter().find(|e| e.key.starts_with("unit:")) {
+        let content = unit.content.value();
+        let sizes: Vec<String> = content
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(field, value)| format!("{field} {}", value.to_string().len()))
+            .collect();
+        println!(
+            "a unit's content, JSON bytes by field: {}",
+            sizes.join(", ")
+        );
+    }
     let mirror = Arc::new(Mirror::default());
     let started = Instant::now();
+    let rss_before_mirror = rss_mb();
     mirror.replace_all(entries);
+    let rss_mirror = rss_mb();
     let settings = Settings {
         limits: Limits {
             budget: 0,
@@ -647,6 +664,11 @@ fn main() {
     ));
     let rss_all = rss_mb();
     println!(
+        "mirror +{:.0} MB RSS, serving index (and request logs) +{:.0} MB RSS",
+        rss_mirror - rss_before_mirror,
+        rss_all - rss_mirror
+    );
+    println!(
         "mirror + serving index: {:.2?}; RSS {rss_all:.0} MB: source index {:.0} MB, outputs (mirror, serving index, dependency graph) {:.0} MB = {:.1} kB per unit",
         started.elapsed(),
         rss_index - rss_start,
@@ -661,7 +683,7 @@ fn main() {
         let Some(entry) = mirror.get(&id) else {
             continue;
         };
-        let content = &entry.content;
+        let content = &entry.content.value();
         if !entry.key.starts_with("unit:") || content["served"] != true {
             continue;
         }

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::{Mirror, Update};
-use super::{CacheEntry, FORMAT, doc_id, serialized_content_hash};
+use super::{CacheEntry, Content, FORMAT, JsonText, doc_id, serialized_content_hash};
 use crate::couch::retry::Backoff;
 use crate::couch::{BulkResult, Db, ErrorKind, Seq};
 use crate::domains::{Built, Domain, Issue};
@@ -234,12 +234,17 @@ impl Writer {
                         doc: None,
                         reason,
                     });
-                    last_good(current, issues)
+                    last_good(output.domain, current, issues)
                 } else {
-                    (content.clone(), content_json, issues.clone(), false)
+                    let held = if output.domain.keeps_content_as_text() {
+                        Content::Text(JsonText::from_serialized(&content_json))
+                    } else {
+                        Content::Tree(content.clone())
+                    };
+                    (held, content_json, issues.clone(), false)
                 }
             }
-            Built::Failed { issues } => last_good(current, issues.clone()),
+            Built::Failed { issues } => last_good(output.domain, current, issues.clone()),
         };
         let errors = self.errors_json(&issues);
         let hash = serialized_content_hash(&content_json, &errors, stale);
@@ -460,14 +465,15 @@ impl Writer {
 /// The last good content (and its JSON) kept and flagged stale, with the
 /// new problems.
 fn last_good(
+    domain: Domain,
     current: Option<&CacheEntry>,
     issues: Vec<Issue>,
-) -> (Value, Vec<u8>, Vec<Issue>, bool) {
+) -> (Content, Vec<u8>, Vec<Issue>, bool) {
     let (content, stale) = match current {
         Some(current) if !current.content.is_null() => (current.content.clone(), true),
-        _ => (Value::Null, false),
+        _ => (Content::of(domain.name(), &Value::Null), false),
     };
-    let json = serde_json::to_vec(&content).expect("JSON values serialize");
+    let json = content.json().into_owned();
     (content, json, issues, stale)
 }
 
@@ -546,4 +552,52 @@ struct StoreOutcome {
     deleted: usize,
     refused: usize,
     conflicted: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current(content: Content) -> CacheEntry {
+        CacheEntry {
+            id: "phones:unit:u".into(),
+            rev: "3-a".into(),
+            domain: "phones".into(),
+            key: "unit:u".into(),
+            hash: "h".into(),
+            content,
+            errors: json!([]),
+            stale: false,
+            bytes: 0,
+        }
+    }
+
+    /// A failed build keeps the last good content, in the form its domain
+    /// keeps it, with the JSON it was stored as (so the same hash).
+    #[test]
+    fn the_last_good_copy_keeps_text_and_parsed_contents_alike() {
+        let good =
+            json!({"files": {"a.cfg": {"body": "line\n\"q\"", "etag": "e"}}, "served": true});
+        let text = Content::Text(JsonText::of(&good));
+        let (kept, json, _, stale) =
+            last_good(Domain::Phones, Some(&current(text.clone())), vec![]);
+        assert!(stale);
+        assert_eq!(kept, text, "the text is shared, not parsed");
+        assert_eq!(json, serde_json::to_vec(&good).unwrap());
+        let parsed = Content::Tree(good.clone());
+        let (kept, tree_json, _, _) =
+            last_good(Domain::Sysconf, Some(&current(parsed.clone())), vec![]);
+        assert_eq!(kept, parsed);
+        assert_eq!(tree_json, json, "both forms store the same bytes");
+
+        // Nothing good to keep: an empty content, not flagged stale.
+        let (kept, json, _, stale) = last_good(Domain::Phones, None, vec![]);
+        assert!(!stale);
+        assert!(kept.is_null());
+        assert!(matches!(kept, Content::Text(_)));
+        assert_eq!(json, b"null");
+        let empty = current(Content::of("phones", &Value::Null));
+        let (_, _, _, stale) = last_good(Domain::Phones, Some(&empty), vec![]);
+        assert!(!stale, "a null content is not a last good copy");
+    }
 }

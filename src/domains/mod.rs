@@ -49,6 +49,14 @@ impl Domain {
         Domain::ALL.into_iter().find(|d| d.name() == name)
     }
 
+    /// Whether the mirror keeps this domain's outputs as their JSON text
+    /// (`cache::Content::Text`) rather than parsed: true for domains whose
+    /// service indexes what it serves when an entry is put and parses the
+    /// content only for rare readers (admin views, stale copies).
+    pub fn keeps_content_as_text(self) -> bool {
+        matches!(self, Domain::Phones)
+    }
+
     /// The builder of this domain.
     pub fn builder(self) -> &'static dyn Builder {
         match self {

@@ -174,7 +174,7 @@ async fn sysconf_category(State(state): Shared, request: Request) -> Result<Resp
     }
     let path = sysconf_path(&request)?;
     let entry = state.sysconf.document(&path[0])?;
-    let body = json!({ "category": path[0], "document": entry.content, "errors": entry.errors, "stale": entry.stale });
+    let body = json!({ "category": path[0], "document": entry.content.value(), "errors": entry.errors, "stale": entry.stale });
     Ok(Json(body).into_response())
 }
 

@@ -109,4 +109,53 @@ mod tests {
             "no empty entries are left behind"
         );
     }
+
+    /// Random sets and removals agree with a plain model of both
+    /// directions, and leave no dependency without a reader.
+    #[test]
+    fn random_updates_agree_with_a_plain_model() {
+        let seed = std::env::var("CALDERA_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
+        eprintln!("dep graph: seed {seed} (replay with CALDERA_TEST_SEED={seed})");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut graph = DepGraph::default();
+        let mut model: std::collections::BTreeMap<OutputId, BTreeSet<Dep>> = Default::default();
+        let pool: Vec<Dep> = (0..8)
+            .map(|n| doc(&n.to_string()))
+            .chain([Dep::Source(Arc::from("s"))])
+            .collect();
+        for step in 0..2000 {
+            let output = (Domain::Phones, format!("o{}", rng.u8(..6)));
+            if rng.u8(..5) == 0 {
+                graph.remove(&output);
+                model.remove(&output);
+            } else {
+                let deps: BTreeSet<Dep> = (0..rng.usize(..5))
+                    .map(|_| pool[rng.usize(..pool.len())].clone())
+                    .collect();
+                graph.set(output.clone(), deps.clone());
+                model.insert(output, deps);
+            }
+            for dep in &pool {
+                let mut found: Vec<&OutputId> = graph.dependents(dep).collect();
+                found.sort();
+                let wanted: Vec<&OutputId> = model
+                    .iter()
+                    .filter(|(_, deps)| deps.contains(dep))
+                    .map(|(output, _)| output)
+                    .collect();
+                assert_eq!(found, wanted, "seed {seed}, step {step}, {dep:?}");
+            }
+            let mut outputs: Vec<&OutputId> = graph.outputs().collect();
+            outputs.sort();
+            assert!(
+                outputs.iter().copied().eq(model.keys()),
+                "seed {seed}, step {step}"
+            );
+            let read: BTreeSet<&Dep> = model.values().flatten().collect();
+            assert_eq!(graph.by_dep.len(), read.len(), "seed {seed}, step {step}");
+        }
+    }
 }

@@ -175,7 +175,9 @@ fn acl_entry(hostnames: serde_json::Value) -> CacheEntry {
         domain: "acls".into(),
         key: "offnet.01".into(),
         hash: format!("h{hostnames}"),
-        content: json!({ "device": {}, "peered_resource": {}, "resource": {}, "hostnames": hostnames }),
+        content:
+            json!({ "device": {}, "peered_resource": {}, "resource": {}, "hostnames": hostnames })
+                .into(),
         errors: json!([]),
         stale: false,
         bytes: 10,

@@ -364,7 +364,7 @@ fn cache_entry(key: &str, content: Value, errors: Value, rev: u64) -> CacheEntry
         domain: "acls".into(),
         key: key.into(),
         hash: content_hash(&content, &errors, false),
-        content,
+        content: content.into(),
         errors,
         stale: false,
         bytes: 0,

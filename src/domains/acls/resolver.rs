@@ -546,7 +546,7 @@ impl Task {
             let Some(entry) = self.mirror.get(&doc_id(Domain::Acls, &key)) else {
                 continue;
             };
-            for (host, addresses) in model::content_hostnames(&entry.content) {
+            for (host, addresses) in model::content_hostnames(&entry.content.value()) {
                 wanted
                     .entry(host.to_string())
                     .or_default()

@@ -135,7 +135,7 @@ impl Memo {
             if n == SYSTEM_SLOT {
                 self.system = entry.clone();
             } else {
-                let digest = entry.as_ref().map(|e| model::digest(&e.content));
+                let digest = entry.as_ref().map(|e| model::digest(&e.content.value()));
                 self.live.apply(id, digest);
             }
         }
@@ -147,8 +147,10 @@ impl Memo {
     }
 
     fn served(&mut self, node: &str, zone: &str) -> Served {
-        let system = self.system.as_ref().map(|e| &e.content);
-        let statics = system.and_then(|s| model::system_section(s, node, zone));
+        let system = self.system.as_ref().map(|e| e.content.value());
+        let statics = system
+            .as_deref()
+            .and_then(|s| model::system_section(s, node, zone));
         Served {
             node: node.to_string(),
             answer: self.live.answer(statics),

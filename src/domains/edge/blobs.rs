@@ -149,7 +149,13 @@ impl Task {
             let Some(entry) = self.mirror.get(&id) else {
                 continue;
             };
-            if entry.content.get("data").and_then(|d| d.as_str()).is_none() {
+            if entry
+                .content
+                .value()
+                .get("data")
+                .and_then(|d| d.as_str())
+                .is_none()
+            {
                 continue;
             }
             docs.insert(
@@ -157,7 +163,7 @@ impl Task {
                 SourceDoc {
                     id: key.to_string(),
                     rev: "1-cached".into(),
-                    body: Body::Json(entry.content.clone()),
+                    body: Body::Json(entry.content.value().into_owned()),
                 },
             );
         }
@@ -191,7 +197,8 @@ impl Task {
             let Some(entry) = self.mirror.get(&id) else {
                 continue;
             };
-            let Ok(manifest) = serde_json::from_value::<ClassManifest>(entry.content.clone())
+            let Ok(manifest) =
+                serde_json::from_value::<ClassManifest>(entry.content.value().into_owned())
             else {
                 continue;
             };

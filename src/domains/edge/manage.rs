@@ -114,7 +114,7 @@ impl EdgeService {
         }
         Ok(self
             .catalog()
-            .map(|c| c.content.clone())
+            .map(|c| c.content.value().into_owned())
             .unwrap_or_else(|| json!({})))
     }
 
@@ -455,7 +455,7 @@ impl EdgeService {
         let Some(catalog) = self.catalog() else {
             return Ok(());
         };
-        let catalog = &catalog.content;
+        let catalog = &catalog.content.value();
         let others = find_by_id(catalog, "masters", master_id)
             .and_then(|m| m.get("templates"))
             .and_then(Value::as_array)

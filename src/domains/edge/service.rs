@@ -217,7 +217,7 @@ impl<T> Parsed<T> {
         {
             return Some(parsed.clone());
         }
-        let parsed = Arc::new(parse(&entry.content)?);
+        let parsed = Arc::new(parse(&entry.content.value())?);
         self.write()
             .insert(id.to_string(), (entry.hash.clone(), parsed.clone()));
         Some(parsed)
@@ -378,7 +378,12 @@ impl EdgeService {
     /// The newest set sequence the cache shows.
     pub fn latest_seq(&self) -> u64 {
         self.catalog()
-            .and_then(|c| c.content.get("latest_set_seq").and_then(Value::as_u64))
+            .and_then(|c| {
+                c.content
+                    .value()
+                    .get("latest_set_seq")
+                    .and_then(Value::as_u64)
+            })
             .unwrap_or(0)
     }
 
@@ -787,7 +792,7 @@ impl EdgeService {
             Domain::Edge,
             &package_key(&manifest.manifest.class()),
         ))?;
-        let content = &entry.content;
+        let content = &entry.content.value();
         if content.get("state")?.as_str()? != "ready"
             || content.get("manifest_digest")?.as_str()? != manifest.digest
         {
@@ -831,7 +836,7 @@ impl EdgeService {
             let bytes = self
                 .mirror
                 .get(&doc_id(Domain::Edge, &file_key(&key)))
-                .and_then(|entry| blob_bytes(&entry.content))
+                .and_then(|entry| blob_bytes(&entry.content.value()))
                 .ok_or(PackageFailure::NotReady)?;
             files.insert(key, bytes);
         }
@@ -925,7 +930,9 @@ impl EdgeService {
         let waiting = async {
             loop {
                 let changed = self.mirror.changed();
-                if self.catalog().is_some_and(|c| visible(&c.content)) && self.files_loaded() {
+                if self.catalog().is_some_and(|c| visible(&c.content.value()))
+                    && self.files_loaded()
+                {
                     return;
                 }
                 changed.await;

@@ -44,6 +44,8 @@ pub mod validate;
 pub mod vendors;
 
 #[cfg(test)]
+mod compact_tests;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;

@@ -676,7 +676,7 @@ impl PhonesService {
     /// `GET /v1/units/{id}`: the unit as built, with its last request.
     pub fn unit_view(&self, id: &str) -> Option<Value> {
         let entry = self.mirror.get(&format!("phones:unit:{id}"))?;
-        let content = &entry.content;
+        let content = &entry.content.value();
         let files = |value: &Value| -> Value {
             let Some(map) = value.as_object() else {
                 return json!({});
@@ -692,7 +692,7 @@ impl PhonesService {
         let common = content["common"]["key"]
             .as_str()
             .and_then(|key| self.mirror.get(&format!("phones:{key}")))
-            .map(|c| files(&c.content["files"]))
+            .map(|c| files(&c.content.value()["files"]))
             .unwrap_or_else(|| json!({}));
         let last_seen = self.logs.last_seen(id);
         Some(json!({
@@ -711,16 +711,17 @@ impl PhonesService {
     /// of its model.
     pub fn unit_file(&self, id: &str, file: &str) -> Option<(String, Bytes)> {
         let entry = self.mirror.get(&format!("phones:unit:{id}"))?;
-        let found = |entry: &CacheEntry| {
-            let f = entry.content["files"].get(file)?;
+        let found = |content: &Value| {
+            let f = content["files"].get(file)?;
             Some((
                 f["content_type"].as_str()?.to_string(),
                 Bytes::from(f["body"].as_str()?.to_string()),
             ))
         };
-        found(&entry).or_else(|| {
-            let key = entry.content["common"]["key"].as_str()?;
-            found(&*self.mirror.get(&format!("phones:{key}"))?)
+        let content = entry.content.value();
+        found(&content).or_else(|| {
+            let key = content["common"]["key"].as_str()?;
+            found(&self.mirror.get(&format!("phones:{key}"))?.content.value())
         })
     }
 
@@ -740,10 +741,11 @@ impl PhonesService {
                 let entry = self.mirror.get(&doc)?;
                 let id = doc.trim_start_matches("phones:unit:").to_string();
                 let last_seen = self.logs.last_seen(&id);
+                let content = entry.content.value();
                 let status = json!({
-                    "served": entry.content["served"], "reason": entry.content["reason"],
+                    "served": content["served"], "reason": content["reason"],
                     "errors": entry.errors.as_array().map_or(0, Vec::len), "stale": entry.stale,
-                    "files": entry.content["files"].as_object().map(|f| f.keys().cloned().collect::<Vec<_>>()),
+                    "files": content["files"].as_object().map(|f| f.keys().cloned().collect::<Vec<_>>()),
                     "last_seen": last_seen,
                 });
                 Some((id, status))

@@ -7,8 +7,11 @@
 //! A request is then a few hash lookups and reference-count bumps: no JSON
 //! is walked and no body is copied per request (measured: the serving
 //! decision was 40% of the listener's time before). The price is one copy
-//! of each served file's bytes next to the mirror's JSON. Each file also
-//! carries since when it has had its current content (`Last-Modified`).
+//! of each served file's bytes next to the mirror's JSON text (the mirror
+//! keeps phones outputs unparsed, `cache::Content::Text`): a put reads
+//! only the fields indexed here (`Indexed`) and moves the bodies in. Each
+//! file also carries since when it has had its current content
+//! (`Last-Modified`).
 //!
 //! Only served things are indexed: a disabled or duplicate unit, an
 //! account with a duplicate realm, a common output without files are
@@ -21,12 +24,13 @@ use std::time::SystemTime;
 use axum::http::HeaderValue;
 use bytes::Bytes;
 use ipnet::IpNet;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::auth::Stored;
 use super::mac::Mac;
-use crate::cache::CacheEntry;
 use crate::cache::mirror::Observer;
+use crate::cache::{CacheEntry, Content};
 
 const PREFIX_ACCOUNT: &str = "phones:account:";
 const PREFIX_UNIT: &str = "phones:unit:";
@@ -112,9 +116,11 @@ enum Contribution {
     Account {
         id: String,
         realm: Option<String>,
+        account: Arc<ServedAccount>,
     },
     Unit {
-        account: String,
+        /// Shared with `accounts_by_mac`.
+        account: Arc<str>,
         mac: Option<Mac>,
         unit: Option<Arc<ServedUnit>>,
     },
@@ -133,8 +139,8 @@ struct Inner {
     accounts: HashMap<String, Arc<ServedAccount>>,
     /// account → MAC → served units (nested so lookups need no key copy).
     units_by_mac: HashMap<String, HashMap<Mac, Vec<Arc<ServedUnit>>>>,
-    /// MAC → accounts serving it.
-    accounts_by_mac: HashMap<Mac, Ids>,
+    /// MAC → accounts serving it (a set, as a list: nearly always one).
+    accounts_by_mac: HashMap<Mac, Vec<Arc<str>>>,
     /// account → common file name → common outputs holding it.
     common: HashMap<String, HashMap<String, Vec<Arc<ServedCommon>>>>,
     /// account → every unit document (served or not), for the admin API.
@@ -152,50 +158,94 @@ fn text(value: &Value, field: &str) -> Option<String> {
     value.get(field)?.as_str().map(str::to_string)
 }
 
-fn served(content: &Value) -> bool {
-    content.get("served").and_then(Value::as_bool) == Some(true)
+/// The fields of a phones cache document the tables read. Everything
+/// else (merged configuration, provenance, lines) is skipped unparsed, so
+/// a put parses little more than the files' bodies — which are moved into
+/// the served bytes, not copied.
+#[derive(Debug, Default, Deserialize)]
+struct Indexed {
+    served: Option<Value>,
+    realm: Option<Value>,
+    allowed_cidrs: Option<Value>,
+    unit: Option<Value>,
+    auth: Option<Value>,
+    common: Option<Value>,
+    files: Option<Value>,
+    account_id: Option<Value>,
+    brand: Option<Value>,
+    model: Option<Value>,
+}
+
+impl Indexed {
+    /// What the tables read of `content`; nothing of a content that is not
+    /// an object (as `Value::get` reads nothing of one).
+    fn of(content: &Content) -> Indexed {
+        let read = match content {
+            Content::Text(text) if text.as_str().starts_with('{') => {
+                serde_json::from_str(text.as_str()).ok()
+            }
+            Content::Tree(value) if value.is_object() => Indexed::deserialize(value).ok(),
+            _ => None,
+        };
+        read.unwrap_or_default()
+    }
+
+    fn served(&self) -> bool {
+        self.served.as_ref().and_then(Value::as_bool) == Some(true)
+    }
+
+    fn text(field: Option<&Value>) -> Option<String> {
+        field?.as_str().map(str::to_string)
+    }
+
+    fn allowed(&self) -> Option<Vec<IpNet>> {
+        let list = self.allowed_cidrs.as_ref()?.as_array()?;
+        Some(
+            list.iter()
+                .filter_map(|n| super::model::parse_cidr(n.as_str()?))
+                .collect(),
+        )
+    }
 }
 
 /// The files of a document, keeping `since` of those whose etag did not
 /// change (`before`: the previous revision's files).
 fn files(
-    content: &Value,
+    files: Option<Value>,
     before: Option<&HashMap<String, Arc<ServedFile>>>,
     now: SystemTime,
 ) -> HashMap<String, Arc<ServedFile>> {
-    let Some(files) = content.get("files").and_then(Value::as_object) else {
+    let Some(Value::Object(files)) = files else {
         return HashMap::new();
     };
     files
-        .iter()
+        .into_iter()
         .filter_map(|(name, file)| {
-            let etag = text(file, "etag")?;
-            let body = file.get("body")?.as_str()?;
+            let Value::Object(mut file) = file else {
+                return None;
+            };
+            let etag = file.get("etag")?.as_str()?.to_string();
+            let Some(Value::String(body)) = file.remove("body") else {
+                return None;
+            };
             let since = before
-                .and_then(|b| b.get(name))
+                .and_then(|b| b.get(&name))
                 .filter(|old| old.etag == etag)
                 .map_or(now, |old| old.since);
-            let content_type =
-                text(file, "content_type").unwrap_or_else(|| "application/octet-stream".into());
+            let content_type = file
+                .get("content_type")
+                .and_then(Value::as_str)
+                .map_or_else(|| "application/octet-stream".into(), str::to_string);
             let served = ServedFile {
-                body: Bytes::copy_from_slice(body.as_bytes()),
+                body: Bytes::from(body),
                 headers: FileHeaders::of(&content_type, &etag, since),
                 etag,
                 content_type,
                 since,
             };
-            Some((name.clone(), Arc::new(served)))
+            Some((name, Arc::new(served)))
         })
         .collect()
-}
-
-fn allowed(content: &Value) -> Option<Vec<IpNet>> {
-    let list = content.get("allowed_cidrs")?.as_array()?;
-    Some(
-        list.iter()
-            .filter_map(|n| super::model::parse_cidr(n.as_str()?))
-            .collect(),
-    )
 }
 
 /// What a cache document contributes, given what its previous revision did.
@@ -204,59 +254,79 @@ fn contribution(
     before: Option<&Contribution>,
     now: SystemTime,
 ) -> Option<Contribution> {
-    let content = &entry.content;
+    let is = |prefix: &str| entry.id.starts_with(prefix);
+    if !(is(PREFIX_ACCOUNT) || is(PREFIX_UNIT) || is(PREFIX_COMMON)) {
+        return None;
+    }
+    let content = Indexed::of(&entry.content);
     if let Some(id) = entry.id.strip_prefix(PREFIX_ACCOUNT) {
-        let realm = served(content).then(|| text(content, "realm")).flatten();
+        let served = content.served();
+        let realm = served
+            .then(|| Indexed::text(content.realm.as_ref()))
+            .flatten();
         return Some(Contribution::Account {
             id: id.to_string(),
             realm,
+            account: Arc::new(ServedAccount {
+                served,
+                allowed: content.allowed(),
+            }),
         });
     }
     if let Some(id) = entry.id.strip_prefix(PREFIX_UNIT) {
-        let unit = content.get("unit")?;
-        let account = text(unit, "account_id")?;
-        let mac = served(content)
-            .then(|| text(unit, "mac").and_then(|m| Mac::parse(&m)))
-            .flatten();
-        let old_files = match before {
-            Some(Contribution::Unit {
-                unit: Some(old), ..
-            }) => Some(&old.files),
-            _ => None,
-        };
-        let served_unit = mac.map(|_| {
-            Arc::new(ServedUnit {
-                id: Arc::from(id),
-                brand: text(unit, "brand").unwrap_or_default(),
-                auth: content.get("auth").and_then(Stored::from_json),
-                files: files(content, old_files, now),
-                common: content
-                    .get("common")
-                    .and_then(|c| c.get("key")?.as_str())
-                    .map(|k| Arc::from(format!("phones:{k}").as_str())),
-            })
-        });
-        return Some(Contribution::Unit {
-            account,
-            mac,
-            unit: served_unit,
-        });
+        return unit_contribution(id, content, before, now);
     }
-    if entry.id.starts_with(PREFIX_COMMON) {
-        let account = text(content, "account_id")?;
-        let old_files = match before {
-            Some(Contribution::Common { common, .. }) => Some(&common.files),
-            _ => None,
-        };
-        let common = Arc::new(ServedCommon {
-            doc: Arc::from(entry.id.as_str()),
-            brand: text(content, "brand").unwrap_or_default(),
-            model: text(content, "model").unwrap_or_default(),
-            files: files(content, old_files, now),
-        });
-        return Some(Contribution::Common { account, common });
-    }
-    None
+    let account = Indexed::text(content.account_id.as_ref())?;
+    let old_files = match before {
+        Some(Contribution::Common { common, .. }) => Some(&common.files),
+        _ => None,
+    };
+    let common = Arc::new(ServedCommon {
+        doc: Arc::from(entry.id.as_str()),
+        brand: Indexed::text(content.brand.as_ref()).unwrap_or_default(),
+        model: Indexed::text(content.model.as_ref()).unwrap_or_default(),
+        files: files(content.files, old_files, now),
+    });
+    Some(Contribution::Common { account, common })
+}
+
+fn unit_contribution(
+    id: &str,
+    content: Indexed,
+    before: Option<&Contribution>,
+    now: SystemTime,
+) -> Option<Contribution> {
+    let unit = content.unit.as_ref()?;
+    let account: Arc<str> = Arc::from(text(unit, "account_id")?);
+    let mac = content
+        .served()
+        .then(|| text(unit, "mac").and_then(|m| Mac::parse(&m)))
+        .flatten();
+    let old_files = match before {
+        Some(Contribution::Unit {
+            unit: Some(old), ..
+        }) => Some(&old.files),
+        _ => None,
+    };
+    let served_unit = match mac {
+        Some(_) => Some(Arc::new(ServedUnit {
+            id: Arc::from(id),
+            brand: text(unit, "brand").unwrap_or_default(),
+            auth: content.auth.as_ref().and_then(Stored::from_json),
+            common: content
+                .common
+                .as_ref()
+                .and_then(|c| c.get("key")?.as_str())
+                .map(|k| Arc::from(format!("phones:{k}").as_str())),
+            files: files(content.files, old_files, now),
+        })),
+        None => None,
+    };
+    Some(Contribution::Unit {
+        account,
+        mac,
+        unit: served_unit,
+    })
 }
 
 impl Inner {
@@ -266,31 +336,27 @@ impl Inner {
         };
         let doc: Arc<str> = Arc::from(entry.id.as_str());
         match &contribution {
-            Contribution::Account { id, realm } => {
+            Contribution::Account { id, realm, account } => {
                 if let Some(realm) = realm {
                     self.realms
                         .entry(realm.clone())
                         .or_default()
                         .insert(Arc::from(id.as_str()));
                 }
-                let account = ServedAccount {
-                    served: served(&entry.content),
-                    allowed: allowed(&entry.content),
-                };
-                self.accounts.insert(id.clone(), Arc::new(account));
+                self.accounts.insert(id.clone(), account.clone());
             }
             Contribution::Unit { account, mac, unit } => {
                 self.units_of
-                    .entry(account.clone())
+                    .entry(account.to_string())
                     .or_default()
                     .insert(doc.clone());
                 if let (Some(mac), Some(unit)) = (mac, unit) {
-                    let by_mac = self.units_by_mac.entry(account.clone()).or_default();
+                    let by_mac = self.units_by_mac.entry(account.to_string()).or_default();
                     by_mac.entry(*mac).or_default().push(unit.clone());
-                    self.accounts_by_mac
-                        .entry(*mac)
-                        .or_default()
-                        .insert(Arc::from(account.as_str()));
+                    let accounts = self.accounts_by_mac.entry(*mac).or_default();
+                    if !accounts.contains(account) {
+                        accounts.push(account.clone());
+                    }
                 }
             }
             Contribution::Common { account, common } => {
@@ -309,7 +375,7 @@ impl Inner {
     fn forget(&mut self, doc: &str) -> Option<Contribution> {
         let contribution = self.contributed.remove(doc)?;
         match &contribution {
-            Contribution::Account { id, realm } => {
+            Contribution::Account { id, realm, .. } => {
                 if let Some(realm) = realm
                     && let Some(ids) = self.realms.get_mut(realm)
                 {
@@ -321,10 +387,10 @@ impl Inner {
                 self.accounts.remove(id);
             }
             Contribution::Unit { account, mac, unit } => {
-                if let Some(ids) = self.units_of.get_mut(account) {
+                if let Some(ids) = self.units_of.get_mut(&**account) {
                     ids.remove(doc);
                     if ids.is_empty() {
-                        self.units_of.remove(account);
+                        self.units_of.remove(&**account);
                     }
                 }
                 if let (Some(mac), Some(unit)) = (mac, unit) {
@@ -365,7 +431,7 @@ impl Inner {
             self.units_by_mac.remove(account);
         }
         if !still && let Some(accounts) = self.accounts_by_mac.get_mut(mac) {
-            accounts.remove(account);
+            accounts.retain(|a| &**a != account);
             if accounts.is_empty() {
                 self.accounts_by_mac.remove(mac);
             }
@@ -477,7 +543,7 @@ mod tests {
             domain: "phones".into(),
             key: id.trim_start_matches("phones:").into(),
             hash: rev.into(),
-            content,
+            content: Content::of("phones", &content),
             errors: json!([]),
             stale: false,
             bytes: 0,

@@ -51,7 +51,7 @@ impl World {
         world
     }
 
-    fn put(&mut self, source: &str, doc: Value) -> &mut Self {
+    pub(super) fn put(&mut self, source: &str, doc: Value) -> &mut Self {
         let id = doc["_id"].as_str().expect("an _id").to_string();
         self.sources
             .entry(source.into())
@@ -76,7 +76,7 @@ impl World {
     }
 
     /// Every output of a from-scratch build.
-    fn build_all(&self) -> BTreeMap<String, Built> {
+    pub(super) fn build_all(&self) -> BTreeMap<String, Built> {
         let index = self.index();
         PhonesBuilder
             .all_keys(&index)
@@ -570,7 +570,7 @@ fn pick<'a>(rng: &mut fastrand::Rng, items: &[&'a str]) -> &'a str {
 
 /// A random document of the kind `kind`, with ids from small pools so
 /// edits collide (duplicate MACs, shared policies, realms).
-fn random_doc(rng: &mut fastrand::Rng, kind: u8) -> (&'static str, Value) {
+pub(super) fn random_doc(rng: &mut fastrand::Rng, kind: u8) -> (&'static str, Value) {
     let config = |rng: &mut fastrand::Rng| {
         let mut config = serde_json::Map::new();
         for key in ["ringtone", "vlan", "codecs", "net"] {
@@ -738,7 +738,7 @@ pub fn seed(test: &str) -> u64 {
 }
 
 /// The demo documents of `fixtures/couch/` (what `scripts/demo` loads).
-fn demo_world() -> World {
+pub(super) fn demo_world() -> World {
     let mut world = World::default();
     for source in [UNITS, SIP_AUTH] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -243,8 +243,9 @@ impl RoutingService {
                 (previous.skeleton.clone(), table)
             }
             _ => {
-                let skeleton =
-                    Arc::new(Skeleton::compile(&ruleset.content).map_err(RouteError::Broken)?);
+                let skeleton = Arc::new(
+                    Skeleton::compile(&ruleset.content.value()).map_err(RouteError::Broken)?,
+                );
                 let table = Arc::new(compose::compose(&skeleton, &directory));
                 (skeleton, table)
             }
@@ -274,7 +275,8 @@ impl RoutingService {
         {
             return Ok(directory.clone());
         }
-        let directory = Arc::new(Directory::compile(&entry.content).map_err(RouteError::Broken)?);
+        let directory =
+            Arc::new(Directory::compile(&entry.content.value()).map_err(RouteError::Broken)?);
         directories.insert(sdn.to_string(), (entry.hash.clone(), directory.clone()));
         Ok(directory)
     }

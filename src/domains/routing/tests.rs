@@ -1652,7 +1652,7 @@ fn mirror_entries(w: &World) -> Vec<crate::cache::CacheEntry> {
                 domain: "routing".into(),
                 key,
                 hash: crate::cache::content_hash(&content, &errors, false),
-                content,
+                content: content.into(),
                 errors,
                 stale: false,
                 bytes: 0,

@@ -147,7 +147,7 @@ impl SysconfService {
             return Ok(answer(category, key, value, &section));
         }
         if let Some(entry) = self.mirror.get(&doc_id(Domain::Sysconf, category))
-            && let Some(found) = model::lookup(&entry.content, key, node, &settings.zone)
+            && let Some(found) = model::lookup(&entry.content.value(), key, node, &settings.zone)
         {
             return Ok(answer(category, key, found.value.clone(), found.section));
         }
@@ -369,7 +369,7 @@ impl SysconfService {
         let check = || {
             self.mirror
                 .get(&id)
-                .is_some_and(|e| e.content.is_object() && done(&e.content))
+                .is_some_and(|e| e.content.value().is_object() && done(&e.content.value()))
         };
         let waiting = async {
             loop {
