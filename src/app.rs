@@ -112,18 +112,21 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The single-threaded runtime of a one-shot command; `None` (said on
+/// stderr) when it cannot start.
+fn command_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| eprintln!("cannot start the async runtime: {err}"))
+        .ok()
+}
+
 /// `caldera route`: one lookup built straight from CouchDB, printed as JSON.
 fn route(config: &Config, sdn: &str, groupid: &str, number: &str, host: Option<&str>) -> ExitCode {
     use crate::domains::routing::service::{RouteError, route_offline};
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = command_runtime() else {
+        return ExitCode::FAILURE;
     };
     let answer = runtime.block_on(async {
         let client = Client::new(&config.couchdb).map_err(RouteError::from)?;
@@ -163,15 +166,8 @@ fn route(config: &Config, sdn: &str, groupid: &str, number: &str, host: Option<&
 /// `caldera render`: one phone's files built straight from CouchDB.
 fn render(config: &Config, realm: &str, mac: &str, file: Option<&str>) -> ExitCode {
     use crate::domains::phones::offline::{RenderError, Rendered, render_offline};
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = command_runtime() else {
+        return ExitCode::FAILURE;
     };
     let answer = runtime.block_on(async {
         let client = Client::new(&config.couchdb).map_err(RenderError::from)?;

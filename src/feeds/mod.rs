@@ -12,7 +12,7 @@ pub mod dynamic;
 mod follower;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use follower::Follower;
 
-use crate::couch::{Body, Seq};
+use crate::couch::{Body, Db, Seq};
 use crate::rebuild::index::{SourceDoc, SourceId};
 
 /// Where the consumer reports the last sequence whose effects are durable;
@@ -144,5 +144,42 @@ impl Board {
         self.feeds
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Every document of a database (none when it does not exist), read
+/// through `_changes` pages like a follower's initial load: for the
+/// one-shot commands (`caldera route`, `caldera render`) that build from
+/// CouchDB without the engine. Design documents are left out.
+///
+/// # Errors
+/// A CouchDB request failed.
+pub async fn load_database(db: &Db) -> crate::couch::Result<BTreeMap<String, Arc<SourceDoc>>> {
+    let mut docs = BTreeMap::new();
+    if db.info().await?.is_none() {
+        return Ok(docs);
+    }
+    let mut since = Value::from(0);
+    loop {
+        let page = db.changes_page(&since, 1_000).await?;
+        if page.rows.is_empty() {
+            return Ok(docs);
+        }
+        for row in page.rows {
+            match (row.deleted, row.body) {
+                (false, Some(body)) if !row.id.starts_with("_design/") => {
+                    let doc = SourceDoc {
+                        id: row.id.clone(),
+                        rev: row.rev,
+                        body,
+                    };
+                    docs.insert(row.id, Arc::new(doc));
+                }
+                _ => {
+                    docs.remove(&row.id);
+                }
+            }
+        }
+        since = page.last_seq;
     }
 }

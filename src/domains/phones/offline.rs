@@ -15,6 +15,7 @@ use super::model::{self, DocType, SIP_AUTH, TEMPLATE_BODIES, UNITS};
 use super::{PhonesBuilder, phones_index};
 use crate::couch::{Body, Client, Db};
 use crate::domains::{Builder, Built, Issue};
+use crate::feeds::load_database;
 use crate::rebuild::index::{Index, Reads, SourceDoc, SourceId};
 
 /// Why there is nothing to print.
@@ -52,37 +53,6 @@ pub enum Rendered {
     All(Value),
     /// One file: its content type and body.
     File { content_type: String, body: String },
-}
-
-/// Every document of a database, read through `_changes` pages.
-async fn load_all(db: &Db) -> Result<BTreeMap<String, Arc<SourceDoc>>, RenderError> {
-    let mut docs = BTreeMap::new();
-    if db.info().await?.is_none() {
-        return Ok(docs);
-    }
-    let mut since = Value::from(0);
-    loop {
-        let page = db.changes_page(&since, 1_000).await?;
-        if page.rows.is_empty() {
-            return Ok(docs);
-        }
-        for row in page.rows {
-            match (row.deleted, row.body) {
-                (false, Some(body)) if !row.id.starts_with("_design/") => {
-                    let doc = SourceDoc {
-                        id: row.id.clone(),
-                        rev: row.rev,
-                        body,
-                    };
-                    docs.insert(row.id, Arc::new(doc));
-                }
-                _ => {
-                    docs.remove(&row.id);
-                }
-            }
-        }
-        since = page.last_seq;
-    }
 }
 
 /// The bodies of attachment template overrides, as the fetcher gives them.
@@ -174,8 +144,8 @@ pub async fn render_offline(
 ) -> Result<Rendered, RenderError> {
     let mac = Mac::parse(mac).ok_or_else(|| RenderError::BadMac(mac.to_string()))?;
     let units_db = client.db(units_db);
-    let units = load_all(&units_db).await?;
-    let devices = load_all(&client.db(sip_auth_db)).await?;
+    let units = load_database(&units_db).await?;
+    let devices = load_database(&client.db(sip_auth_db)).await?;
     let bodies = template_bodies(&units_db, &units).await;
     let mut index = phones_index();
     index.replace(&SourceId::from(UNITS), units);

@@ -11,7 +11,7 @@
 //! first lookup after a change, one request per table at a time (the
 //! others wait for it rather than compose the same table again).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Value, json};
@@ -22,8 +22,9 @@ use super::table::Table;
 use super::{RoutingBuilder, ruleset_database};
 use crate::cache::mirror::Mirror;
 use crate::cache::{CacheEntry, content_hash, doc_id};
-use crate::couch::{Client, Db};
+use crate::couch::Client;
 use crate::domains::{Builder, Built, Domain, Issue};
+use crate::feeds::load_database;
 use crate::rebuild::index::{Index, Keyer, Reads, SourceDoc, SourceId};
 
 /// Why a lookup has no answer.
@@ -377,13 +378,13 @@ pub async fn route_offline(
         return Err(RouteError::InvalidNumber(number.to_string()));
     }
     let mut index = routing_index();
-    let docs = load_all(&client.db(provisioning)).await?;
+    let docs = load_database(&client.db(provisioning)).await?;
     index.replace(&SourceId::from(PROVISIONING), docs);
     let ruleset = index
         .get(PROVISIONING, &format!("ruleset:{sdn}:{groupid}"))
         .and_then(|doc| doc.json().cloned());
     if let Some(database) = ruleset.as_ref().and_then(|r| ruleset_database(r).ok()) {
-        let docs = load_all(&client.db(database)).await?;
+        let docs = load_database(&client.db(database)).await?;
         index.replace(&SourceId::from(model::ruleset_source(database)), docs);
     }
     let (table, errors) = build_table(&index, sdn, groupid)?;
@@ -395,39 +396,4 @@ pub async fn route_offline(
         })?;
     answer["errors"] = errors;
     Ok(answer)
-}
-
-/// Every document of a database (none when it does not exist), read
-/// through `_changes` pages like a follower's initial load.
-async fn load_all(db: &Db) -> Result<BTreeMap<String, Arc<SourceDoc>>, RouteError> {
-    let mut docs = BTreeMap::new();
-    if db.info().await?.is_none() {
-        return Ok(docs);
-    }
-    let mut since = Value::from(0);
-    loop {
-        let page = db.changes_page(&since, 1_000).await?;
-        if page.rows.is_empty() {
-            return Ok(docs);
-        }
-        for row in page.rows {
-            if row.id.starts_with("_design/") {
-                continue;
-            }
-            match (row.deleted, row.body) {
-                (false, Some(body)) => {
-                    let doc = SourceDoc {
-                        id: row.id.clone(),
-                        rev: row.rev,
-                        body,
-                    };
-                    docs.insert(row.id, Arc::new(doc));
-                }
-                _ => {
-                    docs.remove(&row.id);
-                }
-            }
-        }
-        since = page.last_seq;
-    }
 }
