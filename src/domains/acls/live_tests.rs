@@ -494,6 +494,43 @@ fn prepare_renders_again_what_was_asked_for() {
     assert_eq!(service.prepare(), 0, "already prepared");
 }
 
+/// The eager task re-renders a memoised answer after an ACL change, with
+/// no request in between.
+#[test]
+fn an_acl_change_is_prepared_without_a_request() {
+    let system = |cidr: &str| json!({"sections": {"default": {"x": {"network-list-name": "trusted", "type": "allow", "cidr": cidr}}}, "hostnames": {}});
+    let mirror = Arc::new(Mirror::default());
+    mirror.replace_all(vec![cache_entry(
+        SYSTEM_KEY,
+        system("10.0.0.1/32"),
+        json!([]),
+        1,
+    )]);
+    let service = Arc::new(AclsService::new(mirror.clone(), "n0".into(), ZONE.into()));
+    assert!(service.view(None).unwrap().xml().contains("10.0.0.1/32"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    runtime.spawn(service.clone().prepare_eagerly(token.clone()));
+    // Let the task register and spend the permit of its registration.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    mirror.apply_written(Update::Live(cache_entry(
+        SYSTEM_KEY,
+        system("10.0.0.2/32"),
+        json!([]),
+        2,
+    )));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let xml = service.memoised_xml("n0").unwrap_or_default();
+        if xml.contains("10.0.0.2/32") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not prepared: {xml}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    token.cancel();
+}
+
 /// Readers racing a writer: each sees the versions in order, and the
 /// last one in the end.
 #[test]

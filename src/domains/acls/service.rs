@@ -13,9 +13,10 @@
 //! in the merge once asked for, and each request copies it.
 //!
 //! `prepare_eagerly` moves that first-request work off the request: when
-//! the mirror changes it refreshes the state and renders again what was
-//! asked for before (the nodes and renderings memoised), so the next
-//! request finds its answer ready. Nothing is prepared that no one asked
+//! an ACL cache document changes in the mirror (an observer tells it;
+//! other domains' changes do not wake it) it refreshes the state and
+//! renders again what was asked for before (the nodes and renderings
+//! memoised), so the next request finds its answer ready. Nothing is prepared that no one asked
 //! for: a platform that never fetches ACLs never pays for them.
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,12 +29,39 @@ use serde_json::Value;
 
 use super::live::{LiveMerge, NodeAnswer};
 use super::model;
-use crate::cache::mirror::Mirror;
+use crate::cache::mirror::{Mirror, Observer};
 use crate::cache::{CacheEntry, doc_id};
 use crate::domains::Domain;
 
 /// How many nodes' answers are kept at once.
 const MEMO_NODES: usize = 16;
+
+/// Wakes eager preparation when an ACL cache document changes (a mirror
+/// observer: told under the mirror's lock, so it only leaves a permit).
+#[derive(Default)]
+struct AclChanges(tokio::sync::Notify);
+
+impl Observer for AclChanges {
+    /// Registration and full reloads.
+    fn reset(&self, _: &[Arc<CacheEntry>]) {
+        self.0.notify_one();
+    }
+
+    fn put(&self, entry: &Arc<CacheEntry>) {
+        if entry.domain == Domain::Acls.name() {
+            self.0.notify_one();
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        if id
+            .split_once(':')
+            .is_some_and(|(domain, _)| domain == Domain::Acls.name())
+        {
+            self.0.notify_one();
+        }
+    }
+}
 
 /// How long eager preparation waits after a mirror change for the rest of
 /// its batch.
@@ -323,14 +351,20 @@ impl AclsService {
         prepared
     }
 
-    /// Runs `prepare` after every change of the mirror (on a blocking
-    /// thread: a changed shard costs milliseconds of CPU) until `token` is
-    /// cancelled. Changes during a preparation are caught by the next one.
+    /// Runs `prepare` after every change of an ACL cache document (on a
+    /// blocking thread: a changed shard costs milliseconds of CPU) until
+    /// `token` is cancelled. Other domains' changes never wake it; a change
+    /// during a preparation leaves a permit, caught by the next one.
     pub async fn prepare_eagerly(self: Arc<Self>, token: tokio_util::sync::CancellationToken) {
+        let changes = Arc::new(AclChanges::default());
+        self.mirror.observe(changes.clone());
         loop {
-            let changed = self.mirror.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = changes.0.notified() => {}
+            }
+            // A batch of cache writes lands as several mirror changes.
+            tokio::time::sleep(PREPARE_DEBOUNCE).await;
             let service = self.clone();
             if tokio::task::spawn_blocking(move || service.prepare())
                 .await
@@ -338,13 +372,18 @@ impl AclsService {
             {
                 tracing::error!("preparing the ACL answers panicked; requests will prepare them");
             }
-            tokio::select! {
-                () = token.cancelled() => return,
-                () = changed => {}
-            }
-            // A batch of cache writes lands as several mirror changes.
-            tokio::time::sleep(PREPARE_DEBOUNCE).await;
         }
+    }
+
+    /// The memoised `acl.conf` of `node`, if it is rendered (no refresh).
+    #[cfg(test)]
+    pub(super) fn memoised_xml(&self, node: &str) -> Option<String> {
+        let memo = self.lock();
+        let served = memo.views.get(node)?;
+        served
+            .xml
+            .get()
+            .map(|xml| String::from_utf8_lossy(xml).into_owned())
     }
 
     /// How many nodes' answers are memoised now (at most `MEMO_NODES`).
