@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -259,33 +258,11 @@ impl Follower {
     async fn load(&self, marker: String, token: &CancellationToken) -> Result<Option<Session>> {
         self.set_state(FeedState::Loading, None);
         let started = Instant::now();
-        let mut since = Value::from(0);
-        let mut docs: BTreeMap<String, SourceDoc> = BTreeMap::new();
-        loop {
-            if token.is_cancelled() {
-                return Ok(None);
-            }
-            let page = self
-                .db
-                .changes_page(&since, self.config.load_page_size)
-                .await?;
-            let count = page.rows.len();
-            for row in page.rows {
-                match source_doc(row) {
-                    Some((id, Some(doc))) => {
-                        docs.insert(id, doc);
-                    }
-                    Some((id, None)) => {
-                        docs.remove(&id);
-                    }
-                    None => {}
-                }
-            }
-            since = page.last_seq;
-            if count == 0 {
-                break;
-            }
-        }
+        let Some((docs, since)) =
+            super::read_whole(&self.db, self.config.load_page_size, token).await?
+        else {
+            return Ok(None);
+        };
         tracing::info!(db = self.db.name(), docs = docs.len(), elapsed = ?started.elapsed(), "database loaded");
         let (durable_tx, durable) = watch::channel(None);
         let event = FeedEvent::Replace {
@@ -504,7 +481,7 @@ impl Follower {
 
 /// A feed row as an index entry: `None` for design documents, `(id, None)`
 /// for deletions.
-fn source_doc(row: Row) -> Option<(String, Option<SourceDoc>)> {
+pub(super) fn source_doc(row: Row) -> Option<(String, Option<SourceDoc>)> {
     if row.id.starts_with("_design/") {
         return None;
     }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use follower::Follower;
 
@@ -147,39 +148,54 @@ impl Board {
     }
 }
 
-/// Every document of a database (none when it does not exist), read
-/// through `_changes` pages like a follower's initial load: for the
-/// one-shot commands (`caldera route`, `caldera render`) that build from
-/// CouchDB without the engine. Design documents are left out.
+/// Every document of `db` read through `_changes` pages of `page_size`
+/// (design documents left out), and the sequence to follow from; `None`
+/// when `token` is cancelled first.
+async fn read_whole(
+    db: &Db,
+    page_size: u64,
+    token: &CancellationToken,
+) -> crate::couch::Result<Option<(BTreeMap<String, SourceDoc>, Value)>> {
+    let mut since = Value::from(0);
+    let mut docs = BTreeMap::new();
+    loop {
+        if token.is_cancelled() {
+            return Ok(None);
+        }
+        let page = db.changes_page(&since, page_size).await?;
+        let count = page.rows.len();
+        for row in page.rows {
+            match follower::source_doc(row) {
+                Some((id, Some(doc))) => {
+                    docs.insert(id, doc);
+                }
+                Some((id, None)) => {
+                    docs.remove(&id);
+                }
+                None => {}
+            }
+        }
+        since = page.last_seq;
+        if count == 0 {
+            return Ok(Some((docs, since)));
+        }
+    }
+}
+
+/// Every document of a database (none when it does not exist), read as a
+/// follower's initial load reads it: for the one-shot commands (`caldera
+/// route`, `caldera render`) that build from CouchDB without the engine.
 ///
 /// # Errors
 /// A CouchDB request failed.
 pub async fn load_database(db: &Db) -> crate::couch::Result<BTreeMap<String, Arc<SourceDoc>>> {
-    let mut docs = BTreeMap::new();
     if db.info().await?.is_none() {
-        return Ok(docs);
+        return Ok(BTreeMap::new());
     }
-    let mut since = Value::from(0);
-    loop {
-        let page = db.changes_page(&since, 1_000).await?;
-        if page.rows.is_empty() {
-            return Ok(docs);
-        }
-        for row in page.rows {
-            match (row.deleted, row.body) {
-                (false, Some(body)) if !row.id.starts_with("_design/") => {
-                    let doc = SourceDoc {
-                        id: row.id.clone(),
-                        rev: row.rev,
-                        body,
-                    };
-                    docs.insert(row.id, Arc::new(doc));
-                }
-                _ => {
-                    docs.remove(&row.id);
-                }
-            }
-        }
-        since = page.last_seq;
-    }
+    let never = CancellationToken::new();
+    let (docs, _) = read_whole(db, 1_000, &never).await?.unwrap_or_default();
+    Ok(docs
+        .into_iter()
+        .map(|(id, doc)| (id, Arc::new(doc)))
+        .collect())
 }
