@@ -6,3 +6,4 @@
 pub mod deps;
 pub mod engine;
 pub mod index;
+pub mod intern;
