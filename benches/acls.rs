@@ -52,7 +52,7 @@ fn put(index: &mut Index, source: &str, doc: Value, rev: u64) -> Option<Arc<Sour
         SourceDoc {
             id,
             rev: format!("{rev}-b"),
-            body: Body::Json(doc),
+            body: Body::of(&doc),
         },
     )
 }

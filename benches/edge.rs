@@ -47,7 +47,7 @@ fn doc(id: String, body: Value) -> (String, Arc<SourceDoc>) {
     let doc = SourceDoc {
         id: id.clone(),
         rev: "1-a".into(),
-        body: Body::Json(body),
+        body: Body::of(&body),
     };
     (id, Arc::new(doc))
 }
@@ -409,7 +409,7 @@ fn build_throughput(manifests: &[ClassManifest], index: &Index) {
     let files = |file: &model::FileRef| {
         index
             .get(EDGE_BLOBS, &file.key())
-            .and_then(|d| caldera::domains::edge::blob_bytes(d.json()?))
+            .and_then(|d| caldera::domains::edge::blob_bytes(&d.json()?))
     };
     let mut rendered_bytes = 0;
     let mut output_bytes = 0;

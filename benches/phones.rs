@@ -69,7 +69,7 @@ fn doc(id: &str, body: Value) -> (String, Arc<SourceDoc>) {
         Arc::new(SourceDoc {
             id: id.to_string(),
             rev: "1-a".into(),
-            body: Body::Json(body),
+            body: Body::of(&body),
         }),
     )
 }

@@ -34,7 +34,7 @@ fn doc(id: String, body: Value) -> (String, Arc<SourceDoc>) {
     let doc = SourceDoc {
         id: id.clone(),
         rev: "1-a".into(),
-        body: Body::Json(body),
+        body: Body::of(&body),
     };
     (id, Arc::new(doc))
 }
@@ -321,7 +321,7 @@ fn main() {
     let edited = SourceDoc {
         id: carrier.clone(),
         rev: "2-b".into(),
-        body: Body::Json(json!({"type": "carrier", "try": 2, "progress_timeout": 7})),
+        body: Body::of(&json!({"type": "carrier", "try": 2, "progress_timeout": 7})),
     };
     let provisioning = SourceId::from(PROVISIONING);
     let mut touched = vec![Dep::Doc(provisioning.clone(), carrier.clone())];

@@ -507,15 +507,15 @@ fn start_mirror(
                         continue;
                     }
                     let json = match &body {
-                        Some(Body::Json(json)) => Some(json),
+                        Some(Body::Json(text)) => Some((text.parse(), text.len())),
                         Some(Body::Malformed(why)) => {
                             tracing::warn!(id, why, "unreadable document in the cache database");
                             continue;
                         }
                         None => None,
                     };
-                    let bytes = json.map_or(0, |j| serde_json::to_vec(j).map_or(0, |b| b.len()));
-                    match update_from_doc(&id, &rev, json, bytes) {
+                    let bytes = json.as_ref().map_or(0, |(_, len)| *len);
+                    match update_from_doc(&id, &rev, json.as_ref().map(|(j, _)| j), bytes) {
                         Some(Ok(update)) => mirror.apply_feed(update),
                         Some(Err(why)) => tracing::debug!(id, why, "ignoring a non-cache document"),
                         None => {}
@@ -528,11 +528,10 @@ fn start_mirror(
 }
 
 fn cache_entry(doc: SourceDoc) -> Option<CacheEntry> {
-    let Body::Json(json) = &doc.body else {
+    let Body::Json(text) = &doc.body else {
         return None;
     };
-    let bytes = serde_json::to_vec(json).map_or(0, |b| b.len());
-    CacheEntry::from_doc(json, bytes).ok()
+    CacheEntry::from_doc(&text.parse(), text.len()).ok()
 }
 
 /// The phones shell's copy of `units` (a follower, no checkpoints) and, on a

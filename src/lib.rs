@@ -34,6 +34,7 @@ pub mod couch;
 pub mod domains;
 pub mod feeds;
 pub mod http;
+pub mod json;
 pub mod rebuild;
 pub mod xml;
 

@@ -266,7 +266,7 @@ async fn from_scratch(env: &PhonesEnv) -> BTreeMap<String, Built> {
                     Arc::new(SourceDoc {
                         id,
                         rev,
-                        body: Body::Json(body),
+                        body: Body::of(&body),
                     }),
                 )
             })

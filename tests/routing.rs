@@ -91,7 +91,7 @@ impl Routing {
                 let doc = SourceDoc {
                     id: id.clone(),
                     rev,
-                    body: Body::Json(body),
+                    body: Body::of(&body),
                 };
                 (id, Arc::new(doc))
             })

@@ -17,12 +17,12 @@ pub mod mirror;
 pub mod writer;
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::domains::Domain;
+pub use crate::json::JsonText;
 
 /// The version of the cache document format.
 pub const FORMAT: u64 = 1;
@@ -56,35 +56,6 @@ pub fn serialized_content_hash(content: &[u8], errors: &Value, stale: bool) -> S
         &b",\"stale\":false}"[..]
     });
     format!("sha256-{:x}", hasher.finalize())
-}
-
-/// JSON text as serde_json writes it (compact, maps sorted): only built
-/// from a `Value` or from serde_json's own output, so it always parses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JsonText(Arc<str>);
-
-impl JsonText {
-    pub fn of(value: &Value) -> JsonText {
-        JsonText(Arc::from(
-            serde_json::to_string(value).expect("JSON values serialize"),
-        ))
-    }
-
-    /// `json` must be `serde_json::to_vec`'s output (checked in debug builds).
-    pub fn from_serialized(json: &[u8]) -> JsonText {
-        debug_assert!(serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok());
-        let text = std::str::from_utf8(json).expect("serde_json writes UTF-8");
-        JsonText(Arc::from(text))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Parses the text (it was written by serde_json, so it parses).
-    pub fn parse(&self) -> Value {
-        serde_json::from_str(&self.0).expect("JsonText holds serde_json's output")
-    }
 }
 
 /// An output's content as the mirror holds it. Which form a domain's

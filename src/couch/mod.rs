@@ -24,15 +24,32 @@ pub use error::{Error, ErrorKind, Result};
 pub use rows::{Line, Page, Row};
 
 use crate::config::{CouchConfig, Credentials};
+use crate::json::JsonText;
 
 /// An update sequence: opaque, stored and sent back exactly as received.
 pub type Seq = Value;
 
-/// A document body as received: JSON, or the reason it could not be parsed.
+/// A document body as received: JSON (kept as text, parsed when read: see
+/// `crate::json`), or the reason it could not be parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
-    Json(Value),
+    Json(JsonText),
     Malformed(String),
+}
+
+impl Body {
+    /// The body of a parsed document.
+    pub fn of(value: &Value) -> Body {
+        Body::Json(JsonText::of(value))
+    }
+
+    /// The document, parsed; `None` when it is malformed.
+    pub fn value(&self) -> Option<Value> {
+        match self {
+            Body::Json(text) => Some(text.parse()),
+            Body::Malformed(_) => None,
+        }
+    }
 }
 
 /// A connection to one CouchDB server.

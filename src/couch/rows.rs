@@ -71,7 +71,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
             row.id,
             &row.changes,
             row.deleted,
-            row.doc.map(Body::Json),
+            row.doc.map(Ok),
         )));
     }
     let members = json_scan::members(line).ok_or_else(|| garbage(line))?;
@@ -162,9 +162,9 @@ fn slow_row(line: &[u8], members: &[(String, std::ops::Range<usize>)]) -> Result
     let deleted = field("deleted")
         .and_then(|raw| serde_json::from_slice(raw).ok())
         .unwrap_or(false);
-    let body = field("doc").map(|raw| match serde_json::from_slice::<Value>(raw) {
-        Ok(doc) => Body::Json(doc),
-        Err(err) => Body::Malformed(format!("the document cannot be parsed: {err}")),
+    let body = field("doc").map(|raw| {
+        serde_json::from_slice::<Value>(raw)
+            .map_err(|err| format!("the document cannot be parsed: {err}"))
     });
     let mut row = finish_row(seq, id, &changes, deleted, body);
     if row.rev.is_empty() {
@@ -173,28 +173,37 @@ fn slow_row(line: &[u8], members: &[(String, std::ops::Range<usize>)]) -> Result
     Ok(row)
 }
 
+/// The row, its document kept as text (the parsed tree is dropped here:
+/// see `crate::json`).
 fn finish_row(
     seq: Option<Value>,
     id: String,
     changes: &[RevOnly],
     deleted: bool,
-    body: Option<Body>,
+    doc: Option<Result<Value, String>>,
 ) -> Row {
-    let doc_rev = match &body {
-        Some(Body::Json(doc)) => doc.get("_rev").and_then(Value::as_str).map(str::to_string),
-        _ => None,
-    };
+    let parsed = doc.as_ref().and_then(|d| d.as_ref().ok());
+    let doc_rev = parsed
+        .and_then(|doc| doc.get("_rev"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let rev = doc_rev
         .or_else(|| changes.first().map(|c| c.rev.clone()))
         .unwrap_or_default();
-    let deleted = deleted
-        || matches!(&body, Some(Body::Json(doc)) if doc.get("_deleted") == Some(&Value::Bool(true)));
+    let deleted =
+        deleted || parsed.is_some_and(|doc| doc.get("_deleted") == Some(&Value::Bool(true)));
+    let body = match doc {
+        _ if deleted => None,
+        None => None,
+        Some(Ok(doc)) => Some(Body::of(&doc)),
+        Some(Err(why)) => Some(Body::Malformed(why)),
+    };
     Row {
         seq: seq.unwrap_or(Value::Null),
         id,
         rev,
         deleted,
-        body: if deleted { None } else { body },
+        body,
     }
 }
 
@@ -245,8 +254,8 @@ mod tests {
         assert!(!row.deleted);
         assert_eq!(
             row.body,
-            Some(Body::Json(
-                json!({"_id":"ecallmgr","_rev":"2-b","default":{}})
+            Some(Body::of(
+                &json!({"_id":"ecallmgr","_rev":"2-b","default":{}})
             ))
         );
     }

@@ -32,10 +32,17 @@ pub struct SourceDoc {
 }
 
 impl SourceDoc {
-    /// The JSON body, or `None` when the document could not be parsed.
-    pub fn json(&self) -> Option<&Value> {
+    /// The JSON body, parsed (documents are kept as text: `crate::json`),
+    /// or `None` when the document could not be parsed.
+    pub fn json(&self) -> Option<Value> {
+        self.body.value()
+    }
+
+    /// Only what `T` names of the body (the rest skipped unparsed); `None`
+    /// when the document is malformed or has another shape.
+    pub fn read<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         match &self.body {
-            Body::Json(value) => Some(value),
+            Body::Json(text) => text.read(),
             Body::Malformed(_) => None,
         }
     }
@@ -286,7 +293,7 @@ mod tests {
         SourceDoc {
             id: id.into(),
             rev: rev.into(),
-            body: Body::Json(json!({"_id": id})),
+            body: Body::of(&json!({"_id": id})),
         }
     }
 

@@ -223,7 +223,7 @@ impl Seen {
 
 fn json_of(body: Body) -> serde_json::Value {
     match body {
-        Body::Json(json) => json,
+        Body::Json(text) => text.parse(),
         Body::Malformed(why) => panic!("malformed dns body: {why}"),
     }
 }

@@ -100,7 +100,7 @@ impl Builder for AclsBuilder {
             }
             let json = doc.and_then(|d| d.json());
             let mut dns = dns_reader(reads);
-            let (content, issues) = model::system_content(json, &mut dns);
+            let (content, issues) = model::system_content(json.as_ref(), &mut dns);
             return Built::Content { content, issues };
         }
         let Some((source, shard)) = model::parse_shard_key(key) else {
@@ -110,9 +110,9 @@ impl Builder for AclsBuilder {
         let mut built = model::Shard::default();
         for doc in members {
             match &doc.body {
-                Body::Json(json) => {
+                Body::Json(text) => {
                     let mut dns = dns_reader(reads);
-                    built.add_doc(source, &doc.id, json, &mut dns);
+                    built.add_doc(source, &doc.id, &text.parse(), &mut dns);
                 }
                 Body::Malformed(reason) => built.add_malformed(source, &doc.id, reason),
             }
@@ -136,6 +136,6 @@ fn dns_reader<'r, 'a>(
 ) -> impl FnMut(&str) -> Option<model::DnsAnswer> + use<'r, 'a> {
     move |host: &str| {
         let doc = reads.get(DNS, host)?;
-        doc.json().map(model::dns_answer)
+        doc.json().as_ref().map(model::dns_answer)
     }
 }

@@ -564,7 +564,7 @@ fn source_doc(host: &str, answer: &DnsAnswer, rev: u64) -> SourceDoc {
     SourceDoc {
         id: host.to_string(),
         rev: format!("{rev}-dns"),
-        body: Body::Json(model::dns_body(answer, now)),
+        body: Body::of(&model::dns_body(answer, now)),
     }
 }
 

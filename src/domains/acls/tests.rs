@@ -46,7 +46,7 @@ fn put(index: &mut Index, source: &str, id: &str, body: Value) -> Option<Arc<Sou
         SourceDoc {
             id: id.to_string(),
             rev: format!("{rev}-x"),
-            body: Body::Json(body),
+            body: Body::of(&body),
         },
     )
 }

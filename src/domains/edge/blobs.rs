@@ -163,7 +163,7 @@ impl Task {
                 SourceDoc {
                     id: key.to_string(),
                     rev: "1-cached".into(),
-                    body: Body::Json(entry.content.value().into_owned()),
+                    body: Body::of(&entry.content.value()),
                 },
             );
         }
@@ -273,7 +273,7 @@ impl Task {
             source: SourceId::from(EDGE_BLOBS),
             id: key.to_string(),
             rev: "1-blob".into(),
-            body: body.map(Body::Json),
+            body: body.as_ref().map(Body::of),
             seq: serde_json::Value::Null,
             received: std::time::Instant::now(),
         };

@@ -80,11 +80,26 @@ pub fn file_key(digest_key: &str) -> String {
 /// Builds every edge output.
 pub struct EdgeBuilder;
 
-fn body(doc: &SourceDoc) -> Result<&Value, &str> {
-    match &doc.body {
-        Body::Json(json) => Ok(json),
-        Body::Malformed(reason) => Err(reason),
-    }
+/// Every document parsed, with its id (documents are kept as text).
+fn parsed<'a>(docs: &[&'a Arc<SourceDoc>]) -> Vec<(&'a str, Result<Value, &'a str>)> {
+    docs.iter()
+        .map(|doc| {
+            let body = match &doc.body {
+                Body::Json(text) => Ok(text.parse()),
+                Body::Malformed(reason) => Err(reason.as_str()),
+            };
+            (doc.id.as_str(), body)
+        })
+        .collect()
+}
+
+/// `parsed`'s entries as the pure core takes them.
+fn borrowed<'a>(
+    parsed: &'a [(&'a str, Result<Value, &'a str>)],
+) -> impl Iterator<Item = (&'a str, Result<&'a Value, &'a str>)> {
+    parsed
+        .iter()
+        .map(|(id, body)| (*id, body.as_ref().map_err(|why| *why)))
 }
 
 /// The last `Store` parsed, by a fingerprint of every (id, rev) it was
@@ -114,9 +129,8 @@ fn load_store(reads: &mut Reads<'_>) -> Arc<Store> {
     {
         return store.clone();
     }
-    let store = Arc::new(Store::from_docs(
-        docs.iter().map(|d| (d.id.as_str(), body(d))),
-    ));
+    let parsed = parsed(&docs);
+    let store = Arc::new(Store::from_docs(borrowed(&parsed)));
     *memo() = Some((fingerprint, store.clone()));
     store
 }
@@ -163,7 +177,7 @@ impl Builder for EdgeBuilder {
                 .map(|c| vec![class_key(&c), package_key(&c)])
                 .unwrap_or_default(),
             EDGE_REGISTRY => doc
-                .map(|d| registry::output_keys(id, d.json()))
+                .map(|d| registry::output_keys(id, d.json().as_ref()))
                 .unwrap_or_default(),
             EDGE_BLOBS if doc.is_some() => vec![file_key(id)],
             _ => Vec::new(),
@@ -210,7 +224,7 @@ impl Builder for EdgeBuilder {
 
     fn view_keys(&self, source: &str, doc: &SourceDoc) -> Vec<String> {
         if source == EDGE_REGISTRY {
-            registry::view_keys(&doc.id, doc.json())
+            registry::view_keys(&doc.id, doc.json().as_ref())
         } else {
             Vec::new()
         }
@@ -241,7 +255,7 @@ fn manifest_files(manifest: &ClassManifest, reads: &mut Reads<'_>) -> BTreeMap<S
         if let Some(bytes) = reads
             .get(EDGE_BLOBS, &key)
             .and_then(|d| d.json())
-            .and_then(blob_bytes)
+            .and_then(|json| blob_bytes(&json))
         {
             files.insert(key, bytes);
         }
@@ -333,7 +347,8 @@ fn build_shard(kind: &str, shard: u32, reads: &mut Reads<'_>) -> Built {
     if docs.is_empty() {
         return Built::Absent;
     }
-    let members = docs.iter().map(|d| (d.id.as_str(), body(d)));
+    let parsed = parsed(&docs);
+    let members = borrowed(&parsed);
     let (content, findings) = match kind {
         "edges" => registry::edges_shard(members),
         _ => registry::macs_shard(shard, members),

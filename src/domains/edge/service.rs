@@ -912,7 +912,7 @@ impl EdgeService {
                                 .and_then(Value::as_str)
                                 .unwrap_or("")
                                 .to_string();
-                            (id, rev, Some(Body::Json(body)))
+                            (id, rev, Some(Body::of(&body)))
                         }
                         Ok(None) => continue,
                         Err(err) => {

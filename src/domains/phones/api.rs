@@ -521,7 +521,8 @@ impl PhonesApi {
             Err(err) => return Err(ApiFailure::Unavailable(err.to_string())),
         };
         doc["_rev"] = json!(rev);
-        self.sources.apply(&id, &rev, Some(doc.clone()));
+        self.sources
+            .apply(&id, &rev, Some(crate::json::JsonText::of(&doc)));
         self.rebuilt(&id, &rev, Some(doc.clone())).await;
         Ok(doc)
     }
@@ -534,7 +535,7 @@ impl PhonesApi {
                     UNITS,
                     id,
                     rev.to_string(),
-                    doc.map(Body::Json),
+                    doc.as_ref().map(Body::of),
                     self.write_wait,
                 )
                 .await

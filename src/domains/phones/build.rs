@@ -75,14 +75,14 @@ pub fn common_key(account: &str, brand: &str, model: &str) -> String {
 }
 
 /// A JSON document of a type, or why it is not usable.
-enum Found<'a> {
-    Doc(&'a Value),
+enum Found {
+    Doc(Value),
     Missing,
     Malformed(String),
     OtherType(Option<DocType>),
 }
 
-fn classify(doc: Option<&Arc<SourceDoc>>, wanted: DocType) -> Found<'_> {
+fn classify(doc: Option<&Arc<SourceDoc>>, wanted: DocType) -> Found {
     let Some(doc) = doc else {
         return Found::Missing;
     };
@@ -91,7 +91,7 @@ fn classify(doc: Option<&Arc<SourceDoc>>, wanted: DocType) -> Found<'_> {
             crate::couch::Body::Malformed(why) => why.clone(),
             crate::couch::Body::Json(_) => unreachable!("json() is None"),
         }),
-        Some(json) => match model::doc_type(json) {
+        Some(json) => match model::doc_type(&json) {
             Some(t) if t == wanted => Found::Doc(json),
             other => Found::OtherType(other),
         },
@@ -118,7 +118,7 @@ impl<'r, 'a> Docs<'r, 'a> {
     fn account(&mut self, id: &str) -> Result<Account, String> {
         match classify(self.reads.get(UNITS, id), DocType::Account) {
             Found::Doc(json) => {
-                let parsed = model::parse_account(id, json)?;
+                let parsed = model::parse_account(id, &json)?;
                 self.problems(id, parsed.problems);
                 Ok(parsed.value)
             }
@@ -141,8 +141,8 @@ impl<'r, 'a> Docs<'r, 'a> {
                 );
                 continue;
             };
-            if model::doc_type(json) != Some(DocType::ProvisionConfig)
-                || model::account_of(json) != Some(account)
+            if model::doc_type(&json) != Some(DocType::ProvisionConfig)
+                || model::account_of(&json) != Some(account)
             {
                 continue;
             }
@@ -154,7 +154,7 @@ impl<'r, 'a> Docs<'r, 'a> {
                 self.issue(UNITS, &doc.id, why);
                 continue;
             }
-            match model::parse_provision_config(&doc.id, json) {
+            match model::parse_provision_config(&doc.id, &json) {
                 Ok(parsed) => {
                     self.problems(&doc.id, parsed.problems);
                     found = Some(parsed.value);
@@ -185,10 +185,10 @@ impl<'r, 'a> Docs<'r, 'a> {
                 );
                 continue;
             };
-            if model::doc_type(json) != Some(DocType::PhoneModel) {
+            if model::doc_type(&json) != Some(DocType::PhoneModel) {
                 continue;
             }
-            match model::parse_phone_model(&doc.id, json) {
+            match model::parse_phone_model(&doc.id, &json) {
                 Ok(parsed) if NodeKey::of(&parsed) == *key => out.push(parsed),
                 Ok(_) => {}
                 Err(why) => self.issue(UNITS, &doc.id, format!("{why}; the document is ignored")),
@@ -235,8 +235,8 @@ impl<'r, 'a> Docs<'r, 'a> {
                 let view = template_view(owner, &m.brand, scope, template);
                 let mut docs: Vec<&'a Arc<SourceDoc>> = self.reads.view(UNITS, &view).collect();
                 docs.retain(|d| {
-                    d.json().and_then(model::doc_type) == Some(DocType::Template)
-                        || d.json().is_none()
+                    d.json()
+                        .is_none_or(|json| model::doc_type(&json) == Some(DocType::Template))
                 });
                 let Some(doc) = docs.first() else {
                     continue;
@@ -260,7 +260,7 @@ impl<'r, 'a> Docs<'r, 'a> {
     fn override_body(&mut self, doc: &SourceDoc, template: &str) -> TemplateOverride {
         let source = match doc.json() {
             None => Err("the template override cannot be read".to_string()),
-            Some(json) => match model::parse_template(&doc.id, json).map(|t| t.body) {
+            Some(json) => match model::parse_template(&doc.id, &json).map(|t| t.body) {
                 Ok(TemplateBody::Inline(source)) => Ok(source),
                 Ok(TemplateBody::Attachment(name)) => self.attachment(&doc.id, &name),
                 Err(why) => Err(why),
@@ -442,7 +442,7 @@ fn own_document<T>(
         Found::Malformed(why) => return Err(failed(why)),
         _ => return Err(Built::Absent),
     };
-    let parsed = parse(id, json).map_err(failed)?;
+    let parsed = parse(id, &json).map_err(failed)?;
     docs.problems(id, parsed.problems);
     Ok(parsed.value)
 }
@@ -466,8 +466,9 @@ pub fn build_account(id: &str, reads: &mut Reads<'_>) -> Built {
             .iter()
             .filter(|d| d.id != id)
             .filter_map(|d| {
-                let parsed = model::parse_account(&d.id, d.json()?).ok()?.value;
-                (model::doc_type(d.json()?) == Some(DocType::Account)
+                let json = d.json()?;
+                let parsed = model::parse_account(&d.id, &json).ok()?.value;
+                (model::doc_type(&json) == Some(DocType::Account)
                     && parsed.enabled
                     && parsed.realm.as_deref() == Some(realm))
                 .then(|| d.id.clone())
@@ -516,8 +517,8 @@ pub fn build_common(
         .collect();
     let wanted = units.iter().any(|doc| {
         doc.json().is_some_and(|json| {
-            model::doc_type(json) == Some(DocType::Unit)
-                && model::parse_unit(&doc.id, json).is_ok_and(|u| {
+            model::doc_type(&json) == Some(DocType::Unit)
+                && model::parse_unit(&doc.id, &json).is_ok_and(|u| {
                     let u = u.value;
                     u.enabled
                         && u.account_id == account_id
@@ -783,8 +784,8 @@ fn check_duplicate_mac(docs: &mut Docs<'_, '_>, unit: &Unit, state: &mut UnitSta
         .filter(|d| d.id != unit.id)
         .filter(|d| {
             d.json().is_some_and(|json| {
-                model::doc_type(json) == Some(DocType::Unit)
-                    && model::parse_unit(&d.id, json).is_ok_and(|o| {
+                model::doc_type(&json) == Some(DocType::Unit)
+                    && model::parse_unit(&d.id, &json).is_ok_and(|o| {
                         o.value.enabled
                             && o.value.account_id == unit.account_id
                             && o.value.mac == Some(mac)
@@ -969,7 +970,7 @@ fn owned<T: HasAccount>(
     unit: &Unit,
     id: &str,
     what: &str,
-    found: Found<'_>,
+    found: Found,
     parse: fn(&str, &Value) -> Result<model::Parsed<T>, String>,
 ) -> Option<T> {
     let json = match found {
@@ -999,7 +1000,7 @@ fn owned<T: HasAccount>(
             return None;
         }
     };
-    match parse(id, json) {
+    match parse(id, &json) {
         Ok(parsed) if parsed.value.account() != unit.account_id => {
             docs.issue(
                 UNITS,
@@ -1077,7 +1078,7 @@ fn line_device(docs: &mut Docs<'_, '_>, unit: &Unit, line: &Line) -> Result<mode
     let Some(json) = doc.json() else {
         return Err(format!("device {} cannot be read", line.device_id));
     };
-    let device = model::parse_device(&line.device_id, json)
+    let device = model::parse_device(&line.device_id, &json)
         .map_err(|why| format!("device {}: {why}", line.device_id))?;
     // Never hand one tenant's SIP credentials to another tenant's phone.
     if device.account_id.as_deref() != Some(unit.account_id.as_str()) {

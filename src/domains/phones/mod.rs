@@ -97,10 +97,10 @@ fn unit_roots(id: &str, doc: &SourceDoc) -> Vec<String> {
         // it rooted before keep their last good content).
         return vec![format!("unit:{id}")];
     };
-    match model::doc_type(json) {
+    match model::doc_type(&json) {
         Some(DocType::Unit) => {
             let mut keys = vec![format!("unit:{id}")];
-            keys.extend(unit_common_key(json));
+            keys.extend(unit_common_key(&json));
             keys
         }
         Some(DocType::Account) => vec![format!("account:{id}")],
@@ -156,7 +156,7 @@ impl Builder for PhonesBuilder {
         if source != UNITS {
             return Vec::new();
         }
-        doc.json().map(view_keys).unwrap_or_default()
+        doc.json().map(|json| view_keys(&json)).unwrap_or_default()
     }
 }
 

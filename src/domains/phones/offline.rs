@@ -63,10 +63,10 @@ async fn template_bodies(
     let mut bodies = BTreeMap::new();
     for (id, doc) in units {
         let Some(json) = doc.json() else { continue };
-        if model::doc_type(json) != Some(DocType::Template) || json.get("template").is_some() {
+        if model::doc_type(&json) != Some(DocType::Template) || json.get("template").is_some() {
             continue;
         }
-        let Ok(name) = model::attachment_name(json) else {
+        let Ok(name) = model::attachment_name(&json) else {
             continue;
         };
         let body = match db.get_attachment(id, &name).await {
@@ -82,7 +82,7 @@ async fn template_bodies(
             Arc::new(SourceDoc {
                 id: id.clone(),
                 rev: "1-offline".into(),
-                body: Body::Json(body),
+                body: Body::of(&body),
             }),
         );
     }
@@ -111,7 +111,7 @@ fn find_account(index: &Index, realm: &str) -> Option<String> {
         .docs(UNITS)
         .filter(|d| {
             d.json()
-                .is_some_and(|j| model::doc_type(j) == Some(DocType::Account))
+                .is_some_and(|j| model::doc_type(&j) == Some(DocType::Account))
         })
         .filter(|d| {
             d.id == realm
@@ -157,7 +157,8 @@ pub async fn render_offline(
         .view(UNITS, &build::mac_view(&account, &mac))
         .filter(|d| {
             d.json().is_some_and(|j| {
-                model::doc_type(j) == Some(DocType::Unit) && j.get("enabled") != Some(&json!(false))
+                model::doc_type(&j) == Some(DocType::Unit)
+                    && j.get("enabled") != Some(&json!(false))
             })
         })
         .map(|d| d.id.clone())

@@ -29,20 +29,20 @@ use super::model::{self, DocType, TEMPLATE_BODIES};
 use crate::couch::retry::Backoff;
 use crate::couch::{Body, Db, ErrorKind, rev_generation};
 use crate::feeds::FeedEvent;
+use crate::json::JsonText;
 use crate::rebuild::index::{SourceDoc, SourceId};
 
 /// The largest template attachment fetched.
 const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 
-/// A `units` document as the copy keeps it.
+/// A `units` document as the copy keeps it: its text (parsed on demand)
+/// and the few fields lookups and validation need.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub rev: String,
     pub kind: Option<DocType>,
     pub account: Option<String>,
-    /// The document (units: parsed on demand from `text`).
-    json: Option<Arc<Value>>,
-    text: Option<Arc<str>>,
+    text: JsonText,
     pub unit: Option<UnitFacts>,
 }
 
@@ -59,11 +59,14 @@ pub struct UnitFacts {
 }
 
 impl Stored {
-    fn new(rev: &str, json: Value) -> Stored {
+    fn new(rev: &str, text: JsonText) -> Stored {
+        let json = text.parse();
         let kind = model::doc_type(&json);
         let account = model::account_of(&json).map(str::to_string);
-        if kind == Some(DocType::Unit) {
-            let facts = model::parse_unit("-", &json).ok().map(|p| {
+        let unit = (kind == Some(DocType::Unit))
+            .then(|| model::parse_unit("-", &json).ok())
+            .flatten()
+            .map(|p| {
                 let u = p.value;
                 UnitFacts {
                     mac: u.mac,
@@ -75,37 +78,18 @@ impl Stored {
                     policies: u.policies,
                 }
             });
-            let text = serde_json::to_string(&json).ok().map(Arc::from);
-            return Stored {
-                rev: rev.to_string(),
-                kind,
-                account,
-                json: None,
-                text,
-                unit: facts,
-            };
-        }
         Stored {
             rev: rev.to_string(),
             kind,
             account,
-            json: Some(Arc::new(json)),
-            text: None,
-            unit: None,
+            text,
+            unit,
         }
     }
 
     /// The document.
     pub fn json(&self) -> Arc<Value> {
-        if let Some(json) = &self.json {
-            return json.clone();
-        }
-        let parsed = self
-            .text
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or(Value::Null);
-        Arc::new(parsed)
+        Arc::new(self.text.parse())
     }
 }
 
@@ -152,7 +136,7 @@ impl Sources {
     }
 
     /// Replaces the whole content: `(id, rev, body)`.
-    pub fn replace(&self, docs: impl IntoIterator<Item = (String, String, Option<Value>)>) {
+    pub fn replace(&self, docs: impl IntoIterator<Item = (String, String, Option<JsonText>)>) {
         {
             let mut state = self.write();
             state.units = docs
@@ -167,7 +151,7 @@ impl Sources {
 
     /// Applies one change, unless the copy already holds a newer revision
     /// (a write-through's echo may come late).
-    pub fn apply(&self, id: &str, rev: &str, json: Option<Value>) {
+    pub fn apply(&self, id: &str, rev: &str, json: Option<JsonText>) {
         let template_changed = {
             let mut state = self.write();
             if state
@@ -215,11 +199,11 @@ impl Sources {
             .iter()
             .filter(|(_, s)| s.kind == Some(DocType::Template))
             .filter_map(|(id, s)| {
-                let json = s.json.as_ref()?;
+                let json = s.json();
                 if json.get("template").is_some() {
                     return None;
                 }
-                let name = model::attachment_name(json).ok()?;
+                let name = model::attachment_name(&json).ok()?;
                 let digest = json["_attachments"][&name]["digest"]
                     .as_str()
                     .unwrap_or("")
@@ -443,7 +427,7 @@ fn source_doc(id: &str, fetched: &Fetched) -> SourceDoc {
             fetched.generation,
             fetched.digest.replace(['=', '+', '/'], "")
         ),
-        body: Body::Json(fetched.body.clone()),
+        body: Body::of(&fetched.body),
     }
 }
 
@@ -458,7 +442,9 @@ mod tests {
         sources.replace(vec![(
             "u".into(),
             "1-a".into(),
-            Some(json!({"type": "unit", "account_id": "a", "mac_address": "001565000001"})),
+            Some(JsonText::of(
+                &json!({"type": "unit", "account_id": "a", "mac_address": "001565000001"}),
+            )),
         )]);
         assert!(sources.is_loaded());
         let unit = sources.get("u").unwrap();
@@ -467,8 +453,16 @@ mod tests {
             "001565000001"
         );
         assert_eq!(unit.json()["account_id"], "a");
-        sources.apply("u", "3-c", Some(json!({"type": "unit", "account_id": "b"})));
-        sources.apply("u", "2-b", Some(json!({"type": "unit", "account_id": "c"})));
+        sources.apply(
+            "u",
+            "3-c",
+            Some(JsonText::of(&json!({"type": "unit", "account_id": "b"}))),
+        );
+        sources.apply(
+            "u",
+            "2-b",
+            Some(JsonText::of(&json!({"type": "unit", "account_id": "c"}))),
+        );
         assert_eq!(sources.get("u").unwrap().account.as_deref(), Some("b"));
         assert_eq!(sources.of_type(DocType::Unit, Some("b")).len(), 1);
         sources.apply("u", "4-d", None);
@@ -479,8 +473,8 @@ mod tests {
     fn attachment_templates_are_listed_with_their_digest() {
         let sources = Sources::default();
         sources.replace(vec![
-            ("t1".into(), "1-a".into(), Some(json!({"type": "template", "brand": "yealink", "file": "x", "_attachments": {"b.hbs": {"stub": true, "digest": "md5-1"}}}))),
-            ("t2".into(), "1-a".into(), Some(json!({"type": "template", "brand": "yealink", "file": "x", "template": "inline"}))),
+            ("t1".into(), "1-a".into(), Some(JsonText::of(&json!({"type": "template", "brand": "yealink", "file": "x", "_attachments": {"b.hbs": {"stub": true, "digest": "md5-1"}}})))),
+            ("t2".into(), "1-a".into(), Some(JsonText::of(&json!({"type": "template", "brand": "yealink", "file": "x", "template": "inline"})))),
         ]);
         let wanted = sources.attachment_templates();
         assert_eq!(wanted.len(), 1);

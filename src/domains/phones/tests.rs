@@ -33,7 +33,7 @@ fn source_doc(id: &str, body: &Value) -> SourceDoc {
             .and_then(Value::as_str)
             .unwrap_or("1-a")
             .to_string(),
-        body: Body::Json(body.clone()),
+        body: Body::of(body),
     }
 }
 

@@ -93,8 +93,8 @@ fn carriers(
         let Some(level) = object(doc, carrier_origin, issues) else {
             continue;
         };
-        let carrier_try = try_value(level, carrier_origin, issues);
-        carriers.insert(carrierid.to_string(), (level.clone(), carrier_try));
+        let carrier_try = try_value(&level, carrier_origin, issues);
+        carriers.insert(carrierid.to_string(), (level, carrier_try));
     }
     carriers
 }
@@ -140,9 +140,11 @@ fn definitions(sdn: &str, doc: &SourceDoc, issues: &mut Vec<Issue>) -> Vec<Gatew
         return Vec::new();
     };
     let defs = if doc.id.starts_with("gateway:") {
-        model::gateway_from_doc(&doc.id, json).into_iter().collect()
-    } else if model::is_host(&doc.id, Some(json)) {
-        model::gateways_from_host(&doc.id, json)
+        model::gateway_from_doc(&doc.id, &json)
+            .into_iter()
+            .collect()
+    } else if model::is_host(&doc.id, Some(&json)) {
+        model::gateways_from_host(&doc.id, &json)
     } else {
         Vec::new()
     };

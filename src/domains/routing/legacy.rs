@@ -40,12 +40,15 @@ pub fn view_keys(source: &str, doc: &SourceDoc) -> Vec<String> {
     let json = doc.json();
     let mut defs = Vec::new();
     if let Some((sdn, gwid)) = model::split_id(&doc.id, "gateway") {
-        match json.and_then(|j| model::gateway_from_doc(&doc.id, j)) {
+        match json
+            .as_ref()
+            .and_then(|j| model::gateway_from_doc(&doc.id, j))
+        {
             Some(def) => defs.push(def),
             None => return vec![gateway_view(sdn, gwid)],
         }
     } else if let Some(json) = json.filter(|j| model::is_host(&doc.id, Some(j))) {
-        defs = model::gateways_from_host(&doc.id, json);
+        defs = model::gateways_from_host(&doc.id, &json);
     }
     let mut keys: Vec<String> = Vec::new();
     for def in defs {
@@ -68,26 +71,25 @@ pub fn build(key: &str, reads: &mut Reads<'_>) -> Built {
     let Some(doc) = reads.get(PROVISIONING, &id) else {
         return Built::Absent;
     };
-    let level = match &doc.body {
-        Body::Json(Value::Object(level)) => level,
-        Body::Json(_) => {
-            return Built::Failed {
-                issues: vec![Issue::doc(
-                    PROVISIONING,
-                    &id,
-                    "the ruleset is not a JSON object",
-                )],
-            };
-        }
+    let json = match &doc.body {
+        Body::Json(text) => text.parse(),
         Body::Malformed(reason) => {
             return Built::Failed {
                 issues: vec![Issue::doc(PROVISIONING, &id, reason.clone())],
             };
         }
     };
-    let json = doc.json().expect("matched above");
+    let Value::Object(level) = &json else {
+        return Built::Failed {
+            issues: vec![Issue::doc(
+                PROVISIONING,
+                &id,
+                "the ruleset is not a JSON object",
+            )],
+        };
+    };
     let mut issues = Vec::new();
-    let database = super::ruleset_database(json)
+    let database = super::ruleset_database(&json)
         .map_err(|why| issues.push(Issue::doc(PROVISIONING, &id, why)))
         .ok();
     let ruleset = Ruleset {
@@ -316,7 +318,7 @@ impl<'a> TableBuild<'a> {
             let Some(level) = object(&doc, origin, &mut self.issues) else {
                 continue;
             };
-            let rule = self.rule(&source, &doc.id, prefix, level, reads);
+            let rule = self.rule(&source, &doc.id, prefix, &level, reads);
             rules.insert(prefix.to_string(), (spec_form, rule));
         }
         rules.into_iter().map(|(p, (_, r))| (p, r)).collect()
@@ -699,9 +701,11 @@ impl<'a> TableBuild<'a> {
             return Vec::new();
         };
         let defs = if doc.id.starts_with("gateway:") {
-            model::gateway_from_doc(&doc.id, json).into_iter().collect()
-        } else if model::is_host(&doc.id, Some(json)) {
-            model::gateways_from_host(&doc.id, json)
+            model::gateway_from_doc(&doc.id, &json)
+                .into_iter()
+                .collect()
+        } else if model::is_host(&doc.id, Some(&json)) {
+            model::gateways_from_host(&doc.id, &json)
         } else {
             Vec::new()
         };
@@ -725,7 +729,7 @@ impl<'a> TableBuild<'a> {
                 doc: &id,
                 path: "",
             };
-            let carrier = object(doc, origin, &mut self.issues).cloned();
+            let carrier = object(doc, origin, &mut self.issues);
             if let Some(carrier) = &carrier {
                 try_value(carrier, origin, &mut self.issues);
             }
@@ -754,7 +758,7 @@ impl<'a> TableBuild<'a> {
                     doc: &id,
                     path: "",
                 };
-                found = object(doc, origin, &mut self.issues).cloned().map(Rc::new);
+                found = object(doc, origin, &mut self.issues).map(Rc::new);
                 if let Some(level) = &found {
                     Acc::default().apply(level, origin, &mut self.issues);
                 }
@@ -767,11 +771,11 @@ impl<'a> TableBuild<'a> {
 }
 
 /// The document as an object, or a reported problem.
-fn object<'d>(
-    doc: &'d SourceDoc,
+fn object(
+    doc: &SourceDoc,
     origin: Origin<'_>,
     issues: &mut Vec<Issue>,
-) -> Option<&'d Map<String, Value>> {
+) -> Option<Map<String, Value>> {
     match doc.json() {
         Some(Value::Object(map)) => Some(map),
         Some(_) => {

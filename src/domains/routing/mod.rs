@@ -127,26 +127,25 @@ impl Builder for RoutingBuilder {
         let Some(doc) = reads.get(PROVISIONING, &id) else {
             return Built::Absent;
         };
-        let level = match &doc.body {
-            Body::Json(Value::Object(level)) => level,
-            Body::Json(_) => {
-                return Built::Failed {
-                    issues: vec![Issue::doc(
-                        PROVISIONING,
-                        &id,
-                        "the ruleset is not a JSON object",
-                    )],
-                };
-            }
+        let json = match &doc.body {
+            Body::Json(text) => text.parse(),
             Body::Malformed(reason) => {
                 return Built::Failed {
                     issues: vec![Issue::doc(PROVISIONING, &id, reason.clone())],
                 };
             }
         };
-        let json = doc.json().expect("matched above");
+        let Value::Object(level) = &json else {
+            return Built::Failed {
+                issues: vec![Issue::doc(
+                    PROVISIONING,
+                    &id,
+                    "the ruleset is not a JSON object",
+                )],
+            };
+        };
         let mut issues = Vec::new();
-        let database = ruleset_database(json)
+        let database = ruleset_database(&json)
             .map_err(|why| issues.push(Issue::doc(PROVISIONING, &id, why)))
             .ok();
         let ruleset = resolve::Ruleset {
@@ -186,7 +185,8 @@ impl Builder for RoutingBuilder {
         index
             .view(PROVISIONING, RULESETS_VIEW)
             .filter_map(|doc| {
-                let database = ruleset_database(doc.json()?).ok()?;
+                let json = doc.json()?;
+                let database = ruleset_database(&json).ok()?;
                 Some((model::ruleset_source(database), database.to_string()))
             })
             .collect()
@@ -207,10 +207,10 @@ fn gateway_domains(id: &str, doc: Option<&SourceDoc>) -> Vec<String> {
     let Some(json) = doc.and_then(SourceDoc::json) else {
         return Vec::new();
     };
-    if !model::is_host(id, Some(json)) {
+    if !model::is_host(id, Some(&json)) {
         return Vec::new();
     }
-    let mut domains: Vec<String> = model::gateways_from_host(id, json)
+    let mut domains: Vec<String> = model::gateways_from_host(id, &json)
         .into_iter()
         .map(|def| def.sip_domain_name)
         .collect();

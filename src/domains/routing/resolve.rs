@@ -172,7 +172,7 @@ impl TableBuild {
             let Some(level) = object(&doc, origin, &mut self.issues) else {
                 continue;
             };
-            let rule = self.rule(&source, &doc.id, prefix, level, reads);
+            let rule = self.rule(&source, &doc.id, prefix, &level, reads);
             rules.insert(prefix.to_string(), (spec_form, rule));
         }
         rules.into_iter().map(|(p, (_, r))| (p, r)).collect()
@@ -345,7 +345,7 @@ impl TableBuild {
                     doc: &id,
                     path: "",
                 };
-                found = object(doc, origin, &mut self.issues).cloned().map(Rc::new);
+                found = object(doc, origin, &mut self.issues).map(Rc::new);
                 if let Some(level) = &found {
                     Acc::default().apply(level, origin, &mut self.issues);
                 }
@@ -358,11 +358,11 @@ impl TableBuild {
 }
 
 /// The document as an object, or a reported problem.
-pub fn object<'d>(
-    doc: &'d SourceDoc,
+pub fn object(
+    doc: &SourceDoc,
     origin: Origin<'_>,
     issues: &mut Vec<Issue>,
-) -> Option<&'d Map<String, Value>> {
+) -> Option<Map<String, Value>> {
     match doc.json() {
         Some(Value::Object(map)) => Some(map),
         Some(_) => {

@@ -382,7 +382,7 @@ pub async fn route_offline(
     index.replace(&SourceId::from(PROVISIONING), docs);
     let ruleset = index
         .get(PROVISIONING, &format!("ruleset:{sdn}:{groupid}"))
-        .and_then(|doc| doc.json().cloned());
+        .and_then(|doc| doc.json());
     if let Some(database) = ruleset.as_ref().and_then(|r| ruleset_database(r).ok()) {
         let docs = load_database(&client.db(database)).await?;
         index.replace(&SourceId::from(model::ruleset_source(database)), docs);

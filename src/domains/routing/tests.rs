@@ -115,7 +115,7 @@ fn source_doc(id: &str, body: &Value) -> SourceDoc {
         .to_string();
     let body = match body.get("__malformed").and_then(Value::as_str) {
         Some(why) => Body::Malformed(why.to_string()),
-        None => Body::Json(body.clone()),
+        None => Body::of(body),
     };
     SourceDoc {
         id: id.to_string(),

@@ -42,15 +42,17 @@ impl Builder for SysconfBuilder {
             return Built::Absent;
         };
         match &doc.body {
-            // Not a category at all: like an unparsable document, it must
-            // not wipe the last good content.
-            Body::Json(json) if !json.is_object() => Built::Failed {
-                issues: vec![Issue::doc(SOURCE, key, "the document is not a JSON object")],
+            Body::Json(text) => match text.parse() {
+                // Not a category at all: like an unparsable document, it
+                // must not wipe the last good content.
+                json if !json.is_object() => Built::Failed {
+                    issues: vec![Issue::doc(SOURCE, key, "the document is not a JSON object")],
+                },
+                json => {
+                    let (content, issues) = model::category_content(&json, key);
+                    Built::Content { content, issues }
+                }
             },
-            Body::Json(json) => {
-                let (content, issues) = model::category_content(json, key);
-                Built::Content { content, issues }
-            }
             Body::Malformed(reason) => Built::Failed {
                 issues: vec![Issue::doc(SOURCE, key, reason.clone())],
             },

@@ -249,7 +249,7 @@ impl SysconfService {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            return Ok((rev, Some(Body::Json(doc))));
+            return Ok((rev, Some(Body::of(&doc))));
         }
         let rows = self.source.all_docs(&[category.to_string()], false).await?;
         let rev = rows
@@ -357,7 +357,7 @@ impl SysconfService {
             doc["_rev"] = Value::String(rev.clone());
             let wait = self.settings.load().write_wait;
             engine
-                .refresh(SOURCE, category, rev, Some(Body::Json(doc)), wait)
+                .refresh(SOURCE, category, rev, Some(Body::of(&doc)), wait)
                 .await;
         }
     }

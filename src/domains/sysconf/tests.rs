@@ -89,7 +89,7 @@ fn golden_builds() {
             .and_then(Value::as_str)
             .unwrap_or(&name)
             .to_string();
-        let (built, deps) = build(&id, Body::Json(doc));
+        let (built, deps) = build(&id, Body::of(&doc));
         let actual = serde_json::to_string_pretty(&describe(&built, deps)).unwrap() + "\n";
         expect_test::expect_file![dir.join(format!("{name}.expected.json"))].assert_eq(&actual);
     }
