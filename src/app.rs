@@ -19,12 +19,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::amqp;
 use crate::cache::CacheEntry;
-use crate::cache::mirror::{Mirror, update_from_doc};
+use crate::cache::mirror::{Mirror, Update, update_from_doc};
+use crate::cache::store::{Checkpoint, Store, StoreError};
 use crate::cache::writer::Writer;
 use crate::cli::{Cli, Command};
-use crate::config::{Config, LoadError};
+use crate::config::{CacheConfig, Config, LoadError};
 use crate::couch::retry::Backoff;
-use crate::couch::{Body, Client, Db};
+use crate::couch::{Body, Client, Db, Seq};
 use crate::domains::Domain;
 use crate::domains::acls::{self, service::AclsService};
 use crate::domains::edge::{self, service::EdgeService};
@@ -35,7 +36,7 @@ use crate::domains::phones::{
 use crate::domains::routing::service::RoutingService;
 use crate::domains::sysconf::service::{Settings, SysconfService};
 use crate::feeds::dynamic::{DynamicFeeds, StartFeed};
-use crate::feeds::{Board, FeedEvent, Follower};
+use crate::feeds::{Board, FeedEvent, Follower, Resume};
 use crate::http::AdminAuth;
 use crate::http::{self, Limits, api};
 use crate::lifecycle::readiness::Readiness;
@@ -224,6 +225,8 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         board: Arc::new(Board::default()),
         mirror: Arc::new(Mirror::default()),
     };
+    let (mirror, resume) = open_mirror(&config.cache);
+    let shared = Shared { mirror, ..shared };
     let domain_names: Vec<&str> = Domain::ALL.iter().map(|d| d.name()).collect();
     shared.metrics.register_domains(&domain_names);
     let client = Client::new(&config.couchdb)?;
@@ -243,7 +246,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let abort = CancellationToken::new();
     let tasks = TaskTracker::new();
     let cache_db = client.db(&config.databases.cache);
-    start_mirror(&config, &shared, cache_db.clone(), &tasks, &core);
+    start_mirror(&config, &shared, cache_db.clone(), resume, &tasks, &core);
     let engine = config
         .build
         .enabled
@@ -395,6 +398,19 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
     }
+    // What the store has not committed would be read again from CouchDB
+    // at the next start: commit it now, so that start resumes instead.
+    let mirror = shared.mirror.clone();
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let wait = left.max(Duration::from_secs(2));
+    if !tokio::task::spawn_blocking(move || mirror.flush(wait))
+        .await
+        .unwrap_or(false)
+    {
+        tracing::warn!(
+            "the cache store did not commit everything; the next start reads the rest from CouchDB"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -468,63 +484,228 @@ fn follower(
         readiness: shared.readiness.clone(),
         metrics: shared.metrics.clone(),
         known: None,
+        resume: None,
+        streamed: false,
     }
 }
 
-/// Follows the cache database into the mirror.
+/// The mirror, backed by the on-disk store when `cache.store_path` is set,
+/// and the store's feed position. A damaged store is rebuilt (logged); a
+/// store that cannot be used (another process holds it, I/O fails) leaves
+/// the mirror in memory, as without a store.
+fn open_mirror(config: &CacheConfig) -> (Arc<Mirror>, Option<Checkpoint>) {
+    let Some(path) = &config.store_path else {
+        return (Arc::new(Mirror::default()), None);
+    };
+    let opened = Store::open_or_rebuild(path).and_then(|(store, damage)| {
+        if let Some(why) = damage {
+            tracing::error!(path = %path.display(), why, "the cache store is damaged: it is rebuilt from CouchDB");
+        }
+        match Mirror::with_store(store) {
+            Err(StoreError::Corrupt(why)) => {
+                tracing::error!(path = %path.display(), why, "the cache store is damaged: it is rebuilt from CouchDB");
+                Store::remove(path)?;
+                Mirror::with_store(Store::open(path)?)
+            }
+            other => other,
+        }
+    });
+    match opened {
+        Ok((mirror, checkpoint)) => {
+            tracing::info!(path = %path.display(), documents = mirror.stats().values().map(|s| s.documents).sum::<u64>(),
+                resumes = checkpoint.is_some(), "cache store opened");
+            (mirror, checkpoint)
+        }
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = %err, "the cache store cannot be used; outputs are held in memory");
+            (Arc::new(Mirror::default()), None)
+        }
+    }
+}
+
+/// Follows the cache database into the mirror: from the store's position
+/// when it has one of this database (`resume`), else by a streamed load.
 fn start_mirror(
     config: &Config,
     shared: &Shared,
     cache_db: Db,
+    resume: Option<Checkpoint>,
     tasks: &TaskTracker,
     core: &CancellationToken,
 ) {
-    let (tx, mut rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
+    let (tx, rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
     let mirror = shared.mirror.clone();
-    let readiness = shared.readiness.clone();
-    readiness.register("mirror", "the cache database is not loaded yet");
-    let mut cache_follower = follower(config, shared, "cache", cache_db, false, tx);
+    shared
+        .readiness
+        .register("mirror", "the cache database is not loaded yet");
+    let db = cache_db.name().to_string();
+    let resume = resume.filter(|c| c.db == db);
+    let mut cache_follower = follower(config, shared, "cache", cache_db.clone(), false, tx);
     // The echo of this instance's own writes (already in the mirror) is
     // skipped without parsing the documents.
     let held = mirror.clone();
     cache_follower.known = Some(Arc::new(move |id: &str, rev: &str| held.holds(id, rev)));
+    cache_follower.streamed = true;
+    cache_follower.resume = resume.as_ref().map(|c| Resume {
+        marker: c.marker.clone(),
+        seq: c.seq.clone(),
+    });
     tasks.spawn(cache_follower.run(core.clone()));
-    tasks.spawn(async move {
+    let consumer = CacheConsumer {
+        mirror: mirror.clone(),
+        readiness: shared.readiness.clone(),
+        db,
+        marker: resume.map(|c| c.marker),
+        reloading: false,
+        max_pending: config.cache.max_pending_bytes as i64,
+    };
+    tasks.spawn(consumer.run(rx));
+    tasks.spawn(repair_mirror(mirror, cache_db, core.clone()));
+}
+
+/// Applies the cache feed's events to the mirror and records the feed's
+/// position with them in the store.
+struct CacheConsumer {
+    mirror: Arc<Mirror>,
+    readiness: Arc<Readiness>,
+    db: String,
+    /// The incarnation the mirror's content belongs to, once known.
+    marker: Option<String>,
+    /// A streamed load is in progress.
+    reloading: bool,
+    max_pending: i64,
+}
+
+impl CacheConsumer {
+    async fn run(mut self, mut rx: mpsc::Receiver<FeedEvent>) {
         // The follower ends a feed whose checkpoint channel its consumer
         // dropped ("moved on"): hold the current incarnation's channel.
         let mut _incarnation = None;
         while let Some(event) = rx.recv().await {
             match event {
+                // Only for a missing database (loads are streamed).
                 FeedEvent::Replace {
                     docs, checkpoint, ..
                 } => {
                     _incarnation = checkpoint;
-                    mirror.replace_all(docs.into_values().filter_map(cache_entry).collect());
-                    readiness.set("mirror", Ok(()));
+                    self.marker = None;
+                    self.reloading = false;
+                    self.mirror
+                        .replace_all(docs.into_values().filter_map(cache_entry).collect());
+                    self.readiness.set("mirror", Ok(()));
                 }
-                FeedEvent::Change { id, rev, body, .. } => {
-                    if mirror.holds(&id, &rev) {
-                        continue;
-                    }
-                    let json = match &body {
-                        Some(Body::Json(text)) => Some((text.parse(), text.len())),
-                        Some(Body::Malformed(why)) => {
-                            tracing::warn!(id, why, "unreadable document in the cache database");
-                            continue;
-                        }
-                        None => None,
+                FeedEvent::Reloading { .. } => {
+                    self.marker = None;
+                    self.reloading = true;
+                    self.mirror.begin_reload();
+                }
+                FeedEvent::Change {
+                    id, rev, body, seq, ..
+                } => {
+                    self.wait_for_the_store().await;
+                    self.change(id, rev, body, seq);
+                }
+                FeedEvent::Loaded {
+                    seq,
+                    marker,
+                    checkpoint,
+                    ..
+                } => {
+                    _incarnation = checkpoint;
+                    let position = Checkpoint {
+                        db: self.db.clone(),
+                        marker: marker.clone(),
+                        seq,
                     };
-                    let bytes = json.as_ref().map_or(0, |(_, len)| *len);
-                    match update_from_doc(&id, &rev, json.as_ref().map(|(j, _)| j), bytes) {
-                        Some(Ok(update)) => mirror.apply_feed(update),
-                        Some(Err(why)) => tracing::debug!(id, why, "ignoring a non-cache document"),
-                        None => {}
+                    if std::mem::take(&mut self.reloading) {
+                        self.mirror.finish_reload(Some(position));
+                    } else {
+                        self.mirror.checkpoint(position);
+                        self.mirror.caught_up();
                     }
+                    self.marker = Some(marker);
+                    self.readiness.set("mirror", Ok(()));
                 }
                 FeedEvent::Refresh { .. } => {}
             }
         }
-    });
+    }
+
+    /// A loader must not outrun the store's disk: spilling contents wait
+    /// in memory until committed.
+    async fn wait_for_the_store(&self) {
+        while self.mirror.store_healthy() == Some(true)
+            && self.mirror.pending_bytes() > self.max_pending
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    fn change(&self, id: String, rev: String, body: Option<Body>, seq: Seq) {
+        if !self.reloading && self.mirror.holds(&id, &rev) {
+            return self.advance(seq);
+        }
+        let json = match &body {
+            Some(Body::Json(text)) => Some((text.parse(), text.len())),
+            Some(Body::Malformed(why)) => {
+                tracing::warn!(id, why, "unreadable document in the cache database");
+                return self.advance(seq);
+            }
+            None => None,
+        };
+        let bytes = json.as_ref().map_or(0, |(_, len)| *len);
+        match update_from_doc(&id, &rev, json.as_ref().map(|(j, _)| j), bytes) {
+            Some(Ok(Update::Live(entry))) if self.reloading => self.mirror.reload_put(entry),
+            Some(Ok(Update::Deleted { id, .. })) if self.reloading => {
+                self.mirror.reload_remove(&id)
+            }
+            Some(Ok(update)) => self.mirror.apply_feed(update),
+            Some(Err(why)) => tracing::debug!(id, why, "ignoring a non-cache document"),
+            None => {}
+        }
+        self.advance(seq);
+    }
+
+    /// Records that the feed is applied up to `seq` (outside a load, and
+    /// only for a position of the incarnation the mirror holds).
+    fn advance(&self, seq: Seq) {
+        if let Some(marker) = &self.marker
+            && !self.reloading
+            && !seq.is_null()
+        {
+            self.mirror.checkpoint(Checkpoint {
+                db: self.db.clone(),
+                marker: marker.clone(),
+                seq,
+            });
+        }
+    }
+}
+
+/// Fetches again from the cache database the documents whose stored
+/// record could not be read back (`Mirror::take_repairs`).
+async fn repair_mirror(mirror: Arc<Mirror>, cache_db: Db, token: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = mirror.repair_wanted() => {}
+        }
+        for id in mirror.take_repairs() {
+            match cache_db.get(&id).await {
+                Ok(Some(doc)) => match CacheEntry::from_doc(&doc, doc.to_string().len()) {
+                    Ok(entry) => {
+                        tracing::info!(id, "a damaged stored document was fetched again");
+                        mirror.apply_written(Update::Live(entry));
+                    }
+                    Err(why) => tracing::warn!(id, why, "cannot repair a stored document"),
+                },
+                Ok(None) => tracing::info!(id, "a damaged stored document is gone from CouchDB"),
+                Err(err) => {
+                    tracing::warn!(id, error = %err, "cannot fetch a damaged stored document; it stays unserved until a restart")
+                }
+            }
+        }
+    }
 }
 
 fn cache_entry(doc: SourceDoc) -> Option<CacheEntry> {

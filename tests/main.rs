@@ -4,6 +4,7 @@
 
 mod acls;
 mod amqp;
+mod cache_store;
 mod common;
 mod couch_client;
 mod edge;

@@ -437,6 +437,18 @@ impl Mirror {
         }
     }
 
+    /// A document of the load in progress is gone again (deleted while
+    /// the load read on).
+    pub fn reload_remove(&self, id: &str) {
+        let mut state = self.write();
+        if let Some(reload) = &mut state.reload
+            && let Some(old) = reload.slots.remove(id)
+            && let Some(old) = old.entry()
+        {
+            reload.count(old, false);
+        }
+    }
+
     /// The load is complete: its documents replace the mirror's, the store
     /// keeps exactly them with `checkpoint`, observers are reset, and the
     /// mirror is warm.

@@ -55,6 +55,7 @@ pub struct Config {
     pub databases: Databases,
     pub feeds: FeedConfig,
     pub build: BuildConfig,
+    pub cache: CacheConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
@@ -143,6 +144,16 @@ pub struct BuildConfig {
     pub workers: usize,
     pub write_batch: usize,
     pub max_output_bytes: usize,
+}
+
+/// The mirror's on-disk store (`cache.*`, see `cache::store`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// The store file; `None` (the key empty or absent): no store, every
+    /// output in memory and the cache database read whole at each start.
+    pub store_path: Option<PathBuf>,
+    /// Outputs waiting for the store's disk at most; loading pauses above.
+    pub max_pending_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -328,6 +339,7 @@ impl Config {
         check(self.couchdb != new.couchdb, "couchdb.*");
         check(self.databases != new.databases, "databases.*");
         check(self.build != new.build, "build.*");
+        check(self.cache != new.cache, "cache.*");
         check(self.feeds != new.feeds, "feeds.*");
         check(self.shutdown != new.shutdown, "shutdown.grace_ms");
         check(
@@ -374,6 +386,14 @@ fn read(r: &mut Reader<'_>) -> Config {
         databases: read_databases(r),
         feeds: read_feeds(r),
         build: read_build(r),
+        cache: CacheConfig {
+            store_path: r
+                .opt_string("cache.store_path")
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from),
+            max_pending_bytes: r.int("cache.max_pending_bytes", 64 << 20, 1 << 20, 16 << 30)
+                as usize,
+        },
         http: read_http(r),
         log: LogConfig {
             format: match r.choice("log.format", "text", &["text", "json"]) {

@@ -46,6 +46,21 @@ pub struct Follower {
     /// Revisions the consumer already holds, skipped unparsed on a
     /// continuous feed (the mirror's own writes echoed by the cache feed).
     pub known: Option<Known>,
+    /// Where the consumer's own copy of the database stands (the mirror's
+    /// on-disk store): followed from there, without a load, when it is of
+    /// the database's current incarnation.
+    pub resume: Option<Resume>,
+    /// Whether a load is sent as `Reloading`, one `Change` per document
+    /// and `Loaded` (the mirror: never all documents in memory at once),
+    /// rather than one `Replace`.
+    pub streamed: bool,
+}
+
+/// A position the consumer already holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resume {
+    pub marker: String,
+    pub seq: Seq,
 }
 
 /// The incarnation of the database this follower has loaded.
@@ -81,7 +96,8 @@ impl Follower {
     }
 
     /// Runs until `token` is cancelled and the consumer has let go.
-    pub async fn run(self, token: CancellationToken) {
+    pub async fn run(mut self, token: CancellationToken) {
+        let mut resume = self.resume.take();
         self.readiness.register(&self.component(), "not loaded yet");
         self.metrics.register_feed(self.db.name());
         self.set_state(FeedState::Starting, None);
@@ -98,7 +114,7 @@ impl Follower {
             let round = tokio::select! {
                 biased;
                 () = token.cancelled() => break,
-                round = self.round(&mut session, &mut announced_missing, &token) => round,
+                round = self.round(&mut session, &mut resume, &mut announced_missing, &token) => round,
             };
             match round {
                 Ok(progress) => {
@@ -145,6 +161,7 @@ impl Follower {
     async fn round(
         &self,
         session: &mut Option<Session>,
+        resume: &mut Option<Resume>,
         announced_missing: &mut bool,
         token: &CancellationToken,
     ) -> Result<bool> {
@@ -175,6 +192,15 @@ impl Follower {
             );
             self.count_reset();
             *session = None;
+        }
+        if session.is_none()
+            && let Some(resume) = self.resume_from(resume.take(), &marker)
+        {
+            *session = self.catch_up(resume, token).await?;
+            *announced_missing = false;
+            if session.is_none() {
+                return Ok(false);
+            }
         }
         if session.is_none() {
             *session = self.load(marker, token).await?;
@@ -253,10 +279,139 @@ impl Follower {
         });
     }
 
+    /// The resume position, taken once (a later load starts from scratch),
+    /// when it belongs to the incarnation `marker`.
+    fn resume_from(&self, resume: Option<Resume>, marker: &str) -> Option<Resume> {
+        let resume = resume?;
+        if resume.marker == marker {
+            return Some(resume);
+        }
+        tracing::info!(
+            db = self.db.name(),
+            "the database is another incarnation than the one held; loading it"
+        );
+        None
+    }
+
+    /// Delivers every change after `resume.seq`, page by page, then
+    /// `Loaded`: the consumer is then as current as a fresh load.
+    async fn catch_up(&self, resume: Resume, token: &CancellationToken) -> Result<Option<Session>> {
+        self.set_state(FeedState::Loading, None);
+        let started = Instant::now();
+        let mut since = resume.seq;
+        let mut changes = 0;
+        loop {
+            if token.is_cancelled() {
+                return Ok(None);
+            }
+            let page = self
+                .db
+                .changes_page(&since, self.config.load_page_size)
+                .await?;
+            let count = page.rows.len();
+            for row in page.rows {
+                self.deliver(row, token).await;
+            }
+            changes += count;
+            since = page.last_seq;
+            if count == 0 {
+                break;
+            }
+        }
+        tracing::info!(db = self.db.name(), changes, elapsed = ?started.elapsed(), "resumed from the held position");
+        self.loaded(resume.marker, since, token).await
+    }
+
+    /// A streamed load: `Reloading`, each document as a `Change`, `Loaded`.
+    async fn stream_load(
+        &self,
+        marker: String,
+        token: &CancellationToken,
+    ) -> Result<Option<Session>> {
+        let started = Instant::now();
+        let reloading = FeedEvent::Reloading {
+            source: self.source.clone(),
+        };
+        if !self.send(reloading, token).await {
+            return Ok(None);
+        }
+        let mut since = Seq::from(0);
+        let mut docs = 0;
+        loop {
+            if token.is_cancelled() {
+                return Ok(None);
+            }
+            let page = self
+                .db
+                .changes_page(&since, self.config.load_page_size)
+                .await?;
+            let count = page.rows.len();
+            for row in page.rows {
+                self.deliver_loaded(row, token).await;
+            }
+            docs += count;
+            since = page.last_seq;
+            if count == 0 {
+                break;
+            }
+        }
+        tracing::info!(db = self.db.name(), docs, elapsed = ?started.elapsed(), "database loaded");
+        self.loaded(marker, since, token).await
+    }
+
+    /// Tells the consumer it holds the database as of `since`.
+    async fn loaded(
+        &self,
+        marker: String,
+        since: Seq,
+        token: &CancellationToken,
+    ) -> Result<Option<Session>> {
+        let (durable_tx, durable) = watch::channel(None);
+        let event = FeedEvent::Loaded {
+            source: self.source.clone(),
+            seq: since.clone(),
+            marker: marker.clone(),
+            checkpoint: Some(durable_tx),
+        };
+        if !self.send(event, token).await {
+            return Ok(None);
+        }
+        Ok(Some(self.session(marker, since, durable)))
+    }
+
+    fn session(
+        &self,
+        marker: String,
+        since: Seq,
+        durable: watch::Receiver<Option<Seq>>,
+    ) -> Session {
+        let checkpointer = self.checkpoints.then(|| {
+            Checkpointer::new(
+                self.db.clone(),
+                &self.node,
+                marker.clone(),
+                self.config.checkpoint_interval,
+            )
+        });
+        self.board.update(&self.source, self.db.name(), |s| {
+            s.loaded = true;
+            s.since = Some(since.clone());
+        });
+        Session {
+            marker,
+            since,
+            checkpointer,
+            durable,
+        }
+    }
+
     /// Reads the whole database through `_changes` pages (one consistent
     /// sequence to follow from, design documents left out) and hands it over.
     async fn load(&self, marker: String, token: &CancellationToken) -> Result<Option<Session>> {
         self.set_state(FeedState::Loading, None);
+        if self.streamed {
+            return self.stream_load(marker, token).await;
+        }
         let started = Instant::now();
         let Some((docs, since)) =
             super::read_whole(&self.db, self.config.load_page_size, token).await?
@@ -274,24 +429,7 @@ impl Follower {
         if !self.send(event, token).await {
             return Ok(None);
         }
-        let checkpointer = self.checkpoints.then(|| {
-            Checkpointer::new(
-                self.db.clone(),
-                &self.node,
-                marker.clone(),
-                self.config.checkpoint_interval,
-            )
-        });
-        self.board.update(&self.source, self.db.name(), |s| {
-            s.loaded = true;
-            s.since = Some(since.clone());
-        });
-        Ok(Some(Session {
-            marker,
-            since,
-            checkpointer,
-            durable,
-        }))
+        Ok(Some(self.session(marker, since, durable)))
     }
 
     /// Follows the feed from `session.since` until it ends, rotates, the
@@ -411,14 +549,22 @@ impl Follower {
     }
 
     async fn deliver(&self, row: Row, token: &CancellationToken) {
+        self.count_change(&row.seq);
+        self.deliver_loaded(row, token).await;
+    }
+
+    /// Sends a row as a `Change` (not counted: part of a load).
+    async fn deliver_loaded(&self, row: Row, token: &CancellationToken) {
         let seq = row.seq.clone();
-        self.count_change(&seq);
+        // A deletion keeps its revision: the mirror orders a deletion
+        // against the revision it holds by its generation.
+        let deleted_rev = row.rev.clone();
         let Some((id, doc)) = source_doc(row) else {
             return;
         };
         let (rev, body) = match doc {
             Some(doc) => (doc.rev, Some(doc.body)),
-            None => (String::new(), None),
+            None => (deleted_rev, None),
         };
         let event = FeedEvent::Change {
             source: self.source.clone(),

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use follower::Follower;
+pub use follower::{Follower, Resume};
 
 use crate::couch::{Body, Db, Seq};
 use crate::rebuild::index::{SourceDoc, SourceId};
@@ -62,6 +62,18 @@ pub enum FeedEvent {
         body: Option<Body>,
         seq: Seq,
         received: Instant,
+    },
+    /// A streamed load starts (`Follower::streamed`): the `Change`s that
+    /// follow up to `Loaded` are the whole database, nothing else is.
+    Reloading { source: SourceId },
+    /// A streamed load, or the catch-up of a resumed position
+    /// (`Follower::resume`), is complete: the consumer now holds the
+    /// database as of `seq`, in the incarnation `marker`.
+    Loaded {
+        source: SourceId,
+        seq: Seq,
+        marker: String,
+        checkpoint: Option<CheckpointTx>,
     },
     /// A document re-read out of band (a flush, a write through the API);
     /// `done` fires once the outputs depending on it are in the cache.

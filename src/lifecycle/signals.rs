@@ -2,7 +2,7 @@
 //! ends the process at once.
 
 use futures_util::StreamExt;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook_tokio::Signals;
 use tokio::sync::mpsc;
 
@@ -13,6 +13,10 @@ use super::Control;
 /// # Errors
 /// The signal handlers cannot be installed.
 pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Control>> {
+    // A file-size limit (RLIMIT_FSIZE) reached by the store must be a
+    // failed write (EFBIG, handled like a full disk), not the end of the
+    // process: with a handler installed the signal no longer kills it.
+    signal_hook::flag::register(SIGXFSZ, std::sync::Arc::default())?;
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {

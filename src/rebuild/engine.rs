@@ -312,6 +312,8 @@ impl Engine {
                 seq,
                 checkpoint,
             } => self.replace(source, docs, seq, checkpoint, batch),
+            // Only the mirror's follower streams its loads or resumes.
+            FeedEvent::Reloading { .. } | FeedEvent::Loaded { .. } => {}
             FeedEvent::Change {
                 source,
                 id,

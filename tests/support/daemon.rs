@@ -44,6 +44,19 @@ pub fn query_value(value: &str) -> String {
     utf8_percent_encode(value, SEGMENT).to_string()
 }
 
+/// A fresh path for the mirror's on-disk store (in a directory kept for
+/// the test process: a restarted daemon with the same configuration finds
+/// its store again; clones of one configuration share it, and the second
+/// daemon to open it runs without one, as in production).
+fn store_path() -> String {
+    let dir = tempfile::Builder::new()
+        .prefix("caldera-store-")
+        .tempdir()
+        .expect("a temp dir for the store")
+        .keep();
+    dir.join("cache.redb").display().to_string()
+}
+
 /// A daemon configuration: fast test timings, loopback listeners on free
 /// ports, JSON logs, unique database names; tests override single keys.
 #[derive(Debug, Clone)]
@@ -55,6 +68,8 @@ pub struct DaemonConfig {
     pub label: String,
     /// Extra environment variables for the daemon (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// A command the daemon runs under (`prlimit --fsize=N --`), if any.
+    pub wrapper: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -64,6 +79,7 @@ impl DaemonConfig {
             option_first: false,
             label: node.to_string(),
             env: Vec::new(),
+            wrapper: Vec::new(),
         };
         config
             .set("node", node)
@@ -79,7 +95,8 @@ impl DaemonConfig {
             .set("feeds.backoff_max_ms", 1000)
             .set("feeds.checkpoint_interval_ms", 50)
             .set("build.debounce_ms", 2)
-            .set("shutdown.grace_ms", 5000);
+            .set("shutdown.grace_ms", 5000)
+            .set("cache.store_path", store_path());
         config.set_databases(names);
         config
     }
@@ -215,7 +232,14 @@ impl Daemon {
             .expect("a temp dir for the config");
         let config_path = dir.path().join("caldera.toml");
         std::fs::write(&config_path, config.toml()).expect("write the config");
-        let mut command = Command::new(binary());
+        let mut command = match config.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
         if config.option_first {
             command.arg("--config").arg(&config_path).arg("run");
         } else {

@@ -206,7 +206,9 @@ impl Seen {
                 assert_eq!(&*source, DNS);
                 self.docs.insert(id, body.map(json_of));
             }
-            FeedEvent::Refresh { .. } => panic!("the resolver sends no refreshes"),
+            FeedEvent::Refresh { .. } | FeedEvent::Reloading { .. } | FeedEvent::Loaded { .. } => {
+                panic!("the resolver sends only loads and changes")
+            }
         }
     }
 

@@ -240,7 +240,7 @@ pub async fn consume(sources: Arc<Sources>, mut events: mpsc::Receiver<FeedEvent
                 };
                 sources.apply(&id, &rev, json);
             }
-            FeedEvent::Refresh { .. } => {}
+            FeedEvent::Refresh { .. } | FeedEvent::Reloading { .. } | FeedEvent::Loaded { .. } => {}
         }
     }
 }

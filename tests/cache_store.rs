@@ -1,0 +1,328 @@
+//! The mirror's on-disk store (`cache.store_path`) through the real daemon:
+//! a restart resumes from the store without reading the cache database
+//! again and serves what changed while it was down; a truncated or
+//! hand-edited store, a disk that fills up, and kill -9 in the middle of
+//! store writes are each detected or survived, and no phone is ever served
+//! a byte the cache database does not hold.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::phones::{ACME, PhonesEnv, REALM, get};
+use crate::support::daemon::{Daemon, DaemonConfig};
+use crate::support::{eventually, seed};
+use fastrand::Rng;
+
+/// Units in the store: enough that loading and spilling take many store
+/// transactions.
+const UNITS: usize = 300;
+
+fn mac(i: usize) -> String {
+    format!("805ec0{i:06x}")
+}
+
+fn unit(i: usize, vlan: u64) -> Value {
+    json!({"_id": format!("unit-{i}"), "type": "unit", "account_id": ACME, "name": format!("Desk {i}"),
+           "mac_address": mac(i), "brand": "yealink", "model": "t46s", "config": {"vlan": vlan}})
+}
+
+async fn seed_units(env: &PhonesEnv) {
+    env.seed().await;
+    let docs: Vec<Value> = (0..UNITS).map(|i| unit(i, 100 + i as u64)).collect();
+    env.env.couch.bulk_docs(&env.units, &docs).await;
+}
+
+fn store_path(config: &DaemonConfig) -> std::path::PathBuf {
+    config
+        .get("cache.store_path")
+        .and_then(toml::Value::as_str)
+        .map(Into::into)
+        .expect("the harness configures a store")
+}
+
+/// Every file of every served, credential-free unit, as the cache database
+/// holds it: (path, body).
+async fn expected_files(env: &PhonesEnv) -> BTreeMap<String, String> {
+    let cache = env.env.couch.docs_by_id(&env.env.names.cache).await;
+    let mut files = BTreeMap::new();
+    for (id, doc) in cache {
+        let content = &doc["content"];
+        if !id.starts_with("phones:unit:")
+            || content["served"] != true
+            || content["auth"].is_object()
+        {
+            continue;
+        }
+        for (name, file) in content["files"].as_object().into_iter().flatten() {
+            files.insert(
+                format!("/{name}"),
+                file["body"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+    }
+    files
+}
+
+/// Whether the daemon serves exactly the cache database's files (and the
+/// source's unit count made it there).
+async fn served_matches_cache(
+    env: &PhonesEnv,
+    daemon: &Daemon,
+    units: usize,
+) -> Result<(), String> {
+    let expected = expected_files(env).await;
+    let device_files = expected.keys().filter(|p| p.starts_with("/805ec0")).count();
+    if device_files < units {
+        return Err(format!("{device_files} of {units} device files are built"));
+    }
+    for (path, body) in &expected {
+        let reply = get(daemon, path, REALM, "Yealink SIP-T46S 66.86.0.15").await;
+        if reply.status != StatusCode::OK || reply.text != *body {
+            return Err(format!(
+                "{path}: {} {:?}, expected {body:?}",
+                reply.status, reply.text
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn wait_served(env: &PhonesEnv, daemon: &Daemon, units: usize, what: &str) {
+    eventually(what, Duration::from_secs(90), async || {
+        served_matches_cache(env, daemon, units).await
+    })
+    .await;
+}
+
+/// The JSON log lines whose message is `message`.
+fn logged(daemon: &Daemon, message: &str) -> Vec<Value> {
+    daemon
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == message)
+        .collect()
+}
+
+async fn stop(daemon: &mut Daemon) {
+    daemon.sigterm();
+    assert!(daemon.wait_exit(Duration::from_secs(30)).await.success());
+}
+
+/// A replica restarted with its store follows the cache feed from the
+/// store's position: it reads only what changed while it was down (not
+/// the whole cache database), and once ready serves the new bytes, never
+/// the old ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_replica_resumes_from_its_store_and_serves_what_changed() {
+    let env = PhonesEnv::new().await;
+    seed_units(&env).await;
+    let builder = Daemon::start_ready(&env.config()).await;
+    let mut config = env.env.config("replica");
+    config.set("build.enabled", false);
+    let mut replica = Daemon::start_ready(&config).await;
+    wait_served(&env, &replica, UNITS, "the replica serves every unit").await;
+    stop(&mut replica).await;
+
+    // While the replica is down: 20 units change, 5 go.
+    for i in 0..20 {
+        env.unit_doc(unit(i, 4000 + i as u64)).await;
+    }
+    for i in 20..25 {
+        assert!(env.env.couch.delete(&env.units, &format!("unit-{i}")).await);
+    }
+    eventually(
+        "the builder wrote the edits",
+        Duration::from_secs(60),
+        async || {
+            let files = expected_files(&env).await;
+            let edited = files
+                .get(&format!("/{}.cfg", mac(0)))
+                .is_some_and(|b| b.contains("4000"));
+            let deleted = !files.contains_key(&format!("/{}.cfg", mac(20)));
+            (edited && deleted)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await;
+
+    let replica = Daemon::start_ready(&config).await;
+    // Ready means caught up: every byte served is already the new one.
+    served_matches_cache(&env, &replica, UNITS - 5)
+        .await
+        .unwrap_or_else(|why| panic!("right after ready: {why}"));
+    let deleted = get(
+        &replica,
+        &format!("/{}.cfg", mac(20)),
+        REALM,
+        "Yealink SIP-T46S",
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NOT_FOUND);
+    let resumed = logged(&replica, "resumed from the held position");
+    let cache_db = env.env.names.cache.as_str();
+    assert!(
+        resumed
+            .iter()
+            .any(|l| l["db"] == cache_db && l["changes"].as_u64().is_some_and(|c| c < 200)),
+        "the replica resumed, reading few changes: {resumed:?}\n{}",
+        replica.log_tail(40)
+    );
+    assert!(
+        !logged(&replica, "database loaded")
+            .iter()
+            .any(|l| l["db"] == cache_db),
+        "the cache database is not read again"
+    );
+    drop(builder);
+}
+
+/// A store cut short, then one with a byte changed by hand: each is found
+/// at start, logged, rebuilt from CouchDB, and nothing of it is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_or_hand_edited_store_is_rebuilt_not_served() {
+    let env = PhonesEnv::new().await;
+    seed_units(&env).await;
+    let config = env.config();
+    let path = store_path(&config);
+    let mut daemon = Daemon::start_ready(&config).await;
+    wait_served(&env, &daemon, UNITS, "first start").await;
+    stop(&mut daemon).await;
+
+    let length = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(length / 2).unwrap();
+    drop(file);
+    let mut daemon = Daemon::start_ready(&config).await;
+    assert!(
+        !logged(
+            &daemon,
+            "the cache store is damaged: it is rebuilt from CouchDB"
+        )
+        .is_empty(),
+        "the truncation is reported:\n{}",
+        daemon.log_tail(40)
+    );
+    served_matches_cache(&env, &daemon, UNITS)
+        .await
+        .unwrap_or_else(|why| panic!("after the truncated store: {why}"));
+    stop(&mut daemon).await;
+
+    // A hand edit: one byte of a phone's file text, where the bytes sit.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let needle = b"vlan = 117";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the store holds unit 17's file text");
+    bytes[at + needle.len() - 1] = b'8';
+    std::fs::write(&path, &bytes).unwrap();
+    let daemon = Daemon::start_ready(&config).await;
+    assert!(
+        !logged(
+            &daemon,
+            "the cache store is damaged: it is rebuilt from CouchDB"
+        )
+        .is_empty(),
+        "the edit is reported:\n{}",
+        daemon.log_tail(40)
+    );
+    served_matches_cache(&env, &daemon, UNITS)
+        .await
+        .unwrap_or_else(|why| panic!("after the edited store: {why}"));
+    let reply = get(
+        &daemon,
+        &format!("/{}.cfg", mac(17)),
+        REALM,
+        "Yealink SIP-T46S",
+    )
+    .await;
+    assert!(reply.text.contains("vlan = 117") && !reply.text.contains("vlan = 118"));
+}
+
+/// The store's disk fills up (a file-size limit on the process): the
+/// daemon logs it, keeps every output in memory and goes on serving and
+/// building; a later start without the limit resumes from the last commit
+/// (consistent with its checkpoint) and serves the current bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_the_store_not_the_daemon() {
+    let env = PhonesEnv::new().await;
+    seed_units(&env).await;
+    let mut config = env.config();
+    config.wrapper = ["prlimit", "--fsize=600000", "--"]
+        .map(String::from)
+        .to_vec();
+    let mut daemon = Daemon::start_ready(&config).await;
+    wait_served(&env, &daemon, UNITS, "with a full disk").await;
+    eventually(
+        "the failed write is logged",
+        Duration::from_secs(30),
+        async || {
+            daemon
+                .logged("the store could not be written")
+                .then_some(())
+                .ok_or_else(|| daemon.log_tail(10))
+        },
+    )
+    .await;
+    for i in 0..10 {
+        env.unit_doc(unit(i, 7000 + i as u64)).await;
+    }
+    eventually(
+        "edits are served after the disk filled",
+        Duration::from_secs(60),
+        async || {
+            let reply = get(
+                &daemon,
+                &format!("/{}.cfg", mac(9)),
+                REALM,
+                "Yealink SIP-T46S",
+            )
+            .await;
+            reply
+                .text
+                .contains("vlan = 7009")
+                .then_some(())
+                .ok_or(reply.text)
+        },
+    )
+    .await;
+    served_matches_cache(&env, &daemon, UNITS).await.unwrap();
+    assert!(daemon.is_running());
+    stop(&mut daemon).await;
+
+    config.wrapper.clear();
+    let daemon = Daemon::start_ready(&config).await;
+    served_matches_cache(&env, &daemon, UNITS)
+        .await
+        .unwrap_or_else(|why| panic!("after the disk had filled: {why}"));
+}
+
+/// kill -9 at random moments while the store is being written (the first
+/// load, then edits): every start finds a consistent store or rebuilds
+/// it, and ends serving exactly the cache database's bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_store_writes_never_serves_a_wrong_byte() {
+    let seed = seed("cache store kill -9");
+    let mut rng = Rng::with_seed(seed);
+    let env = PhonesEnv::new().await;
+    seed_units(&env).await;
+    let config = env.config();
+    let mut vlan = 10_000;
+    for round in 0..4 {
+        let mut daemon = Daemon::start(&config).await;
+        for _ in 0..rng.usize(..20) {
+            vlan += 1;
+            env.unit_doc(unit(rng.usize(..UNITS), vlan)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..450))).await;
+        daemon.kill9();
+        let daemon = Daemon::start_ready(&config).await;
+        wait_served(&env, &daemon, UNITS, &format!("seed {seed}, round {round}")).await;
+        drop(daemon);
+    }
+}
