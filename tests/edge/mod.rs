@@ -8,6 +8,7 @@ mod api;
 mod hostile;
 mod incremental;
 mod packages;
+mod scenario;
 mod sets;
 mod telemetry;
 
