@@ -158,8 +158,15 @@ pub fn blob_bytes(doc: &Value) -> Option<Vec<u8>> {
     STANDARD.decode(doc.get("data")?.as_str()?).ok()
 }
 
+/// The class a document makes exist: its own (`edge_class:<type>:<sub>`),
+/// or the one an assignment names (`mp_assign:<master>:<type>:<sub>`; see
+/// `manifest::class_manifest`).
 fn class_of_doc_id(id: &str) -> Option<Class> {
-    Class::from_key(id.strip_prefix("edge_class:")?)
+    if let Some(key) = id.strip_prefix("edge_class:") {
+        return Class::from_key(key);
+    }
+    let (_master, key) = id.strip_prefix("mp_assign:")?.split_once(':')?;
+    Class::from_key(key)
 }
 
 impl Builder for EdgeBuilder {

@@ -328,6 +328,42 @@ fn a_fresh_edge_gets_the_whole_set_in_any_order_and_then_the_delete() {
     }
 }
 
+/// Issue 15's root cause: management writes reached the index while the
+/// seed's class documents (written at start-up, outside the management
+/// calls) had not been loaded yet; the class then had no manifest, and its
+/// edges got `data: []` with the latest set version — and would have kept
+/// believing they were up to date. An assignment alone makes its class
+/// exist (reported), so the assigned packages are served.
+#[test]
+fn an_assignment_makes_its_class_exist_without_the_class_document() {
+    let mut c = Config::default();
+    c.template(1, "ntp.conf", "/etc/ntp.conf");
+    c.version(1, 1, b"a").version(1, 2, b"b");
+    c.master(1, "timesync", None, 1).link(1, 1);
+    let class = Class::new("static", "default").unwrap();
+    assert!(manifest::class_manifest(&store(&c.docs), &class).is_none());
+    c.assign(1, "static", "default");
+    let (manifest, findings) = manifest::class_manifest(&store(&c.docs), &class).unwrap();
+    assert_eq!(shape(&manifest, Since::Full), [(1, vec![1])]);
+    assert_eq!(findings.len(), 1);
+    assert_eq!(
+        findings[0].doc.as_deref(),
+        Some("edge_class:static:default")
+    );
+    assert!(manifest.vars.is_empty() && manifest.pre_gen.is_none());
+    // The assignment is a root of the class's outputs, so the engine
+    // builds them when it arrives; unassigned, the class is gone again.
+    use crate::domains::Builder;
+    let roots =
+        super::EdgeBuilder.roots(model::EDGE_CONFIG, &model::assign_doc_id(1, &class), None);
+    assert_eq!(roots, ["class:static:default", "package:static:default"]);
+    c.unassign(1, "static", "default");
+    assert!(manifest::class_manifest(&store(&c.docs), &class).is_none());
+    // With its document the class needs no assignment and reports nothing.
+    c.class("static", "default");
+    assert!(c.manifest("static", "default").masters.is_empty());
+}
+
 /// Every ordering of `items`.
 fn permutations<'a>(items: &[&'a str]) -> Vec<Vec<&'a str>> {
     if items.is_empty() {
