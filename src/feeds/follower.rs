@@ -46,6 +46,11 @@ pub struct Follower {
     /// Revisions the consumer already holds, skipped unparsed on a
     /// continuous feed (the mirror's own writes echoed by the cache feed).
     pub known: Option<Known>,
+    /// Start looking at the database only once this turns true: the
+    /// databases the daemon creates itself (the edge store's), so the first
+    /// look finds them with their seed documents instead of reporting them
+    /// missing until the next `feeds.missing_db_poll_ms` while writes land.
+    pub after: Option<watch::Receiver<bool>>,
 }
 
 /// The incarnation of the database this follower has loaded.
@@ -85,6 +90,13 @@ impl Follower {
         self.readiness.register(&self.component(), "not loaded yet");
         self.metrics.register_feed(self.db.name());
         self.set_state(FeedState::Starting, None);
+        if let Some(mut after) = self.after.clone() {
+            // A dropped sender means the preparation gave up: follow anyway.
+            tokio::select! {
+                () = token.cancelled() => {}
+                _ = after.wait_for(|done| *done) => {}
+            }
+        }
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut session: Option<Session> = None;
         let mut announced_missing = false;

@@ -63,6 +63,10 @@ use store::Store;
 /// Sources caldera feeds itself (no follower).
 pub const SYNTHETIC_SOURCES: [&str; 1] = [EDGE_BLOBS];
 
+/// Followed sources whose databases caldera creates (and seeds) itself at
+/// start-up (`couchdb::prepare`): their followers wait for that.
+pub const OWNED_SOURCES: [&str; 2] = [EDGE_CONFIG, EDGE_REGISTRY];
+
 pub const CATALOG_KEY: &str = "catalog";
 
 pub fn class_key(class: &Class) -> String {
