@@ -8,7 +8,7 @@ mod api;
 mod hostile;
 mod incremental;
 mod packages;
-mod scenario;
+mod seed;
 mod sets;
 mod telemetry;
 
