@@ -5,6 +5,7 @@
 //! randomised edit sequences against a from-scratch build (`incremental`).
 
 mod api;
+mod bad_input;
 mod hostile;
 mod incremental;
 mod packages;

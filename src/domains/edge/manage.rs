@@ -543,11 +543,13 @@ impl EdgeService {
 
     // -- master packages ------------------------------------------------------
 
-    /// Applies a master package form to a document; `create` requires the name.
+    /// Applies a master package form to a document; `create` requires the
+    /// name and description; scripts are at most `limit` bytes each.
     fn apply_master_fields(
         doc: &mut Map<String, Value>,
         fields: &Fields,
         create: bool,
+        limit: usize,
     ) -> Result<bool, Answer> {
         let before = doc.clone();
         match fields.string(&["name"])?.map(str::trim) {
@@ -633,6 +635,15 @@ impl EdgeService {
         let attachments = doc.entry("_attachments").or_insert_with(|| json!({}));
         for (names, attachment) in SCRIPT_FIELDS {
             if let Some(upload) = fields.file_checked(names)? {
+                // The body limit leaves room for the form around a file.
+                if upload.bytes.len() > limit {
+                    let what = if create { "added" } else { "updated" };
+                    return Err(Answer::failure(
+                        413,
+                        &format!("Master Package not {what}"),
+                        format!("{} is larger than {limit} bytes", names[0]),
+                    ));
+                }
                 attachments[attachment] = inline_attachment(&upload, "text/x-shellscript");
             }
         }
@@ -654,7 +665,8 @@ impl EdgeService {
         doc.insert("type".into(), json!("master_package"));
         doc.insert("status".into(), json!(model::ACTIVE));
         doc.insert("execution_sequence".into(), Value::Null);
-        Self::apply_master_fields(&mut doc, fields, true)?;
+        let limit = self.settings().max_upload_bytes;
+        Self::apply_master_fields(&mut doc, fields, true, limit)?;
         doc.insert("created_at".into(), json!(now_rfc3339()));
         let (master_id, _) = couchdb::create_with_id(&self.config_db, MASTER_COUNTER, |id| {
             let mut doc = doc.clone();
@@ -711,8 +723,11 @@ impl EdgeService {
     /// `POST` or `PUT /master_package/<id>/`: every field optional.
     pub async fn update_master(&self, master_id: u64, fields: &Fields) -> Answer {
         let id = model::master_doc_id(master_id);
+        let limit = self.settings().max_upload_bytes;
         let result = self
-            .modify(&id, |doc| Self::apply_master_fields(doc, fields, false))
+            .modify(&id, |doc| {
+                Self::apply_master_fields(doc, fields, false, limit)
+            })
             .await;
         match result {
             Err(answer) => answer,
