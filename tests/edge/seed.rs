@@ -21,6 +21,13 @@ fn issue_edge() -> Value {
            "edge_type": "static", "edge_sub_type": "default"})
 }
 
+/// The issue's edge under a document id of ours.
+fn issue_edge_as(doc_id: &str) -> Value {
+    let mut edge = issue_edge();
+    edge["_id"] = json!(doc_id);
+    edge
+}
+
 /// A JSON type name, to compare shapes.
 fn kind(value: &Value) -> &'static str {
     match value {
@@ -186,15 +193,7 @@ async fn an_edge_registered_after_start_gets_its_whole_set() {
         StatusCode::NOT_FOUND,
         "Could not find resource on DP server",
     );
-    e.register(&[issue_edge()
-        .as_object()
-        .cloned()
-        .map(|mut o| {
-            o.insert("_id".into(), json!("late-edge"));
-            Value::Object(o)
-        })
-        .unwrap()])
-        .await;
+    e.register(&[issue_edge_as("late-edge")]).await;
     let set = e.template_set("e0a1b2", None).await;
     assert_eq!(set["data"][0]["master_package_id"], m);
     assert_eq!(
@@ -541,16 +540,7 @@ async fn master_assign() {
             json!({"message": "Package assigned"}),
         );
     }
-    refused(
-        &e.assign(m, "static", "bogus").await,
-        StatusCode::BAD_REQUEST,
-        "Package not assigned",
-    );
-    refused(
-        &e.assign(99, "static", "default").await,
-        StatusCode::BAD_REQUEST,
-        "Package not assigned",
-    );
+    refused_assignments(&e, m, Method::POST, "Package not assigned").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -569,16 +559,17 @@ async fn master_unassign() {
         StatusCode::OK,
         json!({"message": "Invalid package id"}),
     );
-    refused(
-        &e.unassign(m, "static", "bogus").await,
-        StatusCode::BAD_REQUEST,
-        "Package not deleted",
-    );
-    refused(
-        &e.unassign(99, "static", "default").await,
-        StatusCode::BAD_REQUEST,
-        "Package not deleted",
-    );
+    refused_assignments(&e, m, Method::DELETE, "Package not deleted").await;
+}
+
+/// (Un)assignment refusals: an unknown pair, an unknown master package.
+async fn refused_assignments(e: &EdgeEnv, m: u64, method: Method, message: &str) {
+    for (master, sub) in [(m, "bogus"), (99, "default")] {
+        let path = format!("/master_package/assign/{master}/");
+        let body = json!({"edge_type": "static", "edge_sub_type": sub});
+        let reply = e.json(method.clone(), &path, &body).await;
+        refused(&reply, StatusCode::BAD_REQUEST, message);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -694,15 +685,7 @@ async fn template_set_retrieve() {
 async fn config_package_generate() {
     let e = EdgeEnv::start().await;
     e.ntp().await;
-    e.register(&[issue_edge()
-        .as_object()
-        .cloned()
-        .map(|mut o| {
-            o.insert("_id".into(), json!("e1"));
-            Value::Object(o)
-        })
-        .unwrap()])
-        .await;
+    e.register(&[issue_edge_as("e1")]).await;
     for query in [
         "mac_address=aa:bb:cc:00:11:22",
         "mac_address=11:11:11:11:11:11|AA-BB-CC-00-11-22",
@@ -896,18 +879,29 @@ fn info_shape(data: &Value) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn telemetry_report_info_list() {
+/// A daemon where `c00001` reported a successful download of set version
+/// 0.02 through `a00001`, from 192.0.2.7.
+async fn reported() -> EdgeEnv {
     let e = EdgeEnv::start().await;
     reporters(&e).await;
-    e.report(
-        "download",
-        "a00001",
-        "success",
-        &report_body("0.02"),
-        Some("192.0.2.7"),
-    )
-    .await;
+    let body = report_body("0.02");
+    let reply = e
+        .report("download", "a00001", "success", &body, Some("192.0.2.7"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    e
+}
+
+/// The reports' `meta`: code 200 and the time of the call.
+#[track_caller]
+fn meta_200(meta: &Value) {
+    shape(meta, &[("code", "int"), ("timestamp", "string")]);
+    assert_eq!(meta["code"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn telemetry_report_info_list() {
+    let e = reported().await;
     let reply = e.get("/edge_telemetry_info_list/report/1/").await;
     assert_eq!(reply.status, StatusCode::OK);
     shape(
@@ -918,11 +912,7 @@ async fn telemetry_report_info_list() {
             ("pagination", "object"),
         ],
     );
-    shape(
-        &reply.json["meta"],
-        &[("code", "int"), ("timestamp", "string")],
-    );
-    assert_eq!(reply.json["meta"]["code"], 200);
+    meta_200(&reply.json["meta"]);
     info_shape(&reply.json["data"][0]);
     assert_eq!(reply.json["data"][0]["ip_address"], "192.0.2.7");
     assert_eq!(
@@ -939,24 +929,11 @@ async fn telemetry_report_info_list() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn telemetry_info_report() {
-    let e = EdgeEnv::start().await;
-    reporters(&e).await;
-    e.report(
-        "download",
-        "a00001",
-        "success",
-        &report_body("0.02"),
-        Some("192.0.2.7"),
-    )
-    .await;
+    let e = reported().await;
     let reply = e.get("/edge_telemetry_info/report/c00001/").await;
     assert_eq!(reply.status, StatusCode::OK);
     shape(&reply.json, &[("meta", "object"), ("data", "object")]);
-    shape(
-        &reply.json["meta"],
-        &[("code", "int"), ("timestamp", "string")],
-    );
-    assert_eq!(reply.json["meta"]["code"], 200);
+    meta_200(&reply.json["meta"]);
     info_shape(&reply.json["data"]);
     assert_eq!(reply.json["data"]["template_set_version"], "0.02");
     let none = e.get("/edge_telemetry_info/report/dddddd/").await;
