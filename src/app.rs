@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -247,10 +247,20 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let tasks = TaskTracker::new();
     let cache_db = client.db(&config.databases.cache);
     start_mirror(&config, &shared, cache_db.clone(), resume, &tasks, &core);
-    let engine = config
-        .build
-        .enabled
-        .then(|| start_building(&config, &shared, &client, &tasks, &core, &abort));
+    // Followers of the edge store's databases start once the daemon has
+    // created them and their seed classes (issue 15).
+    let (edge_prepared, edge_ready) = watch::channel(false);
+    let engine = config.build.enabled.then(|| {
+        start_building(
+            &config,
+            &shared,
+            &client,
+            &tasks,
+            &core,
+            &abort,
+            &edge_ready,
+        )
+    });
 
     let phone_sources =
         start_phone_sources(&config, &shared, &client, &tasks, &core, engine.as_ref());
@@ -269,7 +279,12 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         edge::service::Settings::from_config(&config.edge, &edge_key),
         shared.metrics.clone(),
     ));
-    tasks.spawn(prepare_edge_store(&config, &client, core.clone()));
+    tasks.spawn(prepare_edge_store(
+        &config,
+        &client,
+        core.clone(),
+        edge_prepared,
+    ));
     let acls = Arc::new(AclsService::new(
         shared.mirror.clone(),
         config.node.clone(),
@@ -428,11 +443,12 @@ fn edge_fallback_key(config: &Config) -> Vec<u8> {
 }
 
 /// Creates the edge store's databases and seed classes, retrying until
-/// CouchDB answers.
+/// CouchDB answers; then (or when giving up) sets `prepared`.
 fn prepare_edge_store(
     config: &Config,
     client: &Client,
     token: CancellationToken,
+    prepared: watch::Sender<bool>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let names = &config.databases;
     let db = client.db(&names.edge_config);
@@ -444,15 +460,16 @@ fn prepare_edge_store(
     async move {
         loop {
             match edge::couchdb::prepare(&db, &others).await {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot prepare the edge store's databases yet");
                     if !backoff.wait(err.kind, &token).await {
-                        return;
+                        break;
                     }
                 }
             }
         }
+        prepared.send_replace(true);
     }
 }
 
@@ -486,6 +503,7 @@ fn follower(
         known: None,
         resume: None,
         streamed: false,
+        after: None,
     }
 }
 
@@ -752,6 +770,7 @@ fn start_building(
     tasks: &TaskTracker,
     core: &CancellationToken,
     abort: &CancellationToken,
+    edge_ready: &watch::Receiver<bool>,
 ) -> EngineHandle {
     let names: BTreeMap<String, String> = config
         .databases
@@ -792,17 +811,18 @@ fn start_building(
             .get(&*source)
             .cloned()
             .unwrap_or_else(|| source.to_string());
-        tasks.spawn(
-            follower(
-                config,
-                shared,
-                &source,
-                client.db(&physical),
-                true,
-                tx.clone(),
-            )
-            .run(core.clone()),
+        let mut follower = follower(
+            config,
+            shared,
+            &source,
+            client.db(&physical),
+            true,
+            tx.clone(),
         );
+        if edge::OWNED_SOURCES.contains(&&*source) {
+            follower.after = Some(edge_ready.clone());
+        }
+        tasks.spawn(follower.run(core.clone()));
     }
     let wanted = engine.wanted_feeds();
     let dynamic = DynamicFeeds::new(

@@ -54,6 +54,11 @@ pub struct Follower {
     /// and `Loaded` (the mirror: never all documents in memory at once),
     /// rather than one `Replace`.
     pub streamed: bool,
+    /// Start looking at the database only once this turns true: the
+    /// databases the daemon creates itself (the edge store's), so the first
+    /// look finds them with their seed documents instead of reporting them
+    /// missing until the next `feeds.missing_db_poll_ms` while writes land.
+    pub after: Option<watch::Receiver<bool>>,
 }
 
 /// A position the consumer already holds.
@@ -101,6 +106,13 @@ impl Follower {
         self.readiness.register(&self.component(), "not loaded yet");
         self.metrics.register_feed(self.db.name());
         self.set_state(FeedState::Starting, None);
+        if let Some(mut after) = self.after.clone() {
+            // A dropped sender means the preparation gave up: follow anyway.
+            tokio::select! {
+                () = token.cancelled() => {}
+                _ = after.wait_for(|done| *done) => {}
+            }
+        }
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut session: Option<Session> = None;
         let mut announced_missing = false;

@@ -118,7 +118,11 @@ async fn traversal_in_names_and_paths_is_refused() {
         .form(
             Method::POST,
             "/master_package/",
-            &[("name", None, b"m"), ("path", None, b"/opt/../etc")],
+            &[
+                ("name", None, b"m"),
+                ("description", None, b"d"),
+                ("path", None, b"/opt/../etc"),
+            ],
         )
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);

@@ -5,9 +5,11 @@
 //! randomised edit sequences against a from-scratch build (`incremental`).
 
 mod api;
+mod bad_input;
 mod hostile;
 mod incremental;
 mod packages;
+mod seed;
 mod sets;
 mod telemetry;
 

@@ -15,7 +15,7 @@ use crate::support::eventually;
 const PROXY: &str = "a00001";
 
 impl EdgeEnv {
-    async fn report(
+    pub(super) async fn report(
         &self,
         kind: &str,
         proxy: &str,

@@ -529,6 +529,16 @@ impl Couch {
         }
     }
 
+    /// `POST /db`: a new document whose id the server chooses; returns the id.
+    pub async fn post(&self, db: &str, doc: &Value) -> String {
+        let (status, body) = self.send(Method::POST, self.url_of(&[db]), Some(doc)).await;
+        assert!(status.is_success(), "POST /{db}: {status} {body}");
+        body["id"]
+            .as_str()
+            .expect("POST answers the id")
+            .to_string()
+    }
+
     /// Writes `doc` as the new content of its id, whatever the current
     /// revision (read first; re-read and retried on 409).
     pub async fn upsert(&self, db: &str, doc: &Value) -> String {

@@ -8,7 +8,7 @@
 //! shows the entry (or `edge.write_wait` passed), so a device call right
 //! after a management call sees its effect.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -37,6 +37,10 @@ pub struct Upload {
 pub struct Fields {
     pub text: BTreeMap<String, String>,
     pub files: BTreeMap<String, Upload>,
+    /// Fields a JSON body gave as a number or boolean: their text is in
+    /// `text` (permissions may be `644`), but a name or a file given so is
+    /// a wrong type.
+    pub non_text: BTreeSet<String>,
 }
 
 impl Fields {
@@ -45,6 +49,35 @@ impl Fields {
         names
             .iter()
             .find_map(|n| self.text.get(*n).map(String::as_str))
+    }
+
+    /// The first of `names` given as text, refusing a JSON number or
+    /// boolean (a name or path must be a string).
+    ///
+    /// # Errors
+    /// The seed-style field error naming the field.
+    pub fn string(&self, names: &[&str]) -> Result<Option<&str>, Answer> {
+        match names.iter().find(|n| self.text.contains_key(**n)) {
+            Some(name) if self.non_text.contains(*name) => {
+                Err(Answer::field(name, "must be a string"))
+            }
+            Some(name) => Ok(self.text.get(*name).map(String::as_str)),
+            None => Ok(None),
+        }
+    }
+
+    /// `file`, refusing content given as a JSON number or boolean.
+    ///
+    /// # Errors
+    /// The seed-style field error naming the field.
+    pub fn file_checked(&self, names: &[&str]) -> Result<Option<Upload>, Answer> {
+        if let Some(name) = names
+            .iter()
+            .find(|n| !self.files.contains_key(**n) && self.non_text.contains(**n))
+        {
+            return Err(Answer::field(name, "must be a file or a string"));
+        }
+        Ok(self.file(names))
     }
 
     /// The first of `names` given as a file — or as text, for clients
@@ -138,14 +171,14 @@ impl EdgeService {
     }
 
     async fn create_template_inner(&self, fields: &Fields) -> Result<Answer, Answer> {
-        let name = fields.text(&["name"]).unwrap_or("").trim().to_string();
+        let name = fields.string(&["name"])?.unwrap_or("").trim().to_string();
         if !model::valid_template_name(&name) {
             return Err(Answer::field(
                 "name",
                 "Template name must be a file name (no / or \\, no control characters)",
             ));
         }
-        let Some(description) = fields.text(&["description"]) else {
+        let Some(description) = fields.string(&["description"])? else {
             return Err(Answer::field(
                 "description",
                 "Template description is required",
@@ -157,7 +190,7 @@ impl EdgeService {
         doc.insert("description".into(), json!(description));
         for field in ["owner", "group"] {
             if let Some(owner) = fields
-                .text(&[field])
+                .string(&[field])?
                 .map(str::trim)
                 .filter(|o| !o.is_empty())
             {
@@ -181,7 +214,7 @@ impl EdgeService {
             doc.insert("permissions".into(), json!(format!("{mode:o}")));
         }
         if let Some(path) = fields
-            .text(&["path"])
+            .string(&["path"])?
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
@@ -194,7 +227,7 @@ impl EdgeService {
         let raw = fields
             .flag(&["raw"])
             .map_err(|why| Answer::field("raw", &why))?;
-        let render = match fields.text(&["render"]) {
+        let render = match fields.string(&["render"])? {
             Some(text) => {
                 Render::parse(text.trim()).map_err(|why| Answer::field("render", &why))?
             }
@@ -242,7 +275,7 @@ impl EdgeService {
                 format!("Could not find template id {template_id}"),
             ));
         }
-        let Some(upload) = fields.file(&["template_file"]) else {
+        let Some(upload) = fields.file_checked(&["template_file"])? else {
             return Err(Answer::field(
                 "template_file",
                 "A template file is required",
@@ -256,7 +289,7 @@ impl EdgeService {
                 format!("the file is larger than {limit} bytes"),
             ));
         }
-        let comment = fields.text(&["comment"]).unwrap_or("").to_string();
+        let comment = fields.string(&["comment"])?.unwrap_or("").to_string();
         let sha256 = model::sha256_hex(&upload.bytes);
         let attachment = inline_attachment(&upload, "application/octet-stream");
         let prefix = format!("template_version:{template_id:08}:");
@@ -510,27 +543,37 @@ impl EdgeService {
 
     // -- master packages ------------------------------------------------------
 
-    /// Applies a master package form to a document; `create` requires the name.
+    /// Applies a master package form to a document; `create` requires the
+    /// name and description; scripts are at most `limit` bytes each.
     fn apply_master_fields(
         doc: &mut Map<String, Value>,
         fields: &Fields,
         create: bool,
+        limit: usize,
     ) -> Result<bool, Answer> {
         let before = doc.clone();
-        match fields.text(&["name"]).map(str::trim) {
+        match fields.string(&["name"])?.map(str::trim) {
             Some(name) if !name.is_empty() => {
                 doc.insert("name".into(), json!(name));
             }
             _ if create => return Err(Answer::field("name", "Master package name is required")),
             _ => {}
         }
-        if let Some(description) = fields.text(&["description"]) {
-            doc.insert("description".into(), json!(description));
-        } else if create {
-            doc.insert("description".into(), json!(""));
+        match fields.string(&["description"])? {
+            Some(description) => {
+                doc.insert("description".into(), json!(description));
+            }
+            // The seed lists it among the required keys, as for templates.
+            None if create => {
+                return Err(Answer::field(
+                    "description",
+                    "Master package description is required",
+                ));
+            }
+            None => {}
         }
         if let Some(path) = fields
-            .text(&["path"])
+            .string(&["path"])?
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
@@ -539,7 +582,11 @@ impl EdgeService {
             doc.insert("path".into(), json!(dir));
         }
         for (names, key) in [(&["user", "owner"][..], "user"), (&["group"][..], "group")] {
-            if let Some(owner) = fields.text(names).map(str::trim).filter(|o| !o.is_empty()) {
+            if let Some(owner) = fields
+                .string(names)?
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+            {
                 if !model::valid_owner(owner) {
                     return Err(Answer::field(key, "Invalid user or group name"));
                 }
@@ -587,7 +634,16 @@ impl EdgeService {
         }
         let attachments = doc.entry("_attachments").or_insert_with(|| json!({}));
         for (names, attachment) in SCRIPT_FIELDS {
-            if let Some(upload) = fields.file(names) {
+            if let Some(upload) = fields.file_checked(names)? {
+                // The body limit leaves room for the form around a file.
+                if upload.bytes.len() > limit {
+                    let what = if create { "added" } else { "updated" };
+                    return Err(Answer::failure(
+                        413,
+                        &format!("Master Package not {what}"),
+                        format!("{} is larger than {limit} bytes", names[0]),
+                    ));
+                }
                 attachments[attachment] = inline_attachment(&upload, "text/x-shellscript");
             }
         }
@@ -609,7 +665,8 @@ impl EdgeService {
         doc.insert("type".into(), json!("master_package"));
         doc.insert("status".into(), json!(model::ACTIVE));
         doc.insert("execution_sequence".into(), Value::Null);
-        Self::apply_master_fields(&mut doc, fields, true)?;
+        let limit = self.settings().max_upload_bytes;
+        Self::apply_master_fields(&mut doc, fields, true, limit)?;
         doc.insert("created_at".into(), json!(now_rfc3339()));
         let (master_id, _) = couchdb::create_with_id(&self.config_db, MASTER_COUNTER, |id| {
             let mut doc = doc.clone();
@@ -666,8 +723,11 @@ impl EdgeService {
     /// `POST` or `PUT /master_package/<id>/`: every field optional.
     pub async fn update_master(&self, master_id: u64, fields: &Fields) -> Answer {
         let id = model::master_doc_id(master_id);
+        let limit = self.settings().max_upload_bytes;
         let result = self
-            .modify(&id, |doc| Self::apply_master_fields(doc, fields, false))
+            .modify(&id, |doc| {
+                Self::apply_master_fields(doc, fields, false, limit)
+            })
             .await;
         match result {
             Err(answer) => answer,
@@ -741,8 +801,16 @@ impl EdgeService {
 
     /// The class a body names, if it exists.
     async fn existing_class(&self, fields: &Fields) -> Result<Result<Class, String>, Answer> {
-        let edge_type = fields.text(&["edge_type"]).unwrap_or("").trim();
-        let sub = fields.text(&["edge_sub_type"]).unwrap_or("").trim();
+        // Missing or mistyped keys are named, not reported as a bad pair.
+        let text = |name: &str| match fields.string(&[name]) {
+            Ok(Some(text)) if !text.trim().is_empty() => Ok(text.trim()),
+            Ok(_) => Err(format!("{name} is required")),
+            Err(_) => Err(format!("{name} must be a string")),
+        };
+        let (edge_type, sub) = match (text("edge_type"), text("edge_sub_type")) {
+            (Ok(edge_type), Ok(sub)) => (edge_type, sub),
+            (Err(why), _) | (_, Err(why)) => return Ok(Err(why)),
+        };
         let class = match Class::new(edge_type, sub) {
             Ok(class) => class,
             Err(why) => return Ok(Err(why)),
@@ -755,6 +823,19 @@ impl EdgeService {
         Ok(match found {
             Some(_) => Ok(class),
             None => Err(format!("{class} is not an edge type and sub-type pair")),
+        })
+    }
+
+    /// Whether master package `master_id` exists (`Err`: why not).
+    async fn existing_master(&self, master_id: u64) -> Result<Result<(), String>, Answer> {
+        let master = self
+            .config_db
+            .get(&model::master_doc_id(master_id))
+            .await
+            .map_err(|err| Answer::unavailable(&err))?;
+        Ok(match master {
+            Some(_) => Ok(()),
+            None => Err(format!("Could not find master id {master_id}")),
         })
     }
 
@@ -772,14 +853,7 @@ impl EdgeService {
             answer
         };
         let class = self.existing_class(fields).await?.map_err(refused)?;
-        let master = self
-            .config_db
-            .get(&model::master_doc_id(master_id))
-            .await
-            .map_err(|err| Answer::unavailable(&err))?;
-        if master.is_none() {
-            return Err(refused(format!("Could not find master id {master_id}")));
-        }
+        self.existing_master(master_id).await?.map_err(refused)?;
         let id = model::assign_doc_id(master_id, &class);
         let doc = json!({
             "_id": id,
@@ -845,6 +919,9 @@ impl EdgeService {
             answer
         };
         let class = self.existing_class(fields).await?.map_err(refused)?;
+        // An unknown id is an error; a known one not assigned is the
+        // original's 200 "Invalid package id" below.
+        self.existing_master(master_id).await?.map_err(refused)?;
         let uninstall = fields
             .flag(&["uninstall"])
             .map_err(|why| Answer::field("uninstall", &why))?

@@ -181,9 +181,35 @@ impl ChangedAt {
 }
 
 /// The manifest of `class`, or `None` when the class does not exist.
+///
+/// A class exists when its `edge_class` document does, or when some master
+/// package is assigned to it: the assignments are what its edges receive,
+/// the class document only adds variables and scripts. So an index that
+/// holds an assignment but not (or no longer) its class document still
+/// serves the assigned packages instead of an empty set that would let an
+/// edge believe it is up to date (issue 15).
 pub fn class_manifest(store: &Store, class: &Class) -> Option<(ClassManifest, Vec<Finding>)> {
-    let edge_class = store.classes.get(class)?;
     let mut findings = Vec::new();
+    let bare;
+    let edge_class = match store.classes.get(class) {
+        Some(edge_class) => edge_class,
+        None if store.assignments.get(class).is_some_and(|a| !a.is_empty()) => {
+            findings.push(Finding::doc(
+                &model::class_doc_id(class),
+                format!(
+                    "edge class {class} has no document; its assignments are served without class variables or scripts"
+                ),
+            ));
+            bare = model::EdgeClass {
+                class: class.clone(),
+                vars: Map::new(),
+                pre_gen: None,
+                post_gen: None,
+            };
+            &bare
+        }
+        None => return None,
+    };
     let changed = ChangedAt::of(store, class);
     let mut masters = Vec::new();
     let assigned = store.assignments.get(class).cloned().unwrap_or_default();

@@ -63,6 +63,10 @@ use store::Store;
 /// Sources caldera feeds itself (no follower).
 pub const SYNTHETIC_SOURCES: [&str; 1] = [EDGE_BLOBS];
 
+/// Followed sources whose databases caldera creates (and seeds) itself at
+/// start-up (`couchdb::prepare`): their followers wait for that.
+pub const OWNED_SOURCES: [&str; 2] = [EDGE_CONFIG, EDGE_REGISTRY];
+
 pub const CATALOG_KEY: &str = "catalog";
 
 pub fn class_key(class: &Class) -> String {
@@ -158,8 +162,15 @@ pub fn blob_bytes(doc: &Value) -> Option<Vec<u8>> {
     STANDARD.decode(doc.get("data")?.as_str()?).ok()
 }
 
+/// The class a document makes exist: its own (`edge_class:<type>:<sub>`),
+/// or the one an assignment names (`mp_assign:<master>:<type>:<sub>`; see
+/// `manifest::class_manifest`).
 fn class_of_doc_id(id: &str) -> Option<Class> {
-    Class::from_key(id.strip_prefix("edge_class:")?)
+    if let Some(key) = id.strip_prefix("edge_class:") {
+        return Class::from_key(key);
+    }
+    let (_master, key) = id.strip_prefix("mp_assign:")?.split_once(':')?;
+    Class::from_key(key)
 }
 
 impl Builder for EdgeBuilder {

@@ -63,12 +63,18 @@ impl EdgeService {
         if !self.valid_edge_id(proxy_edge_id) {
             return Err(Answer::field("proxy_edge_id", "Invalid edge id"));
         }
-        let edge_id = fields.text(&["edge_id"]).unwrap_or("").trim();
+        // A number or boolean is invalid too: the seed's values are strings.
+        let edge_id = fields
+            .string(&["edge_id"])
+            .ok()
+            .flatten()
+            .unwrap_or("")
+            .trim();
         if !self.valid_edge_id(edge_id) {
             return Err(Answer::field("edge_id", "Invalid edge id"));
         }
         let text = |name: &str, max: usize| -> Result<String, Answer> {
-            match fields.text(&[name]).map(str::trim) {
+            match fields.string(&[name]).ok().flatten().map(str::trim) {
                 Some(value)
                     if !value.is_empty()
                         && value.len() <= max

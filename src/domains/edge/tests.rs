@@ -276,6 +276,111 @@ fn assignments_unassignments_and_deletes_reach_the_right_classes() {
     assert_eq!(shape(&st, Since::Full), [(2, vec![2]), (1, vec![1, 2])]);
 }
 
+/// Issue 15: a fresh edge (no `set_version`) gets its class's whole set,
+/// whatever order the versions, the link and the assignment came in — an
+/// assignment made after the last template version included (the
+/// original only saw it after a re-version); then a delete reaches the
+/// edge at its last set version as a status-0 delta.
+#[test]
+fn a_fresh_edge_gets_the_whole_set_in_any_order_and_then_the_delete() {
+    let steps = ["v1", "v2", "link", "assign"];
+    for order in permutations(&steps) {
+        if order.iter().position(|s| *s == "v1") > order.iter().position(|s| *s == "v2") {
+            continue;
+        }
+        let mut c = Config::default();
+        c.class("static", "default");
+        c.template(1, "ntp.conf", "/etc/ntp.conf");
+        c.master(1, "timesync", None, 1);
+        for step in &order {
+            match *step {
+                "v1" => c.version(1, 1, b"server a\n"),
+                "v2" => c.version(1, 2, b"server b\n"),
+                "link" => c.link(1, 1),
+                _ => c.assign(1, "static", "default"),
+            };
+        }
+        let manifest = c.manifest("static", "default");
+        let latest = manifest.latest_set_seq;
+        assert_eq!(latest, 5, "{order:?}");
+        let since = Since::for_request(None, latest);
+        assert_eq!(since, Since::Full, "no set_version is not the latest one");
+        assert_eq!(shape(&manifest, since), [(1, vec![1])], "{order:?}");
+        let text = delta::template_set_answer(&delta::select(&manifest, since), latest, "e0a1b2");
+        let answer: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(answer["latest_set_version"], "0.05");
+        assert_eq!(answer["data"][0]["status"], 1);
+        assert_eq!(
+            answer["data"][0]["config_template"][0]["latest_version"]["version_no"],
+            "0.02"
+        );
+        // Up to date: nothing.
+        assert!(shape(&manifest, Since::for_request(Some(5), latest)).is_empty());
+
+        c.master(1, "timesync", None, 0); // 6: "Delete master package"
+        let manifest = c.manifest("static", "default");
+        let since = Since::for_request(Some(5), manifest.latest_set_seq);
+        let selected = delta::select(&manifest, since);
+        assert_eq!(selected.len(), 1, "{order:?}");
+        assert_eq!(selected[0].master.status, 0);
+        assert!(selected[0].master.uninstall.is_some());
+        assert!(shape(&manifest, Since::After(6)).is_empty());
+    }
+}
+
+/// Issue 15's root cause: management writes reached the index while the
+/// seed's class documents (written at start-up, outside the management
+/// calls) had not been loaded yet; the class then had no manifest, and its
+/// edges got `data: []` with the latest set version — and would have kept
+/// believing they were up to date. An assignment alone makes its class
+/// exist (reported), so the assigned packages are served.
+#[test]
+fn an_assignment_makes_its_class_exist_without_the_class_document() {
+    let mut c = Config::default();
+    c.template(1, "ntp.conf", "/etc/ntp.conf");
+    c.version(1, 1, b"a").version(1, 2, b"b");
+    c.master(1, "timesync", None, 1).link(1, 1);
+    let class = Class::new("static", "default").unwrap();
+    assert!(manifest::class_manifest(&store(&c.docs), &class).is_none());
+    c.assign(1, "static", "default");
+    let (manifest, findings) = manifest::class_manifest(&store(&c.docs), &class).unwrap();
+    assert_eq!(shape(&manifest, Since::Full), [(1, vec![1])]);
+    assert_eq!(findings.len(), 1);
+    assert_eq!(
+        findings[0].doc.as_deref(),
+        Some("edge_class:static:default")
+    );
+    assert!(manifest.vars.is_empty() && manifest.pre_gen.is_none());
+    // The assignment is a root of the class's outputs, so the engine
+    // builds them when it arrives; unassigned, the class is gone again.
+    use crate::domains::Builder;
+    let roots =
+        super::EdgeBuilder.roots(model::EDGE_CONFIG, &model::assign_doc_id(1, &class), None);
+    assert_eq!(roots, ["class:static:default", "package:static:default"]);
+    c.unassign(1, "static", "default");
+    assert!(manifest::class_manifest(&store(&c.docs), &class).is_none());
+    // With its document the class needs no assignment and reports nothing.
+    c.class("static", "default");
+    assert!(c.manifest("static", "default").masters.is_empty());
+}
+
+/// Every ordering of `items`.
+fn permutations<'a>(items: &[&'a str]) -> Vec<Vec<&'a str>> {
+    if items.is_empty() {
+        return vec![Vec::new()];
+    }
+    let mut all = Vec::new();
+    for (i, first) in items.iter().enumerate() {
+        let mut rest = items.to_vec();
+        rest.remove(i);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, *first);
+            all.push(tail);
+        }
+    }
+    all
+}
+
 /// path, mode, uid, gid, user, group, content.
 type Listed = (String, u32, u64, u64, String, String, Vec<u8>);
 

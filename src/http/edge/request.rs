@@ -133,6 +133,7 @@ fn json_fields(bytes: &[u8]) -> Result<Fields, Answer> {
                 fields.text.insert(name, text);
             }
             Value::Bool(_) | Value::Number(_) => {
+                fields.non_text.insert(name.clone());
                 fields.text.insert(name, value.to_string());
             }
             Value::Object(file) if file.contains_key("base64") => {
