@@ -30,6 +30,7 @@ use caldera::couch::Body;
 use caldera::domains::phones::limiter::Limits;
 use caldera::domains::phones::model::{SIP_AUTH, TEMPLATE_BODIES, UNITS};
 use caldera::domains::phones::service::{PhonesService, Settings, nonce_key};
+use caldera::domains::phones::trust::TrustLimits;
 use caldera::domains::phones::{PhonesBuilder, phones_index};
 use caldera::domains::{Builder, Built, Domain};
 use caldera::rebuild::deps::DepGraph;
@@ -651,6 +652,10 @@ fn main() {
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(60),
             max_sources: 1000,
+        },
+        trust: TrustLimits {
+            ttl: 3 * 86_400,
+            max: 100_000,
         },
         nonce_ttl: Duration::from_secs(300),
         request_log: 50,

@@ -40,6 +40,8 @@ pub mod schema;
 pub mod service;
 pub mod serving;
 pub mod sources;
+pub mod trust;
+pub mod trust_store;
 pub mod validate;
 pub mod vendors;
 
