@@ -470,11 +470,12 @@ impl PhonesService {
             ),
         };
         let source = limiter::source_key(ip);
-        let unix = unix_seconds();
         if outcome.device
             && let Some(until) = self.limiter.cooling(ip, &settings.limits, now)
         {
-            let pair = outcome.mac.map(|mac| device_pair(source, mac, req, unix));
+            let pair = outcome
+                .mac
+                .map(|mac| device_pair(source, mac, req, unix_seconds()));
             let standing = self
                 .trust
                 .standing(outcome.authenticated, pair, &settings.trust);
@@ -495,7 +496,7 @@ impl PhonesService {
         {
             // Served a per-device file (credentials checked when the unit
             // has some): the pair is proven.
-            let pair = device_pair(source, mac, req, unix);
+            let pair = device_pair(source, mac, req, unix_seconds());
             self.trust.remember(pair, &settings.trust);
         }
         self.record(req, ip, &outcome, &file, &settings);
