@@ -9,11 +9,12 @@
 //! provenance fields (`built_from`, `seqs`, `built_by`, `built_at`) describe
 //! the build that last changed the hash.
 //!
-//! In memory (`CacheEntry`) the content takes its domain's form
-//! (`Content`): parsed, or — for domains that index what they serve
-//! themselves (phones) — the stored JSON text, parsed only on demand.
+//! In memory (`CacheEntry`) the content is its JSON text (`Content`),
+//! parsed on demand; the mirror may keep a domain's contents in the
+//! on-disk store instead (`store`, `Domain::spills_to_store`).
 
 pub mod mirror;
+pub mod store;
 pub mod writer;
 
 use std::borrow::Cow;
@@ -58,59 +59,60 @@ pub fn serialized_content_hash(content: &[u8], errors: &Value, stale: bool) -> S
     format!("sha256-{:x}", hasher.finalize())
 }
 
-/// An output's content as the mirror holds it. Which form a domain's
-/// outputs take is `Domain::keeps_content_as_text`; equality compares the
-/// form too (an entry only ever holds its domain's).
+/// An output's content as the mirror holds it: its JSON text, parsed on
+/// demand (`value`; a parsed tree costs about ten times its text, measured
+/// 4.4 kB for a 423-byte document), so services that walk a content on a
+/// hot path keep their own parsed or compiled form (`Mirror::tree`, the
+/// routing tables, the phones serving index).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
-    /// Parsed once, for domains whose services walk their content.
-    Tree(Value),
-    /// The stored JSON text, parsed on demand: for domains that index what
-    /// they serve themselves when an entry is put (the phones serving
-    /// tables), so only rare readers parse. A parsed tree costs about ten
-    /// times its text (measured: 4.4 kB for a 423-byte document).
     Text(JsonText),
+    /// Only in entries `Mirror::meta` returns: the content lives in the
+    /// on-disk store (`cache::store`), and `Mirror::get` reads it.
+    Spilled,
 }
 
 impl Content {
-    /// `value` held the way `domain` keeps its outputs.
-    pub fn of(domain: &str, value: &Value) -> Content {
-        if Domain::from_name(domain).is_some_and(Domain::keeps_content_as_text) {
-            Content::Text(JsonText::of(value))
-        } else {
-            Content::Tree(value.clone())
-        }
+    pub fn of(value: &Value) -> Content {
+        Content::Text(JsonText::of(value))
     }
 
-    /// The content as a tree: borrowed when parsed, parsed when text.
+    /// The content, parsed.
+    ///
+    /// # Panics
+    /// On a `Spilled` content (a bug: those come only from `Mirror::meta`,
+    /// whose callers do not read content).
     pub fn value(&self) -> Cow<'_, Value> {
-        match self {
-            Content::Tree(value) => Cow::Borrowed(value),
-            Content::Text(text) => Cow::Owned(text.parse()),
-        }
+        Cow::Owned(self.text().parse())
     }
 
     /// The content's JSON (as serde_json writes it).
+    ///
+    /// # Panics
+    /// As `value`.
     pub fn json(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.text().as_str().as_bytes())
+    }
+
+    /// The text.
+    ///
+    /// # Panics
+    /// As `value`.
+    pub fn text(&self) -> &JsonText {
         match self {
-            Content::Tree(value) => {
-                Cow::Owned(serde_json::to_vec(value).expect("JSON values serialize"))
-            }
-            Content::Text(text) => Cow::Borrowed(text.as_str().as_bytes()),
+            Content::Text(text) => text,
+            Content::Spilled => panic!("a spilled content is read through Mirror::get"),
         }
     }
 
     pub fn is_null(&self) -> bool {
-        match self {
-            Content::Tree(value) => value.is_null(),
-            Content::Text(text) => text.as_str() == "null",
-        }
+        matches!(self, Content::Text(text) if text.as_str() == "null")
     }
 }
 
 impl From<Value> for Content {
     fn from(value: Value) -> Content {
-        Content::Tree(value)
+        Content::of(&value)
     }
 }
 
@@ -150,7 +152,7 @@ impl CacheEntry {
         Ok(CacheEntry {
             id: text("_id")?,
             rev: text("_rev")?,
-            content: Content::of(&domain, content),
+            content: Content::of(content),
             domain,
             key: text("key")?,
             hash: text("hash")?,
@@ -158,6 +160,22 @@ impl CacheEntry {
             stale: doc.get("stale").and_then(Value::as_bool).unwrap_or(false),
             bytes,
         })
+    }
+
+    /// The entry without its content (`Content::Spilled`), as the mirror
+    /// holds it once the store has it.
+    pub fn without_content(&self) -> CacheEntry {
+        CacheEntry {
+            id: self.id.clone(),
+            rev: self.rev.clone(),
+            domain: self.domain.clone(),
+            key: self.key.clone(),
+            hash: self.hash.clone(),
+            content: Content::Spilled,
+            errors: self.errors.clone(),
+            stale: self.stale,
+            bytes: self.bytes,
+        }
     }
 
     pub fn has_errors(&self) -> bool {
@@ -208,18 +226,14 @@ mod tests {
     }
 
     #[test]
-    fn each_domain_keeps_its_form_and_both_read_the_same() {
+    fn contents_are_text_and_read_back_the_same() {
         let value: Value = serde_json::from_str(
             r#"{"files": {"a": {"body": "x\n\"é\"", "etag": "e"}}, "n": [1, -2.5, null], "t": true}"#,
         )
         .unwrap();
-        let text = Content::of("phones", &value);
-        let tree = Content::of("sysconf", &value);
+        let text = Content::of(&value);
         assert!(matches!(text, Content::Text(_)));
-        assert!(matches!(tree, Content::Tree(_)));
         assert_eq!(*text.value(), value);
-        assert_eq!(*tree.value(), value);
-        assert_eq!(text.json(), tree.json());
         assert_eq!(
             &*text.json(),
             serde_json::to_vec(&value).unwrap().as_slice()
@@ -227,14 +241,14 @@ mod tests {
         let serialized = serde_json::to_vec(&value).unwrap();
         assert_eq!(Content::Text(JsonText::from_serialized(&serialized)), text);
         assert!(!text.is_null());
-        assert!(Content::of("phones", &Value::Null).is_null());
-        assert!(Content::of("unknown-domain", &Value::Null) == Content::Tree(Value::Null));
+        assert!(Content::of(&Value::Null).is_null());
+        assert!(!Content::Spilled.is_null());
     }
 
     /// A cache document read from CouchDB (start-up load, feed, 409
-    /// re-read) takes its domain's form, with the same answers.
+    /// re-read) keeps its content as text, whatever its domain.
     #[test]
-    fn documents_read_back_take_their_domains_form() {
+    fn documents_read_back_keep_their_content_as_text() {
         let doc = |domain: &str| {
             json!({"_id": format!("{domain}:k"), "_rev": "1-a", "caldera": 1, "domain": domain,
                    "key": "k", "hash": "h", "content": {"served": true}, "errors": [], "stale": true})
@@ -242,7 +256,6 @@ mod tests {
         let phones = CacheEntry::from_doc(&doc("phones"), 10).unwrap();
         let sysconf = CacheEntry::from_doc(&doc("sysconf"), 10).unwrap();
         assert!(matches!(phones.content, Content::Text(_)));
-        assert!(matches!(sysconf.content, Content::Tree(_)));
         assert_eq!(phones.content.value(), sysconf.content.value());
         assert!(phones.stale);
     }

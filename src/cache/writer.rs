@@ -188,13 +188,35 @@ impl Writer {
         let mut unchanged = 0;
         for output in outputs {
             let id = doc_id(output.domain, &output.key);
-            let current = self.mirror.get(&id);
+            // Only the revision and hash are needed, unless the output
+            // fails (`last_good` then reads the content).
+            let current = self.mirror.meta(&id);
             match self.document(output, id, current.as_deref(), seqs) {
                 Some(doc) => docs.push(doc),
                 None => unchanged += 1,
             }
         }
         (docs, unchanged)
+    }
+
+    /// `last_good_of` the current entry, its content read back when the
+    /// mirror keeps it in the store (an unreadable record is reported by
+    /// the mirror, and the output then has no last good content).
+    fn last_good(
+        &self,
+        current: Option<&CacheEntry>,
+        issues: Vec<Issue>,
+    ) -> (Content, Vec<u8>, Vec<Issue>, bool) {
+        let held = match current {
+            Some(entry) if matches!(entry.content, Content::Spilled) => self.mirror.get(&entry.id),
+            _ => None,
+        };
+        last_good_of(
+            held.as_deref()
+                .or(current)
+                .filter(|e| !matches!(e.content, Content::Spilled)),
+            issues,
+        )
     }
 
     /// The cache document for `output`, or `None` when nothing must change.
@@ -234,17 +256,13 @@ impl Writer {
                         doc: None,
                         reason,
                     });
-                    last_good(output.domain, current, issues)
+                    self.last_good(current, issues)
                 } else {
-                    let held = if output.domain.keeps_content_as_text() {
-                        Content::Text(JsonText::from_serialized(&content_json))
-                    } else {
-                        Content::Tree(content.clone())
-                    };
+                    let held = Content::Text(JsonText::from_serialized(&content_json));
                     (held, content_json, issues.clone(), false)
                 }
             }
-            Built::Failed { issues } => last_good(output.domain, current, issues.clone()),
+            Built::Failed { issues } => self.last_good(current, issues.clone()),
         };
         let errors = self.errors_json(&issues);
         let hash = serialized_content_hash(&content_json, &errors, stale);
@@ -464,14 +482,15 @@ impl Writer {
 
 /// The last good content (and its JSON) kept and flagged stale, with the
 /// new problems.
-fn last_good(
-    domain: Domain,
+/// What a failed output keeps: its last good content, marked stale (none
+/// yet: `null`, not stale).
+fn last_good_of(
     current: Option<&CacheEntry>,
     issues: Vec<Issue>,
 ) -> (Content, Vec<u8>, Vec<Issue>, bool) {
     let (content, stale) = match current {
         Some(current) if !current.content.is_null() => (current.content.clone(), true),
-        _ => (Content::of(domain.name(), &Value::Null), false),
+        _ => (Content::of(&Value::Null), false),
     };
     let json = content.json().into_owned();
     (content, json, issues, stale)
@@ -572,32 +591,25 @@ mod tests {
         }
     }
 
-    /// A failed build keeps the last good content, in the form its domain
-    /// keeps it, with the JSON it was stored as (so the same hash).
+    /// A failed build keeps the last good content's text, shared (so the
+    /// same bytes and the same hash).
     #[test]
-    fn the_last_good_copy_keeps_text_and_parsed_contents_alike() {
+    fn the_last_good_copy_keeps_its_text() {
         let good =
             json!({"files": {"a.cfg": {"body": "line\n\"q\"", "etag": "e"}}, "served": true});
         let text = Content::Text(JsonText::of(&good));
-        let (kept, json, _, stale) =
-            last_good(Domain::Phones, Some(&current(text.clone())), vec![]);
+        let (kept, json, _, stale) = last_good_of(Some(&current(text.clone())), vec![]);
         assert!(stale);
         assert_eq!(kept, text, "the text is shared, not parsed");
         assert_eq!(json, serde_json::to_vec(&good).unwrap());
-        let parsed = Content::Tree(good.clone());
-        let (kept, tree_json, _, _) =
-            last_good(Domain::Sysconf, Some(&current(parsed.clone())), vec![]);
-        assert_eq!(kept, parsed);
-        assert_eq!(tree_json, json, "both forms store the same bytes");
 
         // Nothing good to keep: an empty content, not flagged stale.
-        let (kept, json, _, stale) = last_good(Domain::Phones, None, vec![]);
+        let (kept, json, _, stale) = last_good_of(None, vec![]);
         assert!(!stale);
         assert!(kept.is_null());
-        assert!(matches!(kept, Content::Text(_)));
         assert_eq!(json, b"null");
-        let empty = current(Content::of("phones", &Value::Null));
-        let (_, _, _, stale) = last_good(Domain::Phones, Some(&empty), vec![]);
+        let empty = current(Content::of(&Value::Null));
+        let (_, _, _, stale) = last_good_of(Some(&empty), vec![]);
         assert!(!stale, "a null content is not a last good copy");
     }
 }

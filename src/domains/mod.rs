@@ -49,11 +49,12 @@ impl Domain {
         Domain::ALL.into_iter().find(|d| d.name() == name)
     }
 
-    /// Whether the mirror keeps this domain's outputs as their JSON text
-    /// (`cache::Content::Text`) rather than parsed: true for domains whose
-    /// service indexes what it serves when an entry is put and parses the
-    /// content only for rare readers (admin views, stale copies).
-    pub fn keeps_content_as_text(self) -> bool {
+    /// Whether the mirror keeps this domain's contents in the on-disk
+    /// store (when one is configured) rather than in memory: true for the
+    /// domain whose outputs are large in total and read rarely (a phone
+    /// asks at boot and once a day), and whose service keeps what it needs
+    /// per request itself (the phones serving index and its hot set).
+    pub fn spills_to_store(self) -> bool {
         matches!(self, Domain::Phones)
     }
 

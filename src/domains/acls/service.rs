@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use super::live::{LiveMerge, NodeAnswer};
 use super::model;
-use crate::cache::mirror::{Mirror, Observer};
+use crate::cache::mirror::{Entries, Mirror, Observer};
 use crate::cache::{CacheEntry, doc_id};
 use crate::domains::Domain;
 
@@ -43,7 +43,7 @@ struct AclChanges(tokio::sync::Notify);
 
 impl Observer for AclChanges {
     /// Registration and full reloads.
-    fn reset(&self, _: &[Arc<CacheEntry>]) {
+    fn reset(&self, _: &Entries<'_>) {
         self.0.notify_one();
     }
 

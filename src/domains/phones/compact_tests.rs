@@ -1,10 +1,12 @@
-//! The mirror keeps phones outputs as their JSON text
-//! (`cache::Content::Text`), the serving tables extracting what they need
-//! when an entry is put. These tests prove that every answer built on a
-//! text entry — the serving tables, what a phone's request gets, the admin
-//! read views — is exactly the one built on the parsed entry, for the demo
-//! data, randomised worlds (seeded; `CALDERA_TEST_SEED` replays) and
-//! hostile contents the builder never writes.
+//! With an on-disk store the mirror keeps phones outputs out of memory
+//! (`cache::store`, `Content::Spilled`) and reads them back on demand;
+//! the serving tables extract what they need when an entry is put or the
+//! mirror is reset from the store. These tests prove that every answer of
+//! a store-backed mirror — the serving tables, what a phone's request
+//! gets, the admin read views, after puts and after a reload — is exactly
+//! the one of an in-memory mirror, for the demo data, randomised worlds
+//! (seeded; `CALDERA_TEST_SEED` replays) and hostile contents the builder
+//! never writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -18,21 +20,18 @@ use super::serving::{ServedFile, Tables};
 use super::tests::{World, demo_world, random_doc};
 use super::trust::TrustLimits;
 use crate::cache::mirror::{Mirror, Update};
+use crate::cache::store::Store;
 use crate::cache::{CacheEntry, Content, JsonText};
 use crate::domains::Built;
 
-fn entry(key: &str, content: &Value, text: bool) -> CacheEntry {
+fn entry(key: &str, content: &Value) -> CacheEntry {
     CacheEntry {
         id: format!("phones:{key}"),
         rev: "1-a".into(),
         domain: "phones".into(),
         key: key.into(),
         hash: "h".into(),
-        content: if text {
-            Content::Text(JsonText::of(content))
-        } else {
-            Content::Tree(content.clone())
-        },
+        content: Content::Text(JsonText::of(content)),
         errors: json!([{"db": "units", "doc": "d", "reason": "r"}]),
         stale: false,
         bytes: 0,
@@ -59,14 +58,30 @@ fn settings() -> Settings {
 }
 
 /// A service over a mirror holding `contents` (applied one by one, in
-/// order), parsed or as text.
-fn service(contents: &[(String, Value)], text: bool) -> (std::sync::Arc<Mirror>, PhonesService) {
-    let mirror = std::sync::Arc::new(Mirror::default());
+/// order), in memory or backed by a store (the store's file lives in a
+/// temporary directory kept for the test process's life).
+fn service(contents: &[(String, Value)], stored: bool) -> (std::sync::Arc<Mirror>, PhonesService) {
+    let mirror = if stored {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let store = Store::open(&dir.join("cache.redb")).unwrap();
+        Mirror::with_store(store).unwrap().0
+    } else {
+        std::sync::Arc::new(Mirror::default())
+    };
     let service = PhonesService::new(mirror.clone(), settings(), nonce_key(Some("k")));
     for (key, content) in contents {
-        mirror.apply_written(Update::Live(entry(key, content, text)));
+        mirror.apply_written(Update::Live(entry(key, content)));
     }
+    spill(&mirror, stored);
     (mirror, service)
+}
+
+/// Waits until a store-backed mirror's phones contents left memory.
+fn spill(mirror: &Mirror, stored: bool) {
+    if stored {
+        assert!(mirror.flush(Duration::from_secs(30)));
+        assert_eq!(mirror.pending_bytes(), 0);
+    }
 }
 
 /// What the probes ask about: every account, realm, MAC and file name the
@@ -269,7 +284,8 @@ fn phone_summary(service: &PhonesService, probes: &Probes) -> Value {
     Value::Array(out)
 }
 
-/// Asserts that parsed and text entries of `contents` answer the same.
+/// Asserts that in-memory and store-backed mirrors of `contents` answer
+/// the same (`parsed`: in memory; `text`: in the store).
 fn assert_same_answers(what: &str, contents: &[(String, Value)]) {
     let probes = Probes::of(contents);
     let (parsed_mirror, parsed) = service(contents, false);
@@ -305,8 +321,9 @@ fn assert_same_answers(what: &str, contents: &[(String, Value)]) {
     );
     assert_eq!(a, b, "{what}: phone requests differ");
     // A full reload goes through `reset`, in the mirror's own order.
-    let reload = |mirror: &Mirror, text: bool| {
-        mirror.replace_all(contents.iter().map(|(k, c)| entry(k, c, text)).collect());
+    let reload = |mirror: &Mirror, stored: bool| {
+        mirror.replace_all(contents.iter().map(|(k, c)| entry(k, c)).collect());
+        spill(mirror, stored);
     };
     reload(&parsed_mirror, false);
     reload(&text_mirror, true);

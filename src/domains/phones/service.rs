@@ -39,7 +39,8 @@ use super::serving::{ServedCommon, ServedFile, Tables};
 use super::trust::{self, Pair, Standing, Trust, TrustLimits};
 use super::vendors;
 use crate::cache::CacheEntry;
-use crate::cache::mirror::{Mirror, Observer};
+use crate::cache::mirror::{Entries, Mirror, Observer};
+use crate::domains::Domain;
 use crate::telemetry::metrics::{Metrics, PhonesGauges};
 use prometheus_client::metrics::counter::Counter;
 
@@ -258,10 +259,10 @@ impl RequestLogs {
 
 /// A unit's log goes with its cache document (observed on the mirror).
 impl Observer for RequestLogs {
-    fn reset(&self, entries: &[Arc<CacheEntry>]) {
+    fn reset(&self, entries: &Entries<'_>) {
         let units: std::collections::HashSet<&str> = entries
-            .iter()
-            .filter_map(|e| e.id.strip_prefix("phones:unit:"))
+            .ids(Domain::Phones.name())
+            .filter_map(|id| id.strip_prefix("phones:unit:"))
             .collect();
         for shard in &self.shards {
             shard

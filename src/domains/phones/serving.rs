@@ -29,8 +29,9 @@ use serde_json::Value;
 
 use super::auth::Stored;
 use super::mac::Mac;
-use crate::cache::mirror::Observer;
+use crate::cache::mirror::{Entries, Observer};
 use crate::cache::{CacheEntry, Content};
+use crate::domains::Domain;
 
 const PREFIX_ACCOUNT: &str = "phones:account:";
 const PREFIX_UNIT: &str = "phones:unit:";
@@ -184,7 +185,6 @@ impl Indexed {
             Content::Text(text) if text.as_str().starts_with('{') => {
                 serde_json::from_str(text.as_str()).ok()
             }
-            Content::Tree(value) if value.is_object() => Indexed::deserialize(value).ok(),
             _ => None,
         };
         read.unwrap_or_default()
@@ -440,11 +440,12 @@ impl Inner {
 }
 
 impl Observer for Tables {
-    fn reset(&self, entries: &[Arc<CacheEntry>]) {
+    fn reset(&self, entries: &Entries<'_>) {
         let now = SystemTime::now();
+        let phones = entries.of_domain(Domain::Phones.name());
         let mut inner = self.write();
         let before = std::mem::take(&mut *inner).contributed;
-        for entry in entries.iter().filter(|e| e.id.starts_with("phones:")) {
+        for entry in &phones {
             inner.add(entry, before.get(entry.id.as_str()), now);
         }
     }
@@ -543,7 +544,7 @@ mod tests {
             domain: "phones".into(),
             key: id.trim_start_matches("phones:").into(),
             hash: rev.into(),
-            content: Content::of("phones", &content),
+            content: Content::of(&content),
             errors: json!([]),
             stale: false,
             bytes: 0,

@@ -146,8 +146,12 @@ impl SysconfService {
         {
             return Ok(answer(category, key, value, &section));
         }
-        if let Some(entry) = self.mirror.get(&doc_id(Domain::Sysconf, category))
-            && let Some(found) = model::lookup(&entry.content.value(), key, node, &settings.zone)
+        let tree = self
+            .mirror
+            .get(&doc_id(Domain::Sysconf, category))
+            .map(|entry| self.mirror.tree(&entry));
+        if let Some(tree) = &tree
+            && let Some(found) = model::lookup(tree, key, node, &settings.zone)
         {
             return Ok(answer(category, key, found.value.clone(), found.section));
         }
@@ -367,9 +371,10 @@ impl SysconfService {
         let id = doc_id(Domain::Sysconf, category);
         let wait = self.settings.load().write_wait;
         let check = || {
-            self.mirror
-                .get(&id)
-                .is_some_and(|e| e.content.value().is_object() && done(&e.content.value()))
+            self.mirror.get(&id).is_some_and(|e| {
+                let content = e.content.value();
+                content.is_object() && done(&content)
+            })
         };
         let waiting = async {
             loop {
