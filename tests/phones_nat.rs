@@ -7,7 +7,8 @@
 //! credentials are served from a throttled address, wrong ones count as
 //! misses; the throttle shows in `/metrics`, `/v1/status` and the security
 //! log; the remembered pairs survive a restart, and a corrupt state file
-//! means starting empty, with a log line.
+//! means starting empty, with a log line. With trust off
+//! (`trusted_pairs_max = 0`) the lock-out is back; SIGHUP turns it on.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -137,6 +138,16 @@ async fn assert_served_as_before(daemon: &Daemon, before: &Fetched) {
 /// `count` scanner requests for distinct random Yealink MACs from
 /// 127.0.0.1 (the User-Agent carrying the same MAC); their statuses.
 async fn scan(daemon: &Daemon, from: usize, count: usize) -> BTreeMap<u16, usize> {
+    scan_from(daemon, from, count, &[]).await
+}
+
+/// `scan` with `extra` headers (an `X-Forwarded-For` source).
+async fn scan_from(
+    daemon: &Daemon,
+    from: usize,
+    count: usize,
+    extra: &[(&str, &str)],
+) -> BTreeMap<u16, usize> {
     let mut statuses = BTreeMap::new();
     let mut rng = fastrand::Rng::with_seed(16 + from as u64);
     for _ in 0..count {
@@ -144,7 +155,8 @@ async fn scan(daemon: &Daemon, from: usize, count: usize) -> BTreeMap<u16, usize
         let mac = format!("805ec{low:07x}");
         let colons: Vec<&str> = (0..6).map(|i| &mac[2 * i..2 * i + 2]).collect();
         let ua = format!("Yealink SIP-T46S 66.86.0.15 {}", colons.join(":"));
-        let reply = get(daemon, &format!("/{mac}.cfg"), ACME, &ua).await;
+        let path = format!("/{mac}.cfg");
+        let reply = phone(daemon, reqwest::Method::GET, &path, ACME, &ua, extra).await;
         if reply.status == StatusCode::TOO_MANY_REQUESTS {
             assert!(reply.headers.get("retry-after").is_some());
         }
@@ -399,4 +411,58 @@ async fn a_scan_behind_a_nat_is_throttled_while_the_phones_behind_it_keep_workin
     scan(&daemon, 9_000, BUDGET + 1).await;
     let forgotten = get(&daemon, "/805ec0123456.cfg", ACME, PHONES[0].2).await;
     assert_eq!(forgotten.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_off_is_the_old_lock_out_and_a_reload_turns_it_on() {
+    let env = PhonesEnv::new().await;
+    load_demo(&env).await;
+    let mut config = env.env.config("n1");
+    config
+        .set("phones.rate_limit.misses", BUDGET as i64)
+        .set("phones.rate_limit.cooldown_secs", 600)
+        .set("phones.trusted_proxies", "127.0.0.1")
+        .set("phones.trusted_pairs_max", 0);
+    let daemon = start(&config).await;
+    assert!(daemon.logged("trusted pairs are kept in memory only"));
+    let (path, ua) = ("/805ec0123456.cfg", PHONES[0].2);
+    assert_eq!(get(&daemon, path, ACME, ua).await.status, StatusCode::OK);
+    scan(&daemon, 0, BUDGET + 1).await;
+    let locked_out = get(&daemon, path, ACME, ua).await;
+    assert_eq!(
+        locked_out.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "trust off: the issue's lock-out"
+    );
+
+    // SIGHUP turns trust on; pairs are remembered from then on.
+    config.set("phones.trusted_pairs_max", 1_000);
+    std::fs::write(daemon.config_path(), config.toml()).unwrap();
+    daemon.sighup();
+    let office = [("X-Forwarded-For", "203.0.113.9")];
+    crate::support::eventually("the reload", Duration::from_secs(10), async || {
+        let status = daemon.get("/v1/status").await;
+        match status.json["phones"]["trusted_pairs"]["max"].as_u64() {
+            Some(1_000) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let served = phone(&daemon, reqwest::Method::GET, path, ACME, ua, &office).await;
+    assert_eq!(served.status, StatusCode::OK);
+    let statuses = scan_from(&daemon, 100, BUDGET + 1, &office).await;
+    assert_eq!(statuses, BTreeMap::from([(404, BUDGET), (429, 1)]));
+    let kept = phone(&daemon, reqwest::Method::GET, path, ACME, ua, &office).await;
+    assert_eq!(
+        kept.status,
+        StatusCode::OK,
+        "remembered at the office's address"
+    );
+    assert_eq!(kept.text, served.text);
+    let still = get(&daemon, path, ACME, ua).await;
+    assert_eq!(
+        still.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "not remembered while trust was off"
+    );
 }
