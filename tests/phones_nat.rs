@@ -238,18 +238,15 @@ async fn a_scan_behind_a_nat_is_throttled_while_the_phones_behind_it_keep_workin
         "Yealink SIP-T46S 66.86.0.15 80:5e:c0:aa:aa:aa",
     )
     .await;
-    let late = get(&daemon, LATE_YEALINK.0, ACME, LATE_YEALINK.1).await;
-    let upgraded = get(
-        &daemon,
-        "/805ec0123456.cfg",
-        ACME,
-        "Yealink SIP-T46S 66.86.0.160 80:5e:c0:12:34:56",
-    )
-    .await;
-    let late_digest_phone = get(&daemon, LATE_FANVIL.0, GLOBEX, LATE_FANVIL.1).await;
     assert_eq!(unknown.status, StatusCode::TOO_MANY_REQUESTS);
-    for reply in [&late, &upgraded, &late_digest_phone] {
-        assert_eq!(shape(reply), shape(&unknown));
+    let upgraded_ua = "Yealink SIP-T46S 66.86.0.160 80:5e:c0:12:34:56";
+    for (path, realm, ua) in [
+        (LATE_YEALINK.0, ACME, LATE_YEALINK.1),
+        ("/805ec0123456.cfg", ACME, upgraded_ua),
+        (LATE_FANVIL.0, GLOBEX, LATE_FANVIL.1),
+    ] {
+        let reply = get(&daemon, path, realm, ua).await;
+        assert_eq!(shape(&reply), shape(&unknown), "{path} ({ua})");
     }
     // Valid credentials are proof: the Digest phone first seen now is served.
     let proven = digest(
