@@ -16,6 +16,13 @@
 //! also the CPU time per request (user + system time of the server's
 //! processes during the run), which the machine's other load moves far
 //! less than requests/s.
+//!
+//! `PHONES_BENCH_TRUST_AB=1`: the trusted (address, MAC) pairs' cost, side
+//! by side in one run — the serving decision in process and wrk at c64,
+//! with the trust table off (A: `trusted_pairs_max = 0`, the serving path
+//! before issue 16) and on (B: every served device remembered), in
+//! alternating rounds (ABAB…, `PHONES_BENCH_AB_ROUNDS`, default 2 each) so
+//! the machine's other load falls on both alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -30,6 +37,7 @@ use caldera::couch::Body;
 use caldera::domains::phones::limiter::Limits;
 use caldera::domains::phones::model::{SIP_AUTH, TEMPLATE_BODIES, UNITS};
 use caldera::domains::phones::service::{PhonesService, Settings, nonce_key};
+use caldera::domains::phones::trust::TrustLimits;
 use caldera::domains::phones::{PhonesBuilder, phones_index};
 use caldera::domains::{Builder, Built, Domain};
 use caldera::rebuild::deps::DepGraph;
@@ -314,6 +322,48 @@ fn measured(
     let before = cpu_seconds(stats);
     let load = run()?;
     Some((load, cpu_seconds(stats) - before))
+}
+
+/// Microseconds per serving decision over `rounds` random targets, and
+/// how many were served.
+fn decision_us(
+    service: &PhonesService,
+    targets: &[Target],
+    peer: std::net::IpAddr,
+    rounds: usize,
+) -> (f64, usize) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut ok = 0;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let t = &targets[rng.usize(..targets.len())];
+        let request = caldera::domains::phones::service::PhoneRequest {
+            method: "GET",
+            target: &t.path,
+            host: Some(&t.host),
+            user_agent: Some(&t.ua),
+            authorization: None,
+            if_none_match: None,
+            if_modified_since: None,
+            forwarded_for: None,
+            peer,
+            upload: None,
+        };
+        if service.serve(&request).status() == 200 {
+            ok += 1;
+        }
+    }
+    (started.elapsed().as_secs_f64() * 1e6 / rounds as f64, ok)
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// Each round's value, and their mean.
+fn rounds_text(values: &[f64]) -> String {
+    let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+    format!("{} (mean {:.2})", each.join(" / "), mean(values))
 }
 
 fn per_request_us(cpu: f64, load: &Load) -> f64 {
@@ -652,10 +702,22 @@ fn main() {
             cooldown: Duration::from_secs(60),
             max_sources: 1000,
         },
+        trust: TrustLimits {
+            ttl: 3 * 86_400,
+            max: 100_000,
+        },
         nonce_ttl: Duration::from_secs(300),
         request_log: 50,
         max_upload: 65536,
         trusted_proxies: Vec::new(),
+    };
+    let trust_on = settings.clone();
+    let trust_off = Settings {
+        trust: TrustLimits {
+            max: 0,
+            ..settings.trust
+        },
+        ..settings.clone()
     };
     let service = Arc::new(PhonesService::new(
         mirror.clone(),
@@ -705,34 +767,30 @@ fn main() {
     }
     // The serving decision alone (no HTTP), one thread.
     let peer: std::net::IpAddr = "192.0.2.10".parse().unwrap();
-    let mut rng = fastrand::Rng::with_seed(7);
     let rounds = 200_000.min(targets.len() * 20).max(1);
-    let started = Instant::now();
-    let mut ok = 0usize;
-    for _ in 0..rounds {
-        let t = &targets[rng.usize(..targets.len())];
-        let request = caldera::domains::phones::service::PhoneRequest {
-            method: "GET",
-            target: &t.path,
-            host: Some(&t.host),
-            user_agent: Some(&t.ua),
-            authorization: None,
-            if_none_match: None,
-            if_modified_since: None,
-            forwarded_for: None,
-            peer,
-            upload: None,
-        };
-        if service.serve(&request).status() == 200 {
-            ok += 1;
-        }
-    }
-    let elapsed = started.elapsed();
+    let (each, ok) = decision_us(&service, &targets, peer, rounds);
     println!(
-        "serving decision in process (no HTTP, 1 thread): {:.0} requests/s, {:.2} µs each ({ok} of {rounds} served)",
-        rounds as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1e6 / rounds as f64
+        "serving decision in process (no HTTP, 1 thread): {:.0} requests/s, {each:.2} µs each ({ok} of {rounds} served)",
+        1e6 / each
     );
+    let ab = std::env::var_os("PHONES_BENCH_TRUST_AB").is_some();
+    let ab_rounds = env_usize("PHONES_BENCH_AB_ROUNDS", 2);
+    if ab {
+        let mut per = [Vec::new(), Vec::new()];
+        for _ in 0..ab_rounds {
+            for (i, settings) in [&trust_off, &trust_on].into_iter().enumerate() {
+                service.reload(settings.clone());
+                per[i].push(decision_us(&service, &targets, peer, rounds).0);
+            }
+        }
+        println!(
+            "trust A/B, serving decision in process: off {} µs, on {} µs -> on/off = {:.3} (trusted pairs now {})",
+            rounds_text(&per[0]),
+            rounds_text(&per[1]),
+            mean(&per[1]) / mean(&per[0]),
+            service.trust().len()
+        );
+    }
     let targets = Arc::new(targets);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -812,6 +870,27 @@ fn main() {
                 caldera.rps / reference.rps.max(1.0)
             );
         }
+    }
+    if ab && have_wrk {
+        let mut per = [Vec::new(), Vec::new()];
+        let mut cpu = [Vec::new(), Vec::new()];
+        for _ in 0..ab_rounds {
+            for (i, settings) in [&trust_off, &trust_on].into_iter().enumerate() {
+                service.reload(settings.clone());
+                let (load, used) = measured(&own_stat, || wrk(addr, script.path(), 64, seconds))
+                    .expect("a load run");
+                per[i].push(load.rps);
+                cpu[i].push(per_request_us(used, &load));
+            }
+        }
+        println!(
+            "trust A/B, HTTP GET per-device files (wrk, c64, {seconds} s per round): off {} req/s, on {} req/s -> on/off = {:.3}; CPU per request off {} µs, on {} µs",
+            rounds_text(&per[0]),
+            rounds_text(&per[1]),
+            mean(&per[1]) / mean(&per[0]),
+            rounds_text(&cpu[0]),
+            rounds_text(&cpu[1])
+        );
     }
     if nginx.is_none() {
         println!(

@@ -265,11 +265,15 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let phone_sources =
         start_phone_sources(&config, &shared, &client, &tasks, &core, engine.as_ref());
     let phones_engine = engine.clone();
-    let phones = Arc::new(PhonesService::new(
-        shared.mirror.clone(),
-        PhonesSettings::from_config(&config.phones),
-        phones::service::nonce_key(config.phones.nonce_secret.as_ref().map(|s| s.expose())),
-    ));
+    let phones = Arc::new(
+        PhonesService::new(
+            shared.mirror.clone(),
+            PhonesSettings::from_config(&config.phones),
+            phones::service::nonce_key(config.phones.nonce_secret.as_ref().map(|s| s.expose())),
+        )
+        .with_metrics(&shared.metrics),
+    );
+    keep_trusted_pairs(&config, &phones, &tasks, &core);
     let edge_key = edge_fallback_key(&config);
     let edge = Arc::new(EdgeService::new(
         shared.mirror.clone(),
@@ -318,6 +322,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         routing: Arc::new(RoutingService::new(shared.mirror.clone())),
         admin: admin.clone(),
         max_body_bytes: config.http.max_body_bytes,
+        phones: Some(phones.clone()),
     });
     let http_token = CancellationToken::new();
     let http_tasks = TaskTracker::new();
@@ -428,6 +433,40 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Restores the phones' trusted pairs and saves them from now on (the last
+/// time when `core` is cancelled, which is after the listeners drained).
+fn keep_trusted_pairs(
+    config: &Config,
+    phones: &Arc<PhonesService>,
+    tasks: &TaskTracker,
+    core: &CancellationToken,
+) {
+    let Some(path) = trusted_pairs_path(config) else {
+        tracing::info!(
+            "no phones.trusted_pairs_file and no systemd state directory: trusted pairs are kept in memory only"
+        );
+        return;
+    };
+    phones::trust_store::load(phones, &path);
+    tasks.spawn(phones::trust_store::run(
+        phones.clone(),
+        path,
+        config.phones.trusted_pairs_save,
+        core.clone(),
+    ));
+}
+
+/// `phones.trusted_pairs_file`, else a file in systemd's `StateDirectory=`.
+fn trusted_pairs_path(config: &Config) -> Option<PathBuf> {
+    if let Some(path) = &config.phones.trusted_pairs_file {
+        return Some(path.clone());
+    }
+    let dirs = std::env::var_os("STATE_DIRECTORY")?;
+    // Several directories are separated by colons; the first is ours.
+    let first = dirs.to_string_lossy().split(':').next()?.to_string();
+    (!first.is_empty()).then(|| Path::new(&first).join("phones-trusted-pairs"))
 }
 
 /// The key that signs edge download URLs when `edge.download_key` is unset.

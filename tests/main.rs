@@ -16,6 +16,7 @@ mod phones_api;
 mod phones_demo;
 mod phones_incremental;
 mod phones_listener;
+mod phones_nat;
 mod phones_stale;
 mod robustness;
 mod routing;

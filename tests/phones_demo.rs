@@ -13,12 +13,12 @@ use serde_json::Value;
 use crate::phones::{PhonesEnv, get, phone, wait_status};
 use crate::support::daemon::{Daemon, Reply};
 
-const ACME: &str = "acme.sip.example.net";
-const GLOBEX: &str = "globex.sip.example.net";
+pub const ACME: &str = "acme.sip.example.net";
+pub const GLOBEX: &str = "globex.sip.example.net";
 const YEALINK: &str = "Yealink SIP-T46S 66.86.0.15 80:5e:c0:12:34:56";
 
 /// (unit, realm, User-Agent) of every demo phone.
-const PHONES: [(&str, &str, &str); 7] = [
+pub const PHONES: [(&str, &str, &str); 7] = [
     ("unit-acme-yealink", ACME, YEALINK),
     (
         "unit-acme-polycom",
@@ -52,7 +52,7 @@ const PHONES: [(&str, &str, &str); 7] = [
     ),
 ];
 
-async fn load_demo(env: &PhonesEnv) {
+pub async fn load_demo(env: &PhonesEnv) {
     for (dir, db) in [("units", &env.units), ("sip_auth", &env.sip_auth)] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/couch")

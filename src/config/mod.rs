@@ -223,6 +223,16 @@ pub struct PhonesConfig {
     pub rate_limit_cooldown: Duration,
     /// Most sources tracked at once.
     pub rate_limit_max_sources: usize,
+    /// How long a device served from an address stays trusted there (served
+    /// while the address cools down), after it was last served.
+    pub trusted_pair_ttl: Duration,
+    /// Most (address, MAC) pairs remembered; 0 turns trust off.
+    pub trusted_pairs_max: usize,
+    /// Where the pairs are kept across restarts (unset: the systemd state
+    /// directory, `$STATE_DIRECTORY`, when there is one; else memory only).
+    pub trusted_pairs_file: Option<PathBuf>,
+    /// How often the pairs are saved when they changed (and at shutdown).
+    pub trusted_pairs_save: Duration,
     /// How long a Digest nonce stays valid.
     pub nonce_ttl: Duration,
     /// The key signing nonces; set the same on every replica so a nonce
@@ -373,6 +383,16 @@ impl Config {
             self.phones.write_wait != new.phones.write_wait,
             "phones.write_wait_ms",
         );
+        check(
+            (
+                &self.phones.trusted_pairs_file,
+                self.phones.trusted_pairs_save,
+            ) != (
+                &new.phones.trusted_pairs_file,
+                new.phones.trusted_pairs_save,
+            ),
+            "phones.trusted_pairs_file, phones.trusted_pairs_save_secs",
+        );
         check(self.amqp != new.amqp, "amqp.*");
         keys
     }
@@ -447,6 +467,23 @@ fn read_phones(r: &mut Reader<'_>) -> PhonesConfig {
         )),
         rate_limit_max_sources: r.int("phones.rate_limit.max_sources", 100_000, 10, 10_000_000)
             as usize,
+        trusted_pair_ttl: Duration::from_secs(r.int(
+            "phones.trusted_pair_ttl_secs",
+            3 * 86_400,
+            60,
+            366 * 86_400,
+        )),
+        trusted_pairs_max: r.int("phones.trusted_pairs_max", 100_000, 0, 10_000_000) as usize,
+        trusted_pairs_file: r
+            .opt_string("phones.trusted_pairs_file")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        trusted_pairs_save: Duration::from_secs(r.int(
+            "phones.trusted_pairs_save_secs",
+            60,
+            1,
+            86_400,
+        )),
         nonce_ttl: Duration::from_secs(r.int("phones.auth.nonce_ttl_secs", 300, 10, 86_400)),
         nonce_secret: r
             .opt_string("phones.auth.nonce_secret")
@@ -672,6 +709,14 @@ fn validate(config: &Config, errors: &mut Vec<ConfigError>) {
             "is larger than acls.dns_max_ttl_secs".to_string(),
         );
     }
+    if let Some(path) = &config.phones.trusted_pairs_file
+        && (path.file_name().is_none() || path.as_os_str().to_string_lossy().ends_with('/'))
+    {
+        push(
+            "phones.trusted_pairs_file",
+            format!("{} names no file", path.display()),
+        );
+    }
     if config.http.phones_listen == config.http.api_listen && config.http.api_listen.port() != 0 {
         push(
             "http.api.listen",
@@ -850,7 +895,13 @@ mod tests {
         .unwrap();
         assert_eq!(config.phones.trusted_proxies.len(), 2);
         assert_eq!(config.phones.rate_limit_misses, 0);
-        let text = "[phones]\ntrusted_proxies = \"nope\"\nrequest_log_size = 0\n[phones.auth]\nnonce_ttl_secs = 1\n";
+        assert_eq!(
+            config.phones.trusted_pair_ttl,
+            Duration::from_secs(3 * 86_400)
+        );
+        assert_eq!(config.phones.trusted_pairs_max, 100_000);
+        assert_eq!(config.phones.trusted_pairs_file, None);
+        let text = "[phones]\ntrusted_proxies = \"nope\"\nrequest_log_size = 0\ntrusted_pair_ttl_secs = 5\ntrusted_pairs_max = -1\ntrusted_pairs_file = \"/var/lib/caldera/\"\ntrusted_pairs_save_secs = 0\n[phones.auth]\nnonce_ttl_secs = 1\n";
         let Err(LoadError::Invalid(errors)) = Config::from_toml(text, &no_env) else {
             panic!("expected errors");
         };
@@ -859,6 +910,10 @@ mod tests {
             "phones.trusted_proxies",
             "phones.request_log_size",
             "phones.auth.nonce_ttl_secs",
+            "phones.trusted_pair_ttl_secs",
+            "phones.trusted_pairs_max",
+            "phones.trusted_pairs_file",
+            "phones.trusted_pairs_save_secs",
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }

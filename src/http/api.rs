@@ -22,6 +22,7 @@ use super::ApiError;
 use super::middleware::{self, AdminAuth};
 use crate::cache::mirror::Mirror;
 use crate::domains::acls::service::{AclsError, AclsService};
+use crate::domains::phones::service::PhonesService;
 use crate::domains::routing::service::{RouteError, RoutingService};
 use crate::domains::sysconf::service::SysconfService;
 use crate::feeds::Board;
@@ -42,6 +43,9 @@ pub struct ApiState {
     pub routing: Arc<RoutingService>,
     pub admin: Arc<AdminAuth>,
     pub max_body_bytes: usize,
+    /// The phones listener's service, whose throttle `/metrics` and
+    /// `/v1/status` show (absent in benches that serve no phones).
+    pub phones: Option<Arc<PhonesService>>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -96,6 +100,9 @@ async fn readyz(State(state): Shared) -> Response {
 }
 
 async fn metrics(State(state): Shared) -> Response {
+    if let Some(phones) = &state.phones {
+        phones.throttle_status().set_gauges(&state.metrics.phones);
+    }
     for (domain, stats) in state.mirror.stats() {
         let label = Metrics::domain(&domain);
         state
@@ -147,6 +154,7 @@ async fn status(State(state): Shared) -> Json<Value> {
         "feeds": state.board.snapshot(),
         "cache": cache,
         "errors": errors,
+        "phones": state.phones.as_ref().map(|p| p.throttle_status().to_json()),
     }))
 }
 

@@ -115,6 +115,74 @@ pub struct Metrics {
     pub edge_reports: Family<EdgeReportLabels, Counter>,
     /// Edge attachment fetches by outcome (ok, missing, error).
     pub edge_blob_fetches: Family<OutcomeLabel, Counter>,
+    /// Phone device requests from a cooling source, by outcome
+    /// (cooldown_started, refused, trusted_pair, authenticated).
+    pub phones_throttle_decisions: Family<OutcomeLabel, Counter>,
+    /// The phones throttle's state, set from the phones service at every scrape.
+    pub phones: PhonesGauges,
+}
+
+/// The phones throttle's settings and counts: numbers only, never an
+/// address or a MAC.
+#[derive(Default)]
+pub struct PhonesGauges {
+    pub misses_budget: Gauge,
+    pub window_seconds: Gauge,
+    pub cooldown_seconds: Gauge,
+    pub sources_tracked: Gauge,
+    pub sources_cooling: Gauge,
+    pub trusted_pairs: Gauge,
+    pub trusted_pairs_max: Gauge,
+    pub trusted_pair_ttl_seconds: Gauge,
+}
+
+impl PhonesGauges {
+    fn register(&self, r: &mut Registry) {
+        for (name, help, gauge) in [
+            (
+                "phones_rate_limit_misses",
+                "Misses a source may make per window (0: no limit)",
+                &self.misses_budget,
+            ),
+            (
+                "phones_rate_limit_window_seconds",
+                "The window the miss budget refills over",
+                &self.window_seconds,
+            ),
+            (
+                "phones_rate_limit_cooldown_seconds",
+                "How long a source past its budget cools down",
+                &self.cooldown_seconds,
+            ),
+            (
+                "phones_rate_limit_sources",
+                "Source addresses the miss limiter tracks",
+                &self.sources_tracked,
+            ),
+            (
+                "phones_rate_limit_cooling",
+                "Source addresses cooling down now",
+                &self.sources_cooling,
+            ),
+            (
+                "phones_trusted_pairs",
+                "Remembered (address, MAC) pairs",
+                &self.trusted_pairs,
+            ),
+            (
+                "phones_trusted_pairs_max",
+                "Most (address, MAC) pairs remembered",
+                &self.trusted_pairs_max,
+            ),
+            (
+                "phones_trusted_pair_ttl_seconds",
+                "How long a pair is remembered after it was last served",
+                &self.trusted_pair_ttl_seconds,
+            ),
+        ] {
+            r.register(name, help, gauge.clone());
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -155,6 +223,8 @@ impl Metrics {
             edge_package_seconds: latency_histogram(),
             edge_reports: Family::default(),
             edge_blob_fetches: Family::default(),
+            phones_throttle_decisions: Family::default(),
+            phones: PhonesGauges::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -295,6 +365,12 @@ impl Metrics {
             "Edge attachments fetched from CouchDB, by outcome",
             m.edge_blob_fetches.clone(),
         );
+        r.register(
+            "phones_throttle_decisions",
+            "Phone device requests from a cooling source, by outcome",
+            m.phones_throttle_decisions.clone(),
+        );
+        m.phones.register(r);
         Metrics {
             registry,
             ..metrics

@@ -18,6 +18,7 @@ use super::mac::Mac;
 use super::service::{PhoneRequest, PhonesService, Reply, Settings, nonce_key};
 use super::serving::{ServedFile, Tables};
 use super::tests::{World, demo_world, random_doc};
+use super::trust::TrustLimits;
 use crate::cache::mirror::{Mirror, Update};
 use crate::cache::store::Store;
 use crate::cache::{CacheEntry, Content, JsonText};
@@ -44,6 +45,10 @@ fn settings() -> Settings {
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(60),
             max_sources: 100,
+        },
+        trust: TrustLimits {
+            ttl: 3_600,
+            max: 100,
         },
         nonce_ttl: Duration::from_secs(300),
         request_log: 10,

@@ -47,8 +47,9 @@ impl Default for Limiter {
     }
 }
 
-/// The key of a source: the address, or its /64 for IPv6.
-fn key(ip: IpAddr) -> IpAddr {
+/// The key of a source: the address, or its /64 for IPv6 (also how the
+/// trusted pairs key their address).
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -88,7 +89,7 @@ impl Limiter {
             return None;
         }
         let mut sources = self.lock();
-        let bucket = sources.get_mut(&key(ip))?;
+        let bucket = sources.get_mut(&source_key(ip))?;
         bucket.refill(limits, now);
         bucket.cooling_until
     }
@@ -100,7 +101,7 @@ impl Limiter {
         }
         self.sweep(limits, now);
         let mut sources = self.lock();
-        let key = key(ip);
+        let key = source_key(ip);
         if !sources.contains_key(&key) && sources.len() >= limits.max_sources {
             return false;
         }
@@ -144,6 +145,14 @@ impl Limiter {
     pub fn tracked(&self) -> usize {
         self.lock().len()
     }
+
+    /// Sources cooling down at `now` (for status and metrics).
+    pub fn cooling_count(&self, now: Instant) -> usize {
+        self.lock()
+            .values()
+            .filter(|bucket| bucket.cooling_until.is_some_and(|until| now < until))
+            .count()
+    }
 }
 
 #[cfg(test)]
@@ -169,10 +178,13 @@ mod tests {
             assert!(!limiter.miss(ip, &l, start));
         }
         assert_eq!(limiter.cooling(ip, &l, start), None);
+        assert_eq!(limiter.cooling_count(start), 0);
         assert!(
             limiter.miss(ip, &l, start),
             "the fourth miss starts the cool-down"
         );
+        assert_eq!(limiter.cooling_count(start), 1);
+        assert_eq!(limiter.cooling_count(start + Duration::from_secs(30)), 0);
         assert!(
             limiter
                 .cooling(ip, &l, start + Duration::from_secs(29))

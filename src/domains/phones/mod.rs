@@ -11,11 +11,13 @@
 //! * `render`: handlebars (strict) with shipped templates and overrides;
 //! * `build`: the outputs, from documents read through `Reads`;
 //! * `auth`: Digest/Basic checks; `request`: parsing phone requests;
+//! * `trust`: trusted (address, MAC) pairs, their LRU and state file format;
 //! * `validate`: the configuration API's checks before writing;
 //! * `vendors`: every vendor's files, grammars, templates and catalogue.
 //!
 //! Shell: `serving` (the index over the mirror, request log, rate
-//! limits: what the phones listener answers), `sources` (the API's
+//! limits: what the phones listener answers), `trust_store` (the trusted
+//! pairs' state file), `sources` (the API's
 //! in-memory copy of `units`, and the template attachment
 //! fetcher that feeds the synthetic source `phones_templates`), `api` (the
 //! configuration API's writes), `offline` (`caldera render`).
@@ -40,6 +42,8 @@ pub mod schema;
 pub mod service;
 pub mod serving;
 pub mod sources;
+pub mod trust;
+pub mod trust_store;
 pub mod validate;
 pub mod vendors;
 

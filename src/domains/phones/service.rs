@@ -14,9 +14,11 @@
 //!
 //! Misses that look like probing (unknown MACs, mismatched User-Agents,
 //! malformed paths, wrong credentials) count against the source; past the
-//! budget the source cools down: device requests that do not authenticate
-//! get 429 (authenticated phones behind the same address keep working, and
-//! model-common files, which carry no secrets, stay served).
+//! budget the source cools down: device requests get 429 unless they
+//! authenticate or are a *trusted pair* (`trust`: a MAC served from that
+//! address before, with the same User-Agent), so the phones behind a
+//! scanner's NAT keep working; model-common files, which carry no
+//! secrets, stay served. Every throttle decision is in the security log.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -30,14 +32,17 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::auth::{self, NonceKey, Stored, Verdict};
-use super::limiter::{Limiter, Limits};
+use super::limiter::{self, Limiter, Limits};
 use super::mac::Mac;
 use super::request::{self, Agent, Target};
 use super::serving::{ServedCommon, ServedFile, Tables};
+use super::trust::{self, Pair, Standing, Trust, TrustLimits};
 use super::vendors;
 use crate::cache::CacheEntry;
 use crate::cache::mirror::{Entries, Mirror, Observer};
 use crate::domains::Domain;
+use crate::telemetry::metrics::{Metrics, PhonesGauges};
+use prometheus_client::metrics::counter::Counter;
 
 /// The tracing target of the security log.
 pub const SECURITY: &str = "caldera::security";
@@ -46,6 +51,8 @@ pub const SECURITY: &str = "caldera::security";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub limits: Limits,
+    /// The trusted pairs' TTL and size limit.
+    pub trust: TrustLimits,
     pub nonce_ttl: Duration,
     /// Entries kept per unit in its request log.
     pub request_log: usize,
@@ -63,6 +70,10 @@ impl Settings {
                 window: config.rate_limit_window,
                 cooldown: config.rate_limit_cooldown,
                 max_sources: config.rate_limit_max_sources,
+            },
+            trust: TrustLimits {
+                ttl: config.trusted_pair_ttl.as_secs(),
+                max: config.trusted_pairs_max,
             },
             nonce_ttl: config.nonce_ttl,
             request_log: config.request_log_size,
@@ -199,10 +210,7 @@ impl Default for RequestLogs {
 
 impl RequestLogs {
     fn shard(&self, unit: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, UnitLog>> {
-        // FNV-1a: cheap and stable.
-        let hash = unit.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+        let hash = trust::fnv1a64(unit.as_bytes());
         self.shards[(hash % LOG_SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -285,6 +293,10 @@ struct Outcome {
     /// Addresses a device (per-device file or upload), so a cool-down applies.
     device: bool,
     authenticated: bool,
+    /// The device's MAC, once the request named one.
+    mac: Option<Mac>,
+    /// Served although its source cools down, and why.
+    bypassed: Option<Standing>,
 }
 
 impl Outcome {
@@ -297,6 +309,8 @@ impl Outcome {
             miss: false,
             device: false,
             authenticated: false,
+            mac: None,
+            bypassed: None,
         }
     }
 
@@ -326,11 +340,40 @@ impl Outcome {
     }
 }
 
+/// Throttle decisions, by outcome (`caldera_phones_throttle_decisions_total`;
+/// detached counters until `with_metrics`).
+#[derive(Default)]
+struct Decisions {
+    started: Counter,
+    refused: Counter,
+    remembered: Counter,
+    authenticated: Counter,
+}
+
+impl Decisions {
+    fn of(metrics: &Metrics) -> Decisions {
+        let counter = |outcome| {
+            metrics
+                .phones_throttle_decisions
+                .get_or_create(&Metrics::outcome(outcome))
+                .clone()
+        };
+        Decisions {
+            started: counter("cooldown_started"),
+            refused: counter("refused"),
+            remembered: counter("trusted_pair"),
+            authenticated: counter("authenticated"),
+        }
+    }
+}
+
 /// The phones listener's state.
 pub struct PhonesService {
     mirror: Arc<Mirror>,
     tables: Arc<Tables>,
     limiter: Limiter,
+    trust: Trust,
+    decisions: Decisions,
     logs: Arc<RequestLogs>,
     key: NonceKey,
     settings: ArcSwap<Settings>,
@@ -359,14 +402,47 @@ impl PhonesService {
             mirror,
             tables,
             limiter: Limiter::default(),
+            trust: Trust::new(settings.trust),
+            decisions: Decisions::default(),
             logs,
             key,
             settings: ArcSwap::from_pointee(settings),
         }
     }
 
+    /// Counts throttle decisions in `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> PhonesService {
+        self.decisions = Decisions::of(metrics);
+        self
+    }
+
     pub fn reload(&self, settings: Settings) {
+        self.trust.apply(&settings.trust, unix_seconds());
         self.settings.store(Arc::new(settings));
+    }
+
+    /// The trusted pairs (for the state file).
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// The throttle's settings and counts, for `/v1/status` and `/metrics`:
+    /// numbers only, never an address or a MAC.
+    pub fn throttle_status(&self) -> ThrottleStatus {
+        let settings = self.settings.load();
+        ThrottleStatus {
+            limits: settings.limits,
+            trust: settings.trust,
+            sources: self.limiter.tracked(),
+            cooling: self.limiter.cooling_count(Instant::now()),
+            trusted_pairs: self.trust.len(),
+            decisions: [
+                ("cooldown_started", self.decisions.started.get()),
+                ("refused", self.decisions.refused.get()),
+                ("trusted_pair", self.decisions.remembered.get()),
+                ("authenticated", self.decisions.authenticated.get()),
+            ],
+        }
     }
 
     pub fn settings(&self) -> Arc<Settings> {
@@ -394,28 +470,64 @@ impl PhonesService {
                 request::loggable(path, 128),
             ),
         };
+        let source = limiter::source_key(ip);
         if outcome.device
-            && !outcome.authenticated
             && let Some(until) = self.limiter.cooling(ip, &settings.limits, now)
         {
-            outcome.reply = Reply::TooMany {
-                retry_after: until.saturating_duration_since(now).as_secs().max(1),
-            };
-            outcome.reason =
-                format!("cooling down after too many misses ({})", outcome.reason).into();
-            outcome.miss = false;
+            let pair = outcome
+                .mac
+                .map(|mac| device_pair(source, mac, req, unix_seconds()));
+            let standing = self
+                .trust
+                .standing(outcome.authenticated, pair, &settings.trust);
+            self.throttle(&mut outcome, standing, until.saturating_duration_since(now));
         }
         if outcome.miss && self.limiter.miss(ip, &settings.limits, now) {
             // The miss past the budget is refused already.
-            tracing::warn!(target: SECURITY, event = "cooldown_started", %ip,
+            tracing::warn!(target: SECURITY, event = "cooldown_started", %ip, reason = &*outcome.reason,
                 cooldown_secs = settings.limits.cooldown.as_secs(), "too many misses from this source");
+            self.decisions.started.inc();
             outcome.reply = Reply::TooMany {
                 retry_after: settings.limits.cooldown.as_secs().max(1),
             };
             outcome.reason = format!("cool-down started ({})", outcome.reason).into();
         }
+        if let (Reply::File { .. }, Some(_), Some(mac)) =
+            (&outcome.reply, &outcome.unit, outcome.mac)
+        {
+            // Served a per-device file (credentials checked when the unit
+            // has some): the pair is proven.
+            let pair = device_pair(source, mac, req, unix_seconds());
+            self.trust.remember(pair, &settings.trust);
+        }
         self.record(req, ip, &outcome, &file, &settings);
         outcome.reply
+    }
+
+    /// Applies a source's cool-down to a device request that stands as
+    /// `standing`: strangers get the 429 (whatever their MAC), the others
+    /// go on as decided.
+    fn throttle(&self, outcome: &mut Outcome, standing: Standing, left: Duration) {
+        match standing {
+            Standing::Stranger => {
+                self.decisions.refused.inc();
+                outcome.reply = Reply::TooMany {
+                    retry_after: left.as_secs().max(1),
+                };
+                outcome.reason =
+                    format!("cooling down after too many misses ({})", outcome.reason).into();
+                outcome.miss = false;
+            }
+            Standing::Remembered => {
+                self.decisions.remembered.inc();
+            }
+            Standing::Authenticated => {
+                self.decisions.authenticated.inc();
+            }
+        }
+        if standing != Standing::Stranger {
+            outcome.bypassed = Some(standing);
+        }
     }
 
     /// Decides a request for a well-formed `target`; `ip` is the client.
@@ -468,7 +580,9 @@ impl PhonesService {
                     .in_account(&account);
             }
         };
-        self.device_file(req, &account, file, mac, &agent)
+        let mut outcome = self.device_file(req, &account, file, mac, &agent);
+        outcome.mac = Some(mac);
+        outcome
     }
 
     /// The MAC a file name carries: the one of a unit of the account when
@@ -599,10 +713,7 @@ impl PhonesService {
     /// `Ok` when the request carries the unit's credentials, else the 401.
     fn authenticate(&self, req: &PhoneRequest<'_>, stored: &Stored) -> Result<(), Box<Outcome>> {
         let settings = self.settings.load();
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = unix_seconds();
         let request = auth::Request {
             method: req.method,
             uri: req.target,
@@ -653,12 +764,21 @@ impl PhonesService {
                 tracing::warn!(target: SECURITY, event = "auth_refused", %ip, account, unit, file, user_agent = ua, "wrong credentials")
             }
             429 => {
-                tracing::debug!(target: SECURITY, event = "rate_limited", %ip, account, unit, file, "refused while cooling down")
+                tracing::info!(target: SECURITY, event = "rate_limited", %ip, account, unit, file, reason = &*outcome.reason, "refused while cooling down")
             }
             200 if outcome.unit.is_some() => {
                 tracing::info!(target: SECURITY, event = "device_file", %ip, account, unit, file, user_agent = ua, authenticated = outcome.authenticated, "per-device file served")
             }
             _ => {}
+        }
+        if let Some(standing) = outcome.bypassed {
+            let reason = match standing {
+                Standing::Remembered => {
+                    "trusted pair: this device was served from this address before"
+                }
+                _ => "valid credentials",
+            };
+            tracing::info!(target: SECURITY, event = "throttle_bypassed", %ip, account, unit, file, status, reason, "served while cooling down");
         }
         let Some(unit) = &outcome.unit else {
             return;
@@ -752,6 +872,70 @@ impl PhonesService {
                 Some((id, status))
             })
             .collect()
+    }
+}
+
+/// The throttle's settings and counts (`PhonesService::throttle_status`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleStatus {
+    pub limits: Limits,
+    pub trust: TrustLimits,
+    /// Source addresses tracked, and those cooling down now.
+    pub sources: usize,
+    pub cooling: usize,
+    pub trusted_pairs: usize,
+    /// Throttle decisions so far, by outcome.
+    pub decisions: [(&'static str, u64); 4],
+}
+
+impl ThrottleStatus {
+    pub fn set_gauges(&self, gauges: &PhonesGauges) {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        gauges.misses_budget.set(i64::from(self.limits.budget));
+        gauges.window_seconds.set(int(self.limits.window.as_secs()));
+        gauges
+            .cooldown_seconds
+            .set(int(self.limits.cooldown.as_secs()));
+        gauges.sources_tracked.set(int(self.sources as u64));
+        gauges.sources_cooling.set(int(self.cooling as u64));
+        gauges.trusted_pairs.set(int(self.trusted_pairs as u64));
+        gauges.trusted_pairs_max.set(int(self.trust.max as u64));
+        gauges.trusted_pair_ttl_seconds.set(int(self.trust.ttl));
+    }
+
+    pub fn to_json(&self) -> Value {
+        let decisions: serde_json::Map<String, Value> = self
+            .decisions
+            .iter()
+            .map(|(name, n)| ((*name).to_string(), json!(n)))
+            .collect();
+        json!({
+            "rate_limit": {
+                "misses": self.limits.budget, "window_secs": self.limits.window.as_secs(),
+                "cooldown_secs": self.limits.cooldown.as_secs(), "max_sources": self.limits.max_sources,
+                "sources_tracked": self.sources, "sources_cooling": self.cooling,
+            },
+            "trusted_pairs": {"count": self.trusted_pairs, "max": self.trust.max, "ttl_secs": self.trust.ttl},
+            "decisions": decisions,
+        })
+    }
+}
+
+/// Now, in unix seconds (the clock of nonces and trusted pairs).
+pub fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The trusted-pair key of a device request at `unix`.
+fn device_pair(source: IpAddr, mac: Mac, req: &PhoneRequest<'_>, unix: u64) -> Pair {
+    Pair {
+        source,
+        mac,
+        agent: trust::fnv1a64(req.user_agent.unwrap_or_default().as_bytes()),
+        seen: unix,
     }
 }
 
