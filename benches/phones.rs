@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use caldera::cache::mirror::Mirror;
+use caldera::cache::store::Store;
 use caldera::cache::{CacheEntry, Content, JsonText, serialized_content_hash};
 use caldera::couch::Body;
 use caldera::domains::phones::limiter::Limits;
@@ -261,6 +262,35 @@ fn entry(key: &str, built: &Built) -> Option<CacheEntry> {
         stale: false,
         bytes: json.len(),
     })
+}
+
+/// What the full build produced, counted as the outputs go by.
+#[derive(Default)]
+struct Totals {
+    outputs: usize,
+    units: usize,
+    served: usize,
+    bytes: usize,
+    with_errors: usize,
+    first_error: Option<(String, Value)>,
+}
+
+impl Totals {
+    fn add(&mut self, entry: &CacheEntry) {
+        self.outputs += 1;
+        self.bytes += entry.bytes;
+        if entry.key.starts_with("unit:") {
+            self.units += 1;
+            if entry.content.value()["served"] == true {
+                self.served += 1;
+            }
+        }
+        if entry.has_errors() {
+            self.with_errors += 1;
+            self.first_error
+                .get_or_insert_with(|| (entry.key.clone(), entry.errors.clone()));
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -602,49 +632,78 @@ fn main() {
 
     let rss_index = rss_mb();
     let keys = PhonesBuilder.all_keys(&index);
-    let started = Instant::now();
-    // Built, hashed and turned into cache documents on the build threads
-    // (the writer hashes every output too), keeping what a daemon keeps.
-    let built = build_entries(&index, &keys, threads);
-    let elapsed = started.elapsed();
+    let store_dir = (std::env::var("PHONES_BENCH_STORE").as_deref() == Ok("1"))
+        .then(|| tempfile::tempdir().expect("a temp dir for the store"));
+    let mirror = match &store_dir {
+        Some(dir) => {
+            let store = Store::open(&dir.path().join("cache.redb")).expect("open the store");
+            Mirror::with_store(store).expect("an empty store").0
+        }
+        None => Arc::new(Mirror::default()),
+    };
+    println!(
+        "mirror: {}",
+        if store_dir.is_some() {
+            "on-disk store (PHONES_BENCH_STORE): phones outputs spill to disk"
+        } else {
+            "in memory (PHONES_BENCH_STORE=1 for the on-disk store)"
+        }
+    );
+    // With a store the outputs are built and put in chunks, as the daemon
+    // streams its cache load, so RSS shows what stays, not one moment
+    // holding every output at once.
+    let chunk = if store_dir.is_some() {
+        env_usize("PHONES_BENCH_CHUNK", 5_000).max(1)
+    } else {
+        keys.len().max(1)
+    };
+    let mut totals = Totals::default();
     let mut all_deps = Vec::new();
-    let mut entries = Vec::new();
-    for (key, entry, deps) in built {
-        if let Some(entry) = entry {
+    let mut sample_unit = None;
+    let mut elapsed = Duration::ZERO;
+    let started_all = Instant::now();
+    mirror.begin_reload();
+    for keys in keys.chunks(chunk) {
+        // Built, hashed and turned into cache documents on the build
+        // threads (the writer hashes every output too).
+        let started = Instant::now();
+        let built = build_entries(&index, keys, threads);
+        elapsed += started.elapsed();
+        for (key, entry, deps) in built {
+            let Some(entry) = entry else {
+                continue;
+            };
             all_deps.push((key, deps));
-            entries.push(entry);
+            totals.add(&entry);
+            if sample_unit.is_none() && entry.key.starts_with("unit:") {
+                sample_unit = Some(entry.content.value().into_owned());
+            }
+            while mirror.store_healthy() == Some(true) && mirror.pending_bytes() > 64 << 20 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            mirror.reload_put(entry);
         }
     }
-    let unit_outputs = entries
-        .iter()
-        .filter(|e| e.key.starts_with("unit:"))
-        .count();
-    let served = entries
-        .iter()
-        .filter(|e| e.key.starts_with("unit:") && e.content.value()["served"] == true)
-        .count();
-    let bytes: usize = entries.iter().map(|e| e.bytes).sum();
-    let with_errors = entries
-        .iter()
-        .filter(|e| e.errors.as_array().is_some_and(|a| !a.is_empty()))
-        .count();
-    if let Some(first) = entries
-        .iter()
-        .find(|e| e.errors.as_array().is_some_and(|a| !a.is_empty()))
-    {
+    mirror.finish_reload(None);
+    assert!(mirror.flush(Duration::from_secs(600)), "the store commits");
+    let unit_outputs = totals.units;
+    if let Some((key, errors)) = &totals.first_error {
         println!(
-            "outputs with errors: {with_errors} (the first: {} {})",
-            first.key, first.errors
+            "outputs with errors: {} (the first: {key} {errors})",
+            totals.with_errors
         );
     }
     println!(
-        "full build (built and hashed): {} outputs ({unit_outputs} units, {served} served) in {elapsed:.2?} = {:.0} units/s ({:.0} µs per output per thread); cache documents {:.1} MB ({:.1} kB per unit)",
-        entries.len(),
+        "full build (built and hashed): {} outputs ({unit_outputs} units, {} served) in {elapsed:.2?} = {:.0} units/s ({:.0} µs per output per thread); cache documents {:.1} MB ({:.1} kB per unit); built and in the mirror after {:.2?}",
+        totals.outputs,
+        totals.served,
         unit_outputs as f64 / elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1e6 * threads as f64 / entries.len().max(1) as f64,
-        bytes as f64 / 1e6,
-        bytes as f64 / 1e3 / unit_outputs.max(1) as f64
+        elapsed.as_secs_f64() * 1e6 * threads as f64 / totals.outputs.max(1) as f64,
+        totals.bytes as f64 / 1e6,
+        totals.bytes as f64 / 1e3 / unit_outputs.max(1) as f64,
+        started_all.elapsed()
     );
+    let rss_outputs = rss_mb();
 
     let rss_before_graph = rss_mb();
     let mut graph = DepGraph::default();
@@ -677,8 +736,7 @@ fn main() {
     drop(hashed);
     drop(rebuilt);
 
-    if let Some(unit) = entries.iter().find(|e| e.key.starts_with("unit:")) {
-        let content = unit.content.value();
+    if let Some(content) = &sample_unit {
         let sizes: Vec<String> = content
             .as_object()
             .into_iter()
@@ -690,11 +748,9 @@ fn main() {
             sizes.join(", ")
         );
     }
-    let mirror = Arc::new(Mirror::default());
     let started = Instant::now();
-    let rss_before_mirror = rss_mb();
-    mirror.replace_all(entries);
-    let rss_mirror = rss_mb();
+    let rss_before_mirror = rss_index;
+    let rss_mirror = rss_outputs;
     let settings = Settings {
         limits: Limits {
             budget: 0,
@@ -726,12 +782,12 @@ fn main() {
     ));
     let rss_all = rss_mb();
     println!(
-        "mirror +{:.0} MB RSS, serving index (and request logs) +{:.0} MB RSS",
+        "outputs built into the mirror +{:.0} MB RSS, serving index (and request logs) +{:.0} MB RSS",
         rss_mirror - rss_before_mirror,
         rss_all - rss_mirror
     );
     println!(
-        "mirror + serving index: {:.2?}; RSS {rss_all:.0} MB: source index {:.0} MB, outputs (mirror, serving index, dependency graph) {:.0} MB = {:.1} kB per unit",
+        "serving index: {:.2?}; RSS {rss_all:.0} MB: source index {:.0} MB, outputs (mirror, serving index, dependency graph) {:.0} MB = {:.1} kB per unit",
         started.elapsed(),
         rss_index - rss_start,
         rss_all - rss_index,

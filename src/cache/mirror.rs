@@ -106,15 +106,15 @@ impl Entries<'_> {
             .map(|(id, _)| id.as_str())
     }
 
-    /// A domain's live entries with their content (spilled ones read back
-    /// from the store, in one pass over its records; an unreadable one is
-    /// left out and reported).
-    pub fn of_domain(&self, domain: &str) -> Vec<Arc<CacheEntry>> {
-        let mut found: Vec<Arc<CacheEntry>> = Vec::new();
+    /// Each of a domain's live entries with its content, one at a time
+    /// (spilled ones read back from the store in one pass over its
+    /// records, so the domain's contents are never all in memory at once;
+    /// an unreadable one is left out and reported).
+    pub fn each_of_domain(&self, domain: &str, mut each: impl FnMut(&Arc<CacheEntry>)) {
         let mut spilled: HashMap<&str, &Arc<CacheEntry>> = HashMap::new();
         for (id, slot) in self.slots {
             match slot {
-                Slot::Live(entry) if entry.domain == domain => found.push(entry.clone()),
+                Slot::Live(entry) if entry.domain == domain => each(entry),
                 Slot::Spilled(entry) if entry.domain == domain => {
                     spilled.insert(id.as_str(), entry);
                 }
@@ -122,10 +122,10 @@ impl Entries<'_> {
             }
         }
         if spilled.is_empty() {
-            return found;
+            return;
         }
         let Some(spill) = &self.mirror.spill else {
-            return found;
+            return;
         };
         let prefix = format!("{domain}:");
         let scanned = spill.store.scan_prefix(&prefix, |id, record| {
@@ -134,7 +134,7 @@ impl Entries<'_> {
                 && entry.hash == meta.hash
             {
                 spilled.remove(id);
-                found.push(Arc::new(entry));
+                each(&Arc::new(entry));
             }
         });
         if let Err(err) = scanned {
@@ -144,7 +144,6 @@ impl Entries<'_> {
             self.mirror
                 .damaged(id, "its record is missing or out of date");
         }
-        found
     }
 }
 

@@ -81,11 +81,12 @@ struct Recorder(std::sync::Mutex<Vec<String>>);
 
 impl Observer for Recorder {
     fn reset(&self, entries: &Entries<'_>) {
-        let contents: Vec<String> = ["phones", "sysconf"]
-            .iter()
-            .flat_map(|domain| entries.of_domain(domain))
-            .map(|e| format!("{}={}", e.id, e.content.text().as_str()))
-            .collect();
+        let mut contents = Vec::new();
+        for domain in ["phones", "sysconf"] {
+            entries.each_of_domain(domain, |e| {
+                contents.push(format!("{}={}", e.id, e.content.text().as_str()));
+            });
+        }
         self.0
             .lock()
             .unwrap()

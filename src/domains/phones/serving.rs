@@ -442,12 +442,11 @@ impl Inner {
 impl Observer for Tables {
     fn reset(&self, entries: &Entries<'_>) {
         let now = SystemTime::now();
-        let phones = entries.of_domain(Domain::Phones.name());
         let mut inner = self.write();
         let before = std::mem::take(&mut *inner).contributed;
-        for entry in &phones {
+        entries.each_of_domain(Domain::Phones.name(), |entry| {
             inner.add(entry, before.get(entry.id.as_str()), now);
-        }
+        });
     }
 
     fn put(&self, entry: &Arc<CacheEntry>) {
