@@ -398,6 +398,36 @@ async fn metric(daemon: &Daemon, name: &str, label: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Changes the daemon has read from the source databases' feeds.
+async fn feed_changes(daemon: &Daemon, prefix: &str) -> f64 {
+    let text = daemon
+        .try_get("/metrics")
+        .await
+        .map(|r| r.text)
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("caldera_feed_changes_total{")
+                && (l.contains(&format!("{prefix}_units"))
+                    || l.contains(&format!("{prefix}_sip_auth")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The daemon's RSS limit: `SCALE_BENCH_MAX_RSS_MB`, else 75 % of the
+/// memory available now (the machine is shared: the bench must not push
+/// the others' processes out).
+fn max_rss_mb() -> f64 {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(8192.0, |kb| kb / 1024.0);
+    env_or("SCALE_BENCH_MAX_RSS_MB", available * 0.75)
+}
+
 /// `<mac>.cfg` of unit `n`.
 async fn device_cfg(daemon: &Daemon, plan: &Plan, n: usize) -> (u16, String) {
     let mac = mac_of(n);
@@ -734,8 +764,18 @@ async fn run_size(units: usize, row: Shared, max_secs: u64) -> Result<(), String
     config.label = format!("scale-{units}");
     let expected = plan.outputs() as u64;
     let last_unit = format!("phones:unit:unit-{}", units - 1);
+    if let Ok(env) = std::env::var("SCALE_BENCH_DAEMON_ENV") {
+        // e.g. `MALLOC_ARENA_MAX=2`, to tell fragmentation from live data.
+        for pair in env.split_whitespace() {
+            if let Some((k, v)) = pair.split_once('=') {
+                config.env.push((k.into(), v.into()));
+            }
+        }
+    }
+    let max_rss = max_rss_mb();
+    println!("  memory guard: the daemon is stopped past {max_rss:.0} MB RSS");
     let spawned = Instant::now();
-    let daemon = Daemon::start(&config).await;
+    let mut daemon = Daemon::start(&config).await;
     let pid = daemon.pid();
     let mut last_report = Instant::now();
     let mut peak_sampled: f64 = 0.0;
@@ -752,9 +792,18 @@ async fn run_size(units: usize, row: Shared, max_secs: u64) -> Result<(), String
         if count >= expected && couch.get(&names.cache, &last_unit).await.is_some() {
             break;
         }
+        if rss > max_rss {
+            let changes = feed_changes(&daemon, &names.prefix).await;
+            daemon.kill9();
+            return Err(format!(
+                "memory guard: daemon RSS {rss:.0} MB > {max_rss:.0} MB after {:.0} s, with {changes} source changes read and {count} of {expected} cache docs written; stopped (kill -9)",
+                spawned.elapsed().as_secs_f64()
+            ));
+        }
         if last_report.elapsed() > Duration::from_secs(30) {
+            let changes = feed_changes(&daemon, &names.prefix).await;
             println!(
-                "  {:.0} s: {count} of {expected} cache docs ({:.0}/s over the last 30 s); daemon RSS {rss:.0} MB (peak {:.0}), CPU {:?}; pouchdb-server RSS {couch_rss:.0} MB; store {:.0} MB (load {})",
+                "  {:.0} s: {changes} source changes read, {count} of {expected} cache docs ({:.0}/s over the last 30 s); daemon RSS {rss:.0} MB (peak {:.0}), CPU {:?}; pouchdb-server RSS {couch_rss:.0} MB; store {:.0} MB (load {})",
                 spawned.elapsed().as_secs_f64(),
                 (count - count_at_last_report.min(count)) as f64
                     / last_report.elapsed().as_secs_f64(),
@@ -766,7 +815,7 @@ async fn run_size(units: usize, row: Shared, max_secs: u64) -> Result<(), String
             last_report = Instant::now();
             count_at_last_report = count;
         }
-        if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+        if !daemon.is_running() {
             return Err(format!(
                 "the daemon exited during the build at {count} of {expected} cache docs:\n{}",
                 daemon.log_tail(30)
@@ -781,6 +830,11 @@ async fn run_size(units: usize, row: Shared, max_secs: u64) -> Result<(), String
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let build_secs = spawned.elapsed().as_secs_f64();
+    if std::env::var_os("SCALE_BENCH_PRINT_LOG").is_some() {
+        for line in daemon.logs() {
+            println!("  log: {line}");
+        }
+    }
     let info = couch.db_info(&names.cache).await.unwrap_or(Value::Null);
     let cache_db_mb = dir_mb(&data_dir.join(&names.cache));
     // pouchdb-server's db info has no sizes: the daemon's own count of
@@ -1172,10 +1226,10 @@ fn main() {
     let mut broke_on_time = false;
     for units in sizes {
         if broke_on_time {
-            println!("\n== {units} units: skipped (a smaller size hit the time guard) ==");
+            println!("\n== {units} units: skipped (a smaller size hit a guard) ==");
             rows.push(Row {
                 units,
-                broke: Some("skipped: a smaller size hit the time guard".into()),
+                broke: Some("skipped: a smaller size hit a guard".into()),
                 ..Row::default()
             });
             continue;
@@ -1201,7 +1255,8 @@ fn main() {
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
-                broke_on_time = why.starts_with("time guard");
+                // A bigger size needs more time and memory still.
+                broke_on_time = why.starts_with("time guard") || why.starts_with("memory guard");
                 result.broke = Some(format!("at stage \"{}\": {why}", result.stage));
             }
             Err(panic) => {
