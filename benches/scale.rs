@@ -40,7 +40,7 @@
 //! broke in. `SCALE_BENCH_MAX_RSS_MB` (default 75 % of the memory
 //! available when the daemon starts: the machine is shared) is a memory
 //! guard: past it the daemon is killed and the size says how far it got
-//! (source changes read, cache documents written).
+//! (cache documents written, daemon CPU).
 //! `SCALE_BENCH_DAEMON_ENV` (`K=V K=V`) sets the daemon's environment (e.g.
 //! `MALLOC_ARENA_MAX=2`); `SCALE_BENCH_PRINT_LOG=1` prints its log after the
 //! build; `SCALE_BENCH_LOG` sets its `log.level`. A results table is printed at the end with the machine and the
@@ -402,23 +402,6 @@ async fn metric(daemon: &Daemon, name: &str, label: &str) -> f64 {
         .find(|l| l.starts_with(name) && l.contains(label))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Changes the daemon has read from the source databases' feeds.
-async fn feed_changes(daemon: &Daemon, prefix: &str) -> f64 {
-    let text = daemon
-        .try_get("/metrics")
-        .await
-        .map(|r| r.text)
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("caldera_feed_changes_total{")
-                && (l.contains(&format!("{prefix}_units"))
-                    || l.contains(&format!("{prefix}_sip_auth")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The daemon's RSS limit: `SCALE_BENCH_MAX_RSS_MB`, else 75 % of the
@@ -799,17 +782,16 @@ async fn run_size(units: usize, row: Shared, max_secs: u64) -> Result<(), String
             break;
         }
         if rss > max_rss {
-            let changes = feed_changes(&daemon, &names.prefix).await;
+            let cpu = cpu_time(pid).as_secs_f64();
             daemon.kill9();
             return Err(format!(
-                "memory guard: daemon RSS {rss:.0} MB > {max_rss:.0} MB after {:.0} s, with {changes} source changes read and {count} of {expected} cache docs written; stopped (kill -9)",
+                "memory guard: daemon RSS {rss:.0} MB > {max_rss:.0} MB after {:.0} s, with {count} of {expected} cache docs written and {cpu:.0} s of daemon CPU; stopped (kill -9)",
                 spawned.elapsed().as_secs_f64()
             ));
         }
         if last_report.elapsed() > Duration::from_secs(30) {
-            let changes = feed_changes(&daemon, &names.prefix).await;
             println!(
-                "  {:.0} s: {changes} source changes read, {count} of {expected} cache docs ({:.0}/s over the last 30 s); daemon RSS {rss:.0} MB (peak {:.0}), CPU {:?}; pouchdb-server RSS {couch_rss:.0} MB; store {:.0} MB (load {})",
+                "  {:.0} s: {count} of {expected} cache docs ({:.0}/s over the last 30 s); daemon RSS {rss:.0} MB (peak {:.0}), CPU {:?}; pouchdb-server RSS {couch_rss:.0} MB; store {:.0} MB (load {})",
                 spawned.elapsed().as_secs_f64(),
                 (count - count_at_last_report.min(count)) as f64
                     / last_report.elapsed().as_secs_f64(),
