@@ -52,6 +52,8 @@ const FORMAT: &[u8] = b"caldera-store-1";
 
 const KIND_LIVE: u8 = 1;
 const KIND_DELETED: u8 = 2;
+/// redb's page cache.
+const STORE_CACHE_BYTES: usize = 16 << 20;
 /// Bytes of sha256 kept at the end of each record.
 const CHECKSUM: usize = 8;
 
@@ -136,19 +138,25 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut db = Database::create(path).map_err(|err| match err {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
-            // redb reports a file that is not a database as invalid data.
-            redb::DatabaseError::Storage(redb::StorageError::Io(err))
-                if !matches!(
-                    err.kind(),
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
-                ) =>
-            {
-                io(err)
-            }
-            other => StoreError::Corrupt(other.to_string()),
-        })?;
+        // redb's page cache defaults to 1 GiB, which would hold in memory
+        // the very contents the store exists to keep out of it; reads are
+        // rare (admin views, restarts), so a small cache does.
+        let mut db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+            .map_err(|err| match err {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+                // redb reports a file that is not a database as invalid data.
+                redb::DatabaseError::Storage(redb::StorageError::Io(err))
+                    if !matches!(
+                        err.kind(),
+                        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    io(err)
+                }
+                other => StoreError::Corrupt(other.to_string()),
+            })?;
         match db.check_integrity() {
             Ok(true) => {}
             Ok(false) => {
