@@ -641,6 +641,8 @@ fn main() {
         }
         None => Arc::new(Mirror::default()),
     };
+    // Phones answer 503 until the mirror is warm; the bench fills it itself.
+    mirror.caught_up();
     println!(
         "mirror: {}",
         if store_dir.is_some() {

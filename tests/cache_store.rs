@@ -326,3 +326,75 @@ async fn kill_9_during_store_writes_never_serves_a_wrong_byte() {
         drop(daemon);
     }
 }
+
+/// A replica whose store is behind and whose cache feed cannot be read
+/// (the fault proxy refuses every `_changes` of the cache database) holds
+/// bytes that may be stale: until it has caught up, every phone request —
+/// a known MAC or not — gets the same 503 with `Retry-After`, never a file
+/// from the store, and `/readyz` says not ready. Once the feed is back it
+/// serves the new bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_catching_up_answers_503_not_stale_bytes() {
+    use crate::support::proxy::FaultProxy;
+    let env = PhonesEnv::new().await;
+    seed_units(&env).await;
+    let builder = Daemon::start_ready(&env.config()).await;
+    let proxy = FaultProxy::in_front_of(env.env.couch.url()).await;
+    let mut config = env.env.config("replica");
+    config
+        .set("build.enabled", false)
+        .set("couchdb.url", proxy.url_for(env.env.couch.url()));
+    let mut replica = Daemon::start_ready(&config).await;
+    wait_served(&env, &replica, UNITS, "the replica serves every unit").await;
+    stop(&mut replica).await;
+
+    env.unit_doc(unit(0, 4321)).await;
+    eventually(
+        "the builder wrote the edit",
+        Duration::from_secs(60),
+        async || {
+            let files = expected_files(&env).await;
+            files
+                .get(&format!("/{}.cfg", mac(0)))
+                .is_some_and(|b| b.contains("4321"))
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    )
+    .await;
+
+    let cache_db = env.env.names.cache.clone();
+    proxy.refuse_requests_containing(&format!("/{cache_db}/_changes"));
+    let replica = Daemon::start(&config).await;
+    let ua = "Yealink SIP-T46S 66.86.0.15";
+    for path in [
+        format!("/{}.cfg", mac(0)),
+        format!("/{}.cfg", mac(1)),
+        "/001122334455.cfg".to_string(),
+    ] {
+        let reply =
+            crate::phones::wait_status(&replica, &path, REALM, ua, StatusCode::SERVICE_UNAVAILABLE)
+                .await;
+        assert_eq!(reply.text, "Service Unavailable\n", "{path}");
+        assert_eq!(
+            reply
+                .headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            Some("5"),
+            "{path}"
+        );
+    }
+    // Still refused a moment later: nothing was served from the old store.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reply = get(&replica, &format!("/{}.cfg", mac(0)), REALM, ua).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_ne!(replica.readyz().await, Ok(StatusCode::OK));
+
+    proxy.restore();
+    replica.wait_ready().await;
+    served_matches_cache(&env, &replica, UNITS)
+        .await
+        .unwrap_or_else(|why| panic!("after catching up: {why}"));
+    drop(builder);
+}

@@ -70,6 +70,15 @@ pub struct Written {
     pub refused: usize,
 }
 
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.stored += other.stored;
+        self.deleted += other.deleted;
+        self.unchanged += other.unchanged;
+        self.refused += other.refused;
+    }
+}
+
 impl Writer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(

@@ -199,13 +199,16 @@ async fn read_capped(body: Body, limit: usize) -> Option<usize> {
 fn respond(reply: Reply) -> Response {
     match reply {
         Reply::NotFound => uniform_not_found(),
-        Reply::TooMany { retry_after } => {
-            let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            response
-        }
+        Reply::TooMany { retry_after } => retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too Many Requests\n",
+            retry_after,
+        ),
+        Reply::Unavailable { retry_after } => retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable\n",
+            retry_after,
+        ),
         Reply::Challenge { challenges } => {
             let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized\n");
             for challenge in challenges {
@@ -225,6 +228,14 @@ fn respond(reply: Reply) -> Response {
             private,
         } => file_response(not_modified, &file, private),
     }
+}
+
+fn retry_later(status: StatusCode, text: &'static str, retry_after: u64) -> Response {
+    let mut response = plain(status, text);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
 }
 
 fn file_response(not_modified: bool, file: &ServedFile, private: bool) -> Response {

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::deps::{DepGraph, OutputId};
 use super::index::{Dep, Index, Keyer, Reads, SourceDoc, SourceId};
 use crate::cache::mirror::Mirror;
-use crate::cache::writer::{Cancelled, Output, Writer};
+use crate::cache::writer::{Cancelled, Output, Writer, Written};
 use crate::config::BuildConfig;
 use crate::couch::{Seq, rev_generation};
 use crate::domains::{Built, Domain, Issue};
@@ -39,6 +39,11 @@ use crate::telemetry::metrics::Metrics;
 
 /// From this many outputs a batch is built on the worker threads.
 const PARALLEL_THRESHOLD: usize = 256;
+
+/// The most outputs built before they are written: bounds the memory a
+/// full build holds (built contents are trees until the writer serialises
+/// them) while keeping `_bulk_docs` requests and the worker threads full.
+const FLUSH_CHUNK: usize = 4096;
 
 /// A smaller batch goes to the worker threads when its outputs are expected
 /// to take at least this long to build (a few routing tables do; a few
@@ -520,14 +525,21 @@ impl Engine {
             std::mem::take(&mut batch.dirty).into_iter().collect()
         };
         let started = Instant::now();
-        let outputs = self.build(&keys);
-        let built = outputs.len();
         let seqs: BTreeMap<SourceId, Seq> = self
             .sources
             .iter()
             .filter_map(|(id, s)| Some((id.clone(), s.seq.clone()?)))
             .collect();
-        let written = self.writer.write(outputs, &seqs, abort).await?;
+        let mut built = 0;
+        let mut written = Written::default();
+        // Built in bounded chunks, each written before the next is built: a
+        // full build of a million outputs never holds them all as trees.
+        // Nothing is durable until the last chunk is written.
+        for chunk in keys.chunks(FLUSH_CHUNK) {
+            let outputs = self.build(chunk);
+            built += outputs.len();
+            written += self.writer.write(outputs, &seqs, abort).await?;
+        }
         if self.full_build || built > 0 {
             tracing::debug!(built, ?written, elapsed = ?started.elapsed(), full = self.full_build, "batch written");
         }

@@ -68,6 +68,7 @@ fn service(contents: &[(String, Value)], stored: bool) -> (std::sync::Arc<Mirror
     } else {
         std::sync::Arc::new(Mirror::default())
     };
+    mirror.caught_up();
     let service = PhonesService::new(mirror.clone(), settings(), nonce_key(Some("k")));
     for (key, content) in contents {
         mirror.apply_written(Update::Live(entry(key, content)));
@@ -478,4 +479,36 @@ fn text_entries_of_hostile_contents_answer_what_parsed_ones_did() {
         BTreeSet::from([&"805ec0bbbbbb.cfg".to_string(), &"d.cfg".to_string()])
     );
     assert_eq!(&*served[0].files["d.cfg"].body, "ok\n\"é\"".as_bytes());
+}
+
+#[test]
+fn a_cold_mirror_answers_503_for_every_request_then_serves_once_warm() {
+    let contents = contents_of(&demo_world());
+    let probes = Probes::of(&contents);
+    let mirror = std::sync::Arc::new(Mirror::default());
+    let service = PhonesService::new(mirror.clone(), settings(), nonce_key(Some("k")));
+    for (key, content) in &contents {
+        mirror.apply_written(Update::Live(entry(key, content)));
+    }
+    let cold = phone_summary(&service, &probes);
+    let replies: Vec<&Value> = cold
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|row| row.get(3))
+        .collect();
+    assert!(!replies.is_empty());
+    assert!(
+        replies.iter().all(|r| r["status"] == 503),
+        "a cold mirror served: {replies:?}"
+    );
+    mirror.caught_up();
+    let warm = phone_summary(&service, &probes);
+    let served = warm
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row.get(3).is_some_and(|r| r["status"] == 200))
+        .count();
+    assert!(served > 0, "nothing served once warm: {warm}");
 }

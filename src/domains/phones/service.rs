@@ -23,6 +23,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -122,6 +123,13 @@ pub enum Reply {
     Accepted,
     /// A log upload over the cap (413).
     TooLarge,
+    /// The cache is not warm yet (start-up, or a store resumed from disk
+    /// still catching up with the cache feed): 503, decided before any
+    /// lookup, so it neither serves a stale byte nor tells anything about
+    /// units.
+    Unavailable {
+        retry_after: u64,
+    },
 }
 
 impl Reply {
@@ -136,9 +144,13 @@ impl Reply {
             Reply::File { .. } => 200,
             Reply::Accepted => 204,
             Reply::TooLarge => 413,
+            Reply::Unavailable { .. } => 503,
         }
     }
 }
+
+/// What a phone is told to wait while the cache is not warm.
+const UNAVAILABLE_RETRY_SECS: u64 = 5;
 
 /// One request in a unit's log. The texts are shared with the entry
 /// before when they are the same (a phone sends the same User-Agent for the
@@ -377,6 +389,9 @@ pub struct PhonesService {
     logs: Arc<RequestLogs>,
     key: NonceKey,
     settings: ArcSwap<Settings>,
+    /// The mirror was seen warm (it never goes cold again): saves reading
+    /// its watch channel on every request.
+    warm: AtomicBool,
 }
 
 /// Nonce key material: the configured secret, else random for this process.
@@ -407,6 +422,7 @@ impl PhonesService {
             logs,
             key,
             settings: ArcSwap::from_pointee(settings),
+            warm: AtomicBool::new(false),
         }
     }
 
@@ -453,8 +469,24 @@ impl PhonesService {
         &self.tables
     }
 
+    fn is_warm(&self) -> bool {
+        if self.warm.load(Ordering::Relaxed) {
+            return true;
+        }
+        let warm = self.mirror.is_loaded();
+        if warm {
+            self.warm.store(true, Ordering::Relaxed);
+        }
+        warm
+    }
+
     /// Answers one request.
     pub fn serve(&self, req: &PhoneRequest<'_>) -> Reply {
+        if !self.is_warm() {
+            return Reply::Unavailable {
+                retry_after: UNAVAILABLE_RETRY_SECS,
+            };
+        }
         let settings = self.settings.load();
         let now = Instant::now();
         let ip = client_ip(req.peer, req.forwarded_for, &settings.trusted_proxies);
