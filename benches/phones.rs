@@ -25,6 +25,10 @@
 //! the machine's other load falls on both alike.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The daemon's allocator (src/main.rs), so memory figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
