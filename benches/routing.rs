@@ -7,7 +7,8 @@
 //! table answers the new result), RSS, and HTTP lookups through the real
 //! api router on loopback (served from a mirror holding the built
 //! documents; CouchDB is not involved in serving). `ROUTING_BENCH_RULES`
-//! scales the rule count.
+//! scales the rule count, `ROUTING_BENCH_RULESETS` (10) the rulesets they
+//! are spread over (issue 13's platform: 1M rules in 100 rulesets).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,10 +22,24 @@ use caldera::domains::routing::compose;
 use caldera::domains::routing::model::{PROVISIONING, directory_domain, ruleset_source};
 use caldera::domains::routing::service::{RoutingService, routing_index};
 use caldera::domains::{Builder, Built};
+use caldera::rebuild::deps::DepGraph;
 use caldera::rebuild::index::{Dep, Index, Reads, SourceDoc, SourceId};
 use serde_json::{Value, json};
 
-const RULESETS: usize = 10;
+/// The daemon's allocator (src/main.rs), so memory figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn rulesets() -> usize {
+    static RULESETS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *RULESETS.get_or_init(|| {
+        std::env::var("ROUTING_BENCH_RULESETS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(10)
+    })
+}
 const GATEWAYS: usize = 200;
 const CARRIERS: usize = 20;
 const HOSTS: usize = 10;
@@ -66,7 +81,7 @@ fn provisioning(rng: &mut fastrand::Rng) -> BTreeMap<String, Arc<SourceDoc>> {
                                                  "egress_gwid": format!("hp{h}")}}});
         docs.extend([doc(format!("host@sbc{h}"), body)]);
     }
-    for r in 0..RULESETS {
+    for r in 0..rulesets() {
         let body = json!({"type": "ruleset", "database": format!("rules_{r}"), "title": format!("ruleset {r}")});
         docs.extend([doc(format!("ruleset:{SDN}:r{r}"), body)]);
     }
@@ -138,7 +153,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let per_ruleset = total_rules / RULESETS;
+    let per_ruleset = total_rules / rulesets();
     // Rules with attributes of their own cannot share resolved gateways.
     let attrs_percent: u8 = std::env::var("ROUTING_BENCH_ATTRS_PERCENT")
         .ok()
@@ -146,7 +161,8 @@ fn main() {
         .unwrap_or(10);
     let mut rng = fastrand::Rng::with_seed(42);
     println!(
-        "routing bench: {total_rules} rules in {RULESETS} rulesets, {GATEWAYS} gateways in {CARRIERS} carriers, {HOSTS} host gateways, {attrs_percent}% of rules with attrs of their own"
+        "routing bench: {total_rules} rules in {} rulesets, {GATEWAYS} gateways in {CARRIERS} carriers, {HOSTS} host gateways, {attrs_percent}% of rules with attrs of their own",
+        rulesets()
     );
     let rss_start = rss_mb();
 
@@ -154,7 +170,7 @@ fn main() {
     let mut index = routing_index();
     index.replace(&SourceId::from(PROVISIONING), provisioning(&mut rng));
     let mut all_prefixes = Vec::new();
-    for r in 0..RULESETS {
+    for r in 0..rulesets() {
         let (docs, prefixes) = rules(&mut rng, per_ruleset, attrs_percent);
         index.replace(
             &SourceId::from(ruleset_source(&format!("rules_{r}")).as_str()),
@@ -162,6 +178,7 @@ fn main() {
         );
         all_prefixes.push(prefixes);
     }
+    let rss_index = rss_mb();
     println!(
         "index loaded: {:?}, RSS {:.0} MB (+{:.0})",
         started.elapsed(),
@@ -200,7 +217,7 @@ fn main() {
     );
     let count = |name: &str| {
         let lists = tables.iter().filter_map(|t| t.content[name].as_array());
-        lists.map(Vec::len).sum::<usize>() / RULESETS
+        lists.map(Vec::len).sum::<usize>() / rulesets()
     };
     println!(
         "per ruleset document: {} distinct gwlist entries, {} distinct overlays",
@@ -239,7 +256,12 @@ fn main() {
         started.elapsed()
     );
     drop(compiled);
+    drop(skeletons);
     let mut tables = tables;
+    let deps: Vec<(String, BTreeSet<Dep>)> = tables
+        .iter_mut()
+        .map(|t| (t.key.clone(), std::mem::take(&mut t.deps)))
+        .collect();
     let entries: Vec<CacheEntry> = tables
         .iter_mut()
         .zip(&sizes)
@@ -257,18 +279,33 @@ fn main() {
         .collect();
     mirror.replace_all(entries);
     let service = Arc::new(RoutingService::new(mirror.clone()));
-    for r in 0..RULESETS {
+    for r in 0..rulesets() {
         service.lookup(SDN, &format!("r{r}"), "0", None).ok();
     }
+    drop(tables);
+    let rss_outputs = rss_mb();
+    // The engine keeps each output's dependencies in its interned graph.
+    let mut graph = DepGraph::default();
+    for (key, deps) in deps {
+        graph.set((caldera::domains::Domain::Routing, key), deps);
+    }
+    let rss_all = rss_mb();
+    let per_rule = |mb: f64| mb * 1e6 / total_rules as f64;
     println!(
-        "RSS with the source index, the mirror and the compiled tables (what a building daemon holds): {:.0} MB",
-        rss_mb()
+        "RSS with the source index, the dependency graph, the mirror and the compiled tables (what a building daemon holds): {rss_all:.0} MB = {:.0} bytes per rule; of which source index {:.0} MB ({:.0} B/rule), dependency graph {:.0} MB ({:.0} B/rule), mirror + compiled tables {:.0} MB ({:.0} B/rule)",
+        per_rule(rss_all - rss_start),
+        rss_index - rss_start,
+        per_rule(rss_index - rss_start),
+        rss_all - rss_outputs,
+        per_rule(rss_all - rss_outputs),
+        rss_outputs - rss_index,
+        per_rule(rss_outputs - rss_index),
     );
 
     // In-process lookups.
     let numbers: Vec<(String, String)> = (0..200_000)
         .map(|_| {
-            let r = rng.usize(..RULESETS);
+            let r = rng.usize(..rulesets());
             let prefixes = &all_prefixes[r];
             let mut number = prefixes[rng.usize(..prefixes.len())].clone();
             while number.len() < 11 {
@@ -334,12 +371,14 @@ fn main() {
             touched.push(Dep::View(provisioning.clone(), key));
         }
     }
-    let affected: Vec<String> = tables
+    let affected: Vec<String> = touched
         .iter()
-        .filter(|t| touched.iter().any(|dep| t.deps.contains(dep)))
-        .map(|t| t.key.clone())
+        .flat_map(|dep| graph.dependents(dep))
+        .map(|(_, key)| key.clone())
+        .collect::<BTreeSet<String>>()
+        .into_iter()
         .collect();
-    let output_count = tables.len();
+    let output_count = sizes.len();
     index.upsert(&provisioning, edited);
     let started = Instant::now();
     let mut rebuilt = Vec::new();
@@ -352,7 +391,6 @@ fn main() {
     }
     let rebuild = started.elapsed();
     let started = Instant::now();
-    drop(tables);
     for (key, content) in rebuilt {
         let hash = content_hash(&content, &json!([]), false);
         mirror.apply_written(Update::Live(CacheEntry {
@@ -369,7 +407,7 @@ fn main() {
     }
     let mirrored = started.elapsed();
     let started = Instant::now();
-    for r in 0..RULESETS {
+    for r in 0..rulesets() {
         service.lookup(SDN, &format!("r{r}"), "0", None).ok();
     }
     println!(
