@@ -23,4 +23,5 @@ mod robustness;
 mod routing;
 mod support;
 mod sysconf_http;
+mod two_builders;
 mod writer_conflicts;

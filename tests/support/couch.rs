@@ -635,6 +635,52 @@ impl Couch {
             .collect()
     }
 
+    /// The current revision of each of `ids` that exists (not deleted),
+    /// read in one `_all_docs` request.
+    pub async fn revs(
+        &self,
+        db: &str,
+        ids: impl IntoIterator<Item = &String>,
+    ) -> BTreeMap<String, String> {
+        let keys: Vec<&String> = ids.into_iter().collect();
+        let url = self.url_of(&[db, "_all_docs"]);
+        let body = json!({ "keys": keys });
+        let (status, answer) = self.send(Method::POST, url, Some(&body)).await;
+        assert_eq!(status, StatusCode::OK, "POST /{db}/_all_docs: {answer}");
+        answer["rows"]
+            .as_array()
+            .expect("_all_docs has rows")
+            .iter()
+            .filter(|row| row["value"]["deleted"] != true)
+            .filter_map(|row| {
+                let rev = row["value"]["rev"].as_str()?;
+                Some((row["key"].as_str()?.to_string(), rev.to_string()))
+            })
+            .collect()
+    }
+
+    /// The ids of the documents that have conflicting revisions
+    /// (`_conflicts` not empty), read in one `_all_docs` request.
+    pub async fn conflicted_ids(&self, db: &str) -> Vec<String> {
+        let mut url = self.url_of(&[db, "_all_docs"]);
+        url.query_pairs_mut()
+            .append_pair("include_docs", "true")
+            .append_pair("conflicts", "true");
+        let (status, body) = self.send(Method::GET, url, None).await;
+        assert_eq!(status, StatusCode::OK, "GET /{db}/_all_docs: {body}");
+        body["rows"]
+            .as_array()
+            .expect("_all_docs has rows")
+            .iter()
+            .filter(|row| {
+                row["doc"]["_conflicts"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+            })
+            .filter_map(|row| Some(row["id"].as_str()?.to_string()))
+            .collect()
+    }
+
     /// Every document except design documents, by id (empty when the
     /// database does not exist).
     pub async fn docs_by_id(&self, db: &str) -> BTreeMap<String, Value> {
