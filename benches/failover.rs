@@ -16,7 +16,9 @@
 //!
 //! Also: documents each set of builders wrote per edit
 //! (`caldera_cache_writes_total`, stored and conflict outcomes) in the
-//! healthy phase, the restart's own writes, and every builder's RSS.
+//! healthy phase, the restart's own writes, every builder's RSS, and how
+//! often an edit already served was read back older (the 8 edits before
+//! each edit are read again on both replicas).
 //!
 //! Knobs: `FAILOVER_BENCH_DOCS` (categories, 1000), `FAILOVER_BENCH_EDITS`
 //! (edits per phase, 200). Numbers are printed, not asserted.
@@ -40,6 +42,10 @@ struct Phase {
     name: &'static str,
     ha: Vec<Duration>,
     solo: Vec<Duration>,
+    /// Reads of an earlier edit, once served, that gave an older value
+    /// again (a builder writing an output built from older sources).
+    stale_ha: usize,
+    stale_solo: usize,
 }
 
 /// Cache writes a builder reported, by outcome.
@@ -126,13 +132,25 @@ impl Setup {
 }
 
 /// One edit, polled on both replicas until each serves it.
-async fn edit(setup: &Setup, ha: &Daemon, solo: &Daemon, n: usize) -> (Duration, Duration) {
-    let i = (n * 7919) % setup.docs;
-    let mut doc = category(i);
+/// The category edit `n` changes, the value it sets and the path serving it.
+fn edit_target(setup: &Setup, n: usize) -> (Value, Value, String) {
+    let mut doc = category((n * 7919) % setup.docs);
     let id = doc["_id"].as_str().unwrap_or_default().to_string();
     let value = json!(format!("edit {n}"));
     doc["default"]["edit"] = value.clone();
     let path = format!("{}?node=default", sysconf_path(&id, &["edit"]));
+    (doc, value, path)
+}
+
+/// Whether `replica` still serves edit `n` (distinct edits touch distinct
+/// categories while `n` < N).
+async fn still_served(setup: &Setup, replica: &Daemon, n: usize) -> bool {
+    let (_, value, path) = edit_target(setup, n);
+    replica.get(&path).await.json["value"] == value
+}
+
+async fn edit(setup: &Setup, ha: &Daemon, solo: &Daemon, n: usize) -> (Duration, Duration) {
+    let (doc, value, path) = edit_target(setup, n);
     let sent = Instant::now();
     setup.couch.upsert(&setup.names.system_config, &doc).await;
     let (mut ha_at, mut solo_at) = (None, None);
@@ -164,6 +182,8 @@ async fn phase(
         name,
         ha: Vec::new(),
         solo: Vec::new(),
+        stale_ha: 0,
+        stale_solo: 0,
     };
     for _ in 0..count {
         if let Some(daemon) = until_ready
@@ -172,6 +192,10 @@ async fn phase(
             break;
         }
         let (ha, solo) = edit(setup, replicas.0, replicas.1, *next).await;
+        for earlier in next.saturating_sub(8)..*next {
+            phase.stale_ha += usize::from(!still_served(setup, replicas.0, earlier).await);
+            phase.stale_solo += usize::from(!still_served(setup, replicas.1, earlier).await);
+        }
         *next += 1;
         phase.ha.push(ha);
         phase.solo.push(solo);
@@ -184,13 +208,15 @@ async fn phase(
 fn row(phase: &Phase) -> String {
     let p = |s: &[Duration], q| ms(percentile(s, q));
     format!(
-        "| {} | {} | {} / {} | {} / {} |",
+        "| {} | {} | {} / {} | {} / {} | {} / {} |",
         phase.name,
         phase.ha.len(),
         p(&phase.ha, 0.5),
         p(&phase.ha, 0.99),
         p(&phase.solo, 0.5),
         p(&phase.solo, 0.99),
+        phase.stale_ha,
+        phase.stale_solo,
     )
 }
 
@@ -232,8 +258,10 @@ async fn bench(docs: usize, edits: usize) {
         "\nN = {docs} categories, {edits} edits per phase, machine: {}",
         machine()
     );
-    println!("\n| phase | edits | HA (A+B) edit → served p50 / p99 | solo (S) p50 / p99 |");
-    println!("|---|---|---|---|");
+    println!(
+        "\n| phase | edits | HA (A+B) edit → served p50 / p99 | solo (S) p50 / p99 | older value served again, HA / solo |"
+    );
+    println!("|---|---|---|---|---|");
     for phase in &phases {
         println!("{}", row(phase));
     }
