@@ -16,7 +16,7 @@
 //!
 //! Also: documents each set of builders wrote per edit
 //! (`caldera_cache_writes_total`, stored and conflict outcomes) in the
-//! healthy phase, the restart's own writes, every builder's RSS, and how
+//! healthy phase, the restart's own writes, every builder's CPU and RSS, and how
 //! often an edit already served was read back older (the 8 edits before
 //! each edit are read again on both replicas).
 //!
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use daemon_support::{env_or, machine, ms, percentile, rss_mb};
+use daemon_support::{cpu_time, env_or, machine, ms, percentile, rss_mb};
 use support::couch::{Couch, DbNames};
 use support::daemon::{Daemon, DaemonConfig, sysconf_path};
 use support::metric_sample;
@@ -112,10 +112,7 @@ impl Setup {
         }
         let config = |names: &DbNames, node: &str, build: bool| {
             let mut config = DaemonConfig::new(couch.url(), names, node);
-            config
-                .set("log.level", "info")
-                .set("build.debounce_ms", 20)
-                .set("build.enabled", build);
+            config.set("log.level", "info").set("build.enabled", build);
             config
         };
         Setup {
@@ -237,8 +234,15 @@ async fn bench(docs: usize, edits: usize) {
     let mut phases = Vec::new();
 
     let before = (writes(&a).await, writes(&b).await, writes(&solo).await);
+    let cpu = |d: &Daemon| cpu_time(d.pid());
+    let cpu_before = [cpu(&a), cpu(&b), cpu(&solo)];
     phases.push(phase("healthy", &setup, replicas, &mut next, edits, None).await);
     let after = (writes(&a).await, writes(&b).await, writes(&solo).await);
+    let cpu_used: Vec<Duration> = [cpu(&a), cpu(&b), cpu(&solo)]
+        .iter()
+        .zip(cpu_before)
+        .map(|(now, then)| now.saturating_sub(then))
+        .collect();
     let ha_writes = after.0.minus(before.0).plus(after.1.minus(before.1));
     let solo_writes = after.2.minus(before.2);
     let rss_healthy = [rss("A", &a), rss("B", &b), rss("S", &solo)].join(", ");
@@ -278,6 +282,12 @@ async fn bench(docs: usize, edits: usize) {
         ms(ready_after),
         restart_writes.stored,
         restart_writes.conflict
+    );
+    println!(
+        "builder CPU in the healthy phase: A {}, B {}, S {}",
+        ms(cpu_used[0]),
+        ms(cpu_used[1]),
+        ms(cpu_used[2])
     );
     println!("RSS after the healthy phase: {rss_healthy}; at the end: {rss_end}");
 }
