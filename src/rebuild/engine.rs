@@ -520,7 +520,14 @@ impl Engine {
             std::mem::take(&mut batch.dirty).into_iter().collect()
         };
         let started = Instant::now();
-        let outputs = self.build(&keys);
+        let full = self.full_build;
+        if full {
+            self.mirror.record_feed_changes();
+        }
+        let mut outputs = self.build(&keys);
+        if full {
+            self.keep_newer_writes(&mut outputs);
+        }
         let built = outputs.len();
         let seqs: BTreeMap<SourceId, Seq> = self
             .sources
@@ -542,6 +549,25 @@ impl Engine {
             self.readiness.set(COMPONENT, Ok(()));
         }
         Ok(())
+    }
+
+    /// Drops from a full build the outputs another instance stored while
+    /// it was being built: a full build is made from the sources as they
+    /// were when it began, and those writes come from later ones, so
+    /// storing over them would serve older content (for good, if this
+    /// instance died before catching up). The changes this instance has
+    /// not absorbed yet rebuild those outputs in the next batches.
+    fn keep_newer_writes(&self, outputs: &mut Vec<Output>) {
+        let newer = self.mirror.take_feed_changes();
+        if newer.is_empty() {
+            return;
+        }
+        let before = outputs.len();
+        outputs.retain(|o| !newer.contains(&crate::cache::doc_id(o.domain, &o.key)));
+        tracing::info!(
+            kept = before - outputs.len(),
+            "full build: kept the cache documents another instance wrote meanwhile"
+        );
     }
 
     /// `DYNAMIC_COMPONENT` is ready once the first build is written and
