@@ -109,18 +109,31 @@ impl Dns {
     }
 
     async fn set(&self, zone: &str, owner: &str, kind: RecordType, data: Vec<RData>) {
+        // A 1 s TTL: the daemon re-resolves every `dns_min_ttl_secs`.
+        self.set_with_ttl(zone, owner, kind, data, 1).await;
+    }
+
+    /// Replaces the `kind` records of `owner` (none: the name stops
+    /// resolving), answered with `ttl` seconds.
+    pub(crate) async fn set_with_ttl(
+        &self,
+        zone: &str,
+        owner: &str,
+        kind: RecordType,
+        data: Vec<RData>,
+        ttl: u32,
+    ) {
         let zone = &self.zones[zone];
         zone.records_mut()
             .await
             .remove(&RrKey::new(LowerName::new(&name(owner)), kind));
         for rdata in data {
-            // A 1 s TTL: the daemon re-resolves every `dns_min_ttl_secs`.
-            zone.upsert(Record::from_rdata(name(owner), 1, rdata), 1)
+            zone.upsert(Record::from_rdata(name(owner), ttl, rdata), 1)
                 .await;
         }
     }
 
-    async fn a(&self, zone: &str, owner: &str, address: &str) {
+    pub(crate) async fn a(&self, zone: &str, owner: &str, address: &str) {
         self.set(
             zone,
             owner,

@@ -206,42 +206,66 @@ fn hashes(cache: &BTreeMap<String, Value>) -> BTreeMap<String, (Value, Value)> {
 /// database produces the same cache documents (same hash and content for
 /// every key) as the one under test has.
 pub async fn assert_equals_from_scratch(couch: &Couch, config: &DaemonConfig, tag: &str) {
+    let mut scratch = wait_equals_from_scratch(couch, config, tag, Duration::ZERO).await;
+    stop_cleanly(&mut scratch).await;
+}
+
+/// Starts a fresh daemon like `config` on the same sources with a new,
+/// empty cache database (`<prefix>_cache_<tag>`) and waits up to `timeout`
+/// (for answers that arrive on their own time, DNS) until both caches hold
+/// the same documents (hash and content for every id); panics with the
+/// differences otherwise. Returns the from-scratch daemon, still running.
+pub async fn wait_equals_from_scratch(
+    couch: &Couch,
+    config: &DaemonConfig,
+    tag: &str,
+    timeout: Duration,
+) -> Daemon {
     let names = names_of(config);
-    let incremental = cache_docs(couch, &names.cache).await;
     let scratch_names = names.with_cache(tag);
     let mut scratch_config = config.clone();
     scratch_config.set_databases(&scratch_names);
+    scratch_config.set("build.enabled", true);
     // Another node name, so its checkpoint does not replace the other's.
     let node = format!("{}-{tag}", config.node());
     scratch_config.set("node", node.as_str());
     scratch_config.label = node;
-    let mut scratch = Daemon::start_ready(&scratch_config).await;
-    let from_scratch = cache_docs(couch, &scratch_names.cache).await;
-    let (a, b) = (hashes(&incremental), hashes(&from_scratch));
-    if a != b {
-        let ids: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-        let mut diff = Vec::new();
-        for id in ids {
-            if a.get(id) != b.get(id) {
-                diff.push(format!(
-                    "{id}:\n  incremental  {:?}\n  from scratch {:?}",
-                    a.get(id),
-                    b.get(id)
-                ));
-            }
-        }
-        panic!(
-            "the cache differs from a from-scratch build in {} document(s):\n{}",
-            diff.len(),
-            diff.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
-        );
+    let scratch = Daemon::start_ready(&scratch_config).await;
+    let what = "the cache equals a from-scratch build";
+    eventually(what, timeout, async || {
+        let incremental = hashes(&cache_docs(couch, &names.cache).await);
+        let from_scratch = hashes(&cache_docs(couch, &scratch_names.cache).await);
+        differences(&incremental, &from_scratch)
+    })
+    .await;
+    scratch
+}
+
+/// The ids whose (hash, content) differ between two caches, described.
+fn differences(
+    a: &BTreeMap<String, (Value, Value)>,
+    b: &BTreeMap<String, (Value, Value)>,
+) -> Result<(), String> {
+    if a == b {
+        return Ok(());
     }
-    scratch.sigterm();
-    let status = scratch.wait_exit(Duration::from_secs(15)).await;
-    assert!(
-        status.success(),
-        "the from-scratch daemon exited with {status}"
-    );
+    let ids: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let diff: Vec<String> = ids
+        .into_iter()
+        .filter(|id| a.get(*id) != b.get(*id))
+        .map(|id| {
+            format!(
+                "{id}:\n  incremental  {:?}\n  from scratch {:?}",
+                a.get(id),
+                b.get(id)
+            )
+        })
+        .collect();
+    Err(format!(
+        "the cache differs from a from-scratch build in {} document(s):\n{}",
+        diff.len(),
+        diff.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    ))
 }
 
 /// The database names a daemon configuration uses.

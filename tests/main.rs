@@ -3,6 +3,7 @@
 //! server `COUCHDB_URL` points at). Run with `cargo test --test integration`.
 
 mod acls;
+mod acls_chaos;
 mod amqp;
 mod cache_store;
 mod common;
@@ -22,3 +23,5 @@ mod robustness;
 mod routing;
 mod support;
 mod sysconf_http;
+mod two_builders;
+mod writer_conflicts;

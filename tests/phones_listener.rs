@@ -11,23 +11,9 @@ use reqwest::StatusCode;
 
 use crate::phones::{PhonesEnv, REALM, YEALINK_UA, get, phone, wait_status};
 use crate::support::daemon::Daemon;
+use crate::support::metric_sample;
 
 const FILE: &str = "/805ec0123456.cfg";
-
-/// The value of the sample of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (set, value) = line
-            .strip_prefix(name)?
-            .strip_prefix('{')?
-            .split_once("} ")?;
-        labels
-            .iter()
-            .all(|l| set.split(',').any(|s| s == *l))
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
-}
 
 fn phones_requests(text: &str, route: &str, method: &str, status: &str) -> f64 {
     let labels = [
@@ -37,7 +23,7 @@ fn phones_requests(text: &str, route: &str, method: &str, status: &str) -> f64 {
         format!("status=\"{status}\""),
     ];
     let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-    sample(text, "caldera_http_requests_total", &labels).unwrap_or(0.0)
+    metric_sample(text, "caldera_http_requests_total", &labels).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,7 +96,7 @@ async fn the_phones_listener_counts_every_request_and_logs_each_one() {
         1.0,
         "{text}"
     );
-    let timed = sample(
+    let timed = metric_sample(
         &text,
         "caldera_http_request_seconds_count",
         &["listener=\"phones\"", "route=\"/{*file}\""],

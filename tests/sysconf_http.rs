@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::common::{TestEnv, expected_content};
 use crate::support::daemon::{Daemon, Reply, sysconf_path};
-use crate::support::eventually;
+use crate::support::{eventually, metric_sample};
 
 fn assert_json_error(reply: &Reply, status: StatusCode, kind: &str) {
     assert_eq!(reply.status, status, "{}", reply.text);
@@ -624,26 +624,6 @@ async fn admin_token_guards_the_v1_api() {
     }
 }
 
-/// The value of the first sample `name{labels...}` whose label set contains
-/// every `label` given.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (label_set, value) = match rest.strip_prefix('{') {
-            Some(rest) => {
-                let (set, value) = rest.split_once("} ")?;
-                (set, value)
-            }
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        if labels.iter().all(|l| label_set.contains(l)) {
-            value.split_whitespace().next()?.parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn health_metrics_and_status_report_the_daemon() {
     let env = TestEnv::new().await;
@@ -678,23 +658,23 @@ async fn health_metrics_and_status_report_the_daemon() {
     assert_eq!(metrics.status, StatusCode::OK);
     let text = &metrics.text;
     let db_label = format!("db=\"{db}\"");
-    let changes = sample(text, "caldera_feed_changes_total", &[&db_label]);
+    let changes = metric_sample(text, "caldera_feed_changes_total", &[&db_label]);
     assert!(
         changes.is_some_and(|n| n >= 1.0),
         "feed changes: {changes:?}\n{text}"
     );
-    let rebuilds = sample(text, "caldera_rebuilds_total", &["domain=\"sysconf\""]);
+    let rebuilds = metric_sample(text, "caldera_rebuilds_total", &["domain=\"sysconf\""]);
     assert!(
         rebuilds.is_some_and(|n| n >= 2.0),
         "rebuilds: {rebuilds:?}\n{text}"
     );
-    let requests = sample(text, "caldera_http_requests_total", &["listener=\"api\""]);
+    let requests = metric_sample(text, "caldera_http_requests_total", &["listener=\"api\""]);
     assert!(
         requests.is_some_and(|n| n >= 1.0),
         "requests: {requests:?}\n{text}"
     );
     assert_eq!(
-        sample(text, "caldera_cache_documents", &["domain=\"sysconf\""]),
+        metric_sample(text, "caldera_cache_documents", &["domain=\"sysconf\""]),
         Some(2.0),
         "{text}"
     );
@@ -711,12 +691,12 @@ async fn health_metrics_and_status_report_the_daemon() {
         "caldera_checkpoints_total",
     ] {
         assert!(
-            sample(text, name, &[&db_label]).is_some(),
+            metric_sample(text, name, &[&db_label]).is_some(),
             "no {name}{{{db_label}}}:\n{text}"
         );
     }
     assert_eq!(
-        sample(text, "caldera_feed_reconnects_total", &[&db_label]),
+        metric_sample(text, "caldera_feed_reconnects_total", &[&db_label]),
         Some(0.0),
         "{text}"
     );
@@ -731,29 +711,30 @@ async fn health_metrics_and_status_report_the_daemon() {
             "caldera_cache_documents_with_errors",
         ] {
             assert!(
-                sample(text, name, &[&label]).is_some(),
+                metric_sample(text, name, &[&label]).is_some(),
                 "no {name}{{{label}}}:\n{text}"
             );
         }
     }
     assert!(
-        sample(text, "caldera_cache_bytes", &["domain=\"sysconf\""]).is_some_and(|b| b > 0.0),
+        metric_sample(text, "caldera_cache_bytes", &["domain=\"sysconf\""])
+            .is_some_and(|b| b > 0.0),
         "{text}"
     );
     for outcome in ["stored", "deleted", "conflict", "refused", "retried"] {
         let label = format!("outcome=\"{outcome}\"");
         assert!(
-            sample(text, "caldera_cache_writes_total", &[&label]).is_some(),
+            metric_sample(text, "caldera_cache_writes_total", &[&label]).is_some(),
             "no cache write outcome {outcome}:\n{text}"
         );
     }
     assert!(
-        sample(text, "caldera_change_to_cache_seconds_count", &[]).is_some_and(|n| n >= 1.0),
+        metric_sample(text, "caldera_change_to_cache_seconds_count", &[]).is_some_and(|n| n >= 1.0),
         "{text}"
     );
     let route = "route=\"/v1/sysconf/{category}/{*key}\"";
     assert!(
-        sample(
+        metric_sample(
             text,
             "caldera_http_requests_total",
             &[route, "status=\"200\""]
@@ -762,7 +743,8 @@ async fn health_metrics_and_status_report_the_daemon() {
         "requests by route:\n{text}"
     );
     assert!(
-        sample(text, "caldera_http_request_seconds_count", &[route]).is_some_and(|n| n >= 1.0),
+        metric_sample(text, "caldera_http_request_seconds_count", &[route])
+            .is_some_and(|n| n >= 1.0),
         "latency by route:\n{text}"
     );
 

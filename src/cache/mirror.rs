@@ -184,6 +184,9 @@ pub struct Mirror {
     repair_wanted: Notify,
     /// Records that could not be read back, since start.
     damaged: AtomicU64,
+    /// Ids the cache feed changed since `record_feed_changes` (another
+    /// instance wrote them), while a full build is being made.
+    feed_changes: Mutex<Option<HashSet<String>>>,
 }
 
 impl Default for Mirror {
@@ -205,6 +208,7 @@ impl Mirror {
             repairs: Mutex::new(Vec::new()),
             repair_wanted: Notify::new(),
             damaged: AtomicU64::new(0),
+            feed_changes: Mutex::new(None),
         }
     }
 
@@ -494,6 +498,31 @@ impl Mirror {
         self.queue(Op::Checkpoint(Some(checkpoint)));
     }
 
+    /// Starts noting the ids the cache feed changes, until
+    /// `take_feed_changes`.
+    pub fn record_feed_changes(&self) {
+        *self.feed_changes_lock() = Some(HashSet::new());
+    }
+
+    /// The ids the cache feed changed since `record_feed_changes`; stops
+    /// noting them.
+    pub fn take_feed_changes(&self) -> HashSet<String> {
+        self.feed_changes_lock().take().unwrap_or_default()
+    }
+
+    /// Whether the cache feed changed `id` since `record_feed_changes`.
+    pub fn changed_by_feed(&self, id: &str) -> bool {
+        self.feed_changes_lock()
+            .as_ref()
+            .is_some_and(|ids| ids.contains(id))
+    }
+
+    fn feed_changes_lock(&self) -> std::sync::MutexGuard<'_, Option<HashSet<String>>> {
+        self.feed_changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Applies a change from the cache feed, unless this process already holds
     /// a newer revision of the document.
     pub fn apply_feed(&self, update: Update) {
@@ -510,6 +539,9 @@ impl Mirror {
                 Some(Slot::Deleted { generation }) => incoming > *generation,
             };
             if newer {
+                if let Some(ids) = self.feed_changes_lock().as_mut() {
+                    ids.insert(update.id().to_string());
+                }
                 let applied = self.apply(&mut state, update);
                 self.notify(&applied);
             }

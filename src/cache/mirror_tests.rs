@@ -49,6 +49,29 @@ fn late_echoes_do_not_revive_older_revisions() {
     assert_eq!(*mirror.get("sysconf:a").unwrap().content.value(), json!(4));
 }
 
+/// While a full build is made, the ids other instances wrote (the feed's
+/// changes) are noted, not this process's own writes nor ignored echoes.
+#[test]
+fn feed_changes_are_noted_while_recording() {
+    let mirror = Mirror::default();
+    mirror.apply_feed(Update::Live(entry("sysconf:before", "1-a", json!(1))));
+    mirror.record_feed_changes();
+    mirror.apply_feed(Update::Live(entry("sysconf:other", "1-a", json!(1))));
+    mirror.apply_feed(Update::Deleted {
+        id: "sysconf:before".into(),
+        rev: "2-b".into(),
+    });
+    mirror.apply_written(Update::Live(entry("sysconf:own", "1-a", json!(1))));
+    // A late echo of an older revision changes nothing.
+    mirror.apply_feed(Update::Live(entry("sysconf:own", "1-a", json!(1))));
+    let noted = mirror.take_feed_changes();
+    let mut noted: Vec<&str> = noted.iter().map(String::as_str).collect();
+    noted.sort_unstable();
+    assert_eq!(noted, ["sysconf:before", "sysconf:other"]);
+    mirror.apply_feed(Update::Live(entry("sysconf:after", "1-a", json!(1))));
+    assert!(mirror.take_feed_changes().is_empty(), "no longer recording");
+}
+
 #[test]
 fn stats_follow_replacements_and_deletions() {
     let mirror = Mirror::default();

@@ -525,6 +525,10 @@ impl Engine {
             std::mem::take(&mut batch.dirty).into_iter().collect()
         };
         let started = Instant::now();
+        let full = self.full_build;
+        if full {
+            self.mirror.record_feed_changes();
+        }
         let seqs: BTreeMap<SourceId, Seq> = self
             .sources
             .iter()
@@ -535,11 +539,26 @@ impl Engine {
         // Built in bounded chunks, each written before the next is built: a
         // full build of a million outputs never holds them all as trees.
         // Nothing is durable until the last chunk is written.
+        let mut result = Ok(());
         for chunk in keys.chunks(FLUSH_CHUNK) {
-            let outputs = self.build(chunk);
+            let mut outputs = self.build(chunk);
+            if full {
+                self.keep_newer_writes(&mut outputs);
+            }
             built += outputs.len();
-            written += self.writer.write(outputs, &seqs, abort).await?;
+            match self.writer.write(outputs, &seqs, abort).await {
+                Ok(chunk_written) => written += chunk_written,
+                Err(cancelled) => {
+                    result = Err(cancelled);
+                    break;
+                }
+            }
         }
+        if full {
+            // Stops noting the feed's changes (the set would grow for good).
+            self.mirror.take_feed_changes();
+        }
+        result?;
         if self.full_build || built > 0 {
             tracing::debug!(built, ?written, elapsed = ?started.elapsed(), full = self.full_build, "batch written");
         }
@@ -554,6 +573,27 @@ impl Engine {
             self.readiness.set(COMPONENT, Ok(()));
         }
         Ok(())
+    }
+
+    /// Drops from a full build the outputs another instance stored while
+    /// it was being built: a full build is made from the sources as they
+    /// were when it began, and those writes come from later ones, so
+    /// storing over them would serve older content (for good, if this
+    /// instance died before catching up). The changes this instance has
+    /// not absorbed yet rebuild those outputs in the next batches.
+    fn keep_newer_writes(&self, outputs: &mut Vec<Output>) {
+        let before = outputs.len();
+        outputs.retain(|o| {
+            !self
+                .mirror
+                .changed_by_feed(&crate::cache::doc_id(o.domain, &o.key))
+        });
+        if outputs.len() < before {
+            tracing::info!(
+                kept = before - outputs.len(),
+                "full build: kept the cache documents another instance wrote meanwhile"
+            );
+        }
     }
 
     /// `DYNAMIC_COMPONENT` is ready once the first build is written and

@@ -623,15 +623,67 @@ impl Couch {
 
     /// Every document (design documents included), with its body.
     pub async fn all_docs(&self, db: &str) -> Vec<Value> {
+        let rows = self
+            .all_docs_rows(db, &[("include_docs", "true")], None)
+            .await;
+        rows.into_iter()
+            .filter_map(|mut row| row.get_mut("doc").map(Value::take))
+            .collect()
+    }
+
+    /// The rows of `_all_docs` with `query` (a `GET`, or a `POST` of `keys`).
+    async fn all_docs_rows(
+        &self,
+        db: &str,
+        query: &[(&str, &str)],
+        keys: Option<Vec<&String>>,
+    ) -> Vec<Value> {
         let mut url = self.url_of(&[db, "_all_docs"]);
-        url.query_pairs_mut().append_pair("include_docs", "true");
-        let (status, body) = self.send(Method::GET, url, None).await;
-        assert_eq!(status, StatusCode::OK, "GET /{db}/_all_docs: {body}");
-        body["rows"]
-            .as_array()
-            .expect("_all_docs has rows")
-            .iter()
-            .filter_map(|row| row.get("doc").cloned())
+        url.query_pairs_mut().extend_pairs(query);
+        let (status, mut body) = match keys {
+            None => self.send(Method::GET, url, None).await,
+            Some(keys) => {
+                let keys = json!({ "keys": keys });
+                self.send(Method::POST, url, Some(&keys)).await
+            }
+        };
+        assert_eq!(status, StatusCode::OK, "/{db}/_all_docs: {body}");
+        match body["rows"].take() {
+            Value::Array(rows) => rows,
+            other => panic!("/{db}/_all_docs has no rows: {other}"),
+        }
+    }
+
+    /// The current revision of each of `ids` that exists (not deleted),
+    /// read in one `_all_docs` request.
+    pub async fn revs(
+        &self,
+        db: &str,
+        ids: impl IntoIterator<Item = &String>,
+    ) -> BTreeMap<String, String> {
+        let keys: Vec<&String> = ids.into_iter().collect();
+        let rows = self.all_docs_rows(db, &[], Some(keys)).await;
+        rows.iter()
+            .filter(|row| row["value"]["deleted"] != true)
+            .filter_map(|row| {
+                let rev = row["value"]["rev"].as_str()?;
+                Some((row["key"].as_str()?.to_string(), rev.to_string()))
+            })
+            .collect()
+    }
+
+    /// The ids of the documents that have conflicting revisions
+    /// (`_conflicts` not empty), read in one `_all_docs` request.
+    pub async fn conflicted_ids(&self, db: &str) -> Vec<String> {
+        let query = [("include_docs", "true"), ("conflicts", "true")];
+        let rows = self.all_docs_rows(db, &query, None).await;
+        rows.iter()
+            .filter(|row| {
+                row["doc"]["_conflicts"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+            })
+            .filter_map(|row| Some(row["id"].as_str()?.to_string()))
             .collect()
     }
 

@@ -84,3 +84,20 @@ pub fn seed(test: &str) -> u64 {
     eprintln!("{test}: seed {seed} (replay with CALDERA_TEST_SEED={seed})");
     seed
 }
+
+/// The value of the first Prometheus sample `name{labels...}` (or `name`
+/// without labels) whose label set holds every one of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (label_set, value) = match rest.strip_prefix('{') {
+            Some(rest) => rest.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|l| label_set.split(',').any(|s| s == *l))
+            .then(|| value.split_whitespace().next()?.parse().ok())
+            .flatten()
+    })
+}
