@@ -6,6 +6,7 @@ mod acls;
 mod amqp;
 mod cache_store;
 mod common;
+mod console;
 mod couch_client;
 mod edge;
 mod feeds;

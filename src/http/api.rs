@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::middleware::{self, AdminAuth};
+use crate::cache::errors::ErrorFilter;
 use crate::cache::mirror::Mirror;
 use crate::domains::acls::service::{AclsError, AclsService};
 use crate::domains::phones::service::PhonesService;
@@ -61,6 +62,7 @@ pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
 pub fn router_with(state: Arc<ApiState>, timeout: Duration, edge: Option<Router>) -> Router {
     let admin = Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/errors", get(errors_page))
         .route("/v1/sysconf/{category}", any(sysconf_category))
         .route("/v1/sysconf/{category}/{*key}", any(sysconf_key))
         .route("/v1/acls", get(acls_all))
@@ -78,7 +80,8 @@ pub fn router_with(state: Arc<ApiState>, timeout: Duration, edge: Option<Router>
     let open = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(super::console::router());
     let mut router = middleware::json_fallbacks(open.merge(admin).with_state(state.clone()));
     if let Some(edge) = edge {
         router = router.nest("/api/v1.0", edge);
@@ -156,6 +159,34 @@ async fn status(State(state): Shared) -> Json<Value> {
         "errors": errors,
         "phones": state.phones.as_ref().map(|p| p.throttle_status().to_json()),
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorsQuery {
+    domain: Option<String>,
+    db: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/errors?domain=&db=&cursor=&limit=`: the documents with errors,
+/// a page at a time, with the count per (database, domain).
+async fn errors_page(
+    State(state): Shared,
+    query: Result<Query<ErrorsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query
+        .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
+    let filter = ErrorFilter {
+        domain: query.domain.filter(|d| !d.is_empty()),
+        db: query.db.filter(|d| !d.is_empty()),
+    };
+    let cursor = query.cursor.filter(|c| !c.is_empty());
+    let page = state
+        .mirror
+        .errors_page(&filter, cursor.as_deref(), query.limit.unwrap_or(50));
+    Ok(Json(page.to_json()))
 }
 
 /// The raw path after `/v1/sysconf/`, split on `/` and percent-decoded per
