@@ -22,6 +22,7 @@ use super::ApiError;
 use super::middleware::{self, AdminAuth};
 use crate::cache::errors::ErrorFilter;
 use crate::cache::mirror::Mirror;
+use crate::domains::acls::resolver::DnsBoard;
 use crate::domains::acls::service::{AclsError, AclsService};
 use crate::domains::phones::service::PhonesService;
 use crate::domains::routing::service::{RouteError, RoutingService};
@@ -47,6 +48,8 @@ pub struct ApiState {
     /// The phones listener's service, whose throttle `/metrics` and
     /// `/v1/status` show (absent in benches that serve no phones).
     pub phones: Option<Arc<PhonesService>>,
+    /// The ACL resolver's hostnames (`/v1/acls/dns`).
+    pub dns: Arc<DnsBoard>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -67,6 +70,7 @@ pub fn router_with(state: Arc<ApiState>, timeout: Duration, edge: Option<Router>
         .route("/v1/sysconf/{category}/{*key}", any(sysconf_key))
         .route("/v1/acls", get(acls_all))
         .route("/v1/acls/freeswitch.xml", get(acls_freeswitch))
+        .route("/v1/acls/dns", get(acls_dns))
         .route("/v1/acls/{list}", get(acls_list))
         .route("/v1/routes/{sip_domain_name}/{groupid}", get(routes_table))
         .route(
@@ -343,6 +347,13 @@ async fn acls_list(
         Value::String(list.clone())
     );
     Ok(json_text(body))
+}
+
+/// `GET /v1/acls/dns`: every hostname the ACLs name, its addresses, its
+/// TTL and when it is resolved again (empty on an instance that does not
+/// build: only builders resolve).
+async fn acls_dns(State(state): Shared) -> Json<Value> {
+    Json(json!({ "building": state.building, "hosts": state.dns.snapshot() }))
 }
 
 /// FreeSWITCH's `acl.conf`.

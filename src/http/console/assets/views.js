@@ -192,63 +192,72 @@ function attrsCell(g) {
 // --- ACLs --------------------------------------------------------------------
 
 export async function acls(root) {
-  const served = await api("/v1/acls");
+  const [served, dns] = await Promise.all([api("/v1/acls"), api("/v1/acls/dns")]);
   const lists = Object.entries(served.lists || {}).map(([name, entries]) => {
     const rows = Object.entries(entries).map(([key, e]) =>
-      [key, e.type || "", e.cidr || text(e.cidrs || ""), e.authorizing_type || "static", e.authorizing_id || "", e.account_id || ""]);
+      [key, e.type || "", e.cidr || text(e.cidrs || ""), source(e), e.authorizing_id || "", e.account_id || ""]);
     return el("div", { class: "acl-list" }, el("h3", {}, `${name} (${rows.length})`),
       table(["name or address", "type", "cidr", "source", "authorizing id", "account"], rows));
   });
+  const hosts = (dns.hosts || []).map((h) => [h.host, h.addresses.join(", ") || el("span", { class: "muted" }, "none"),
+    `${h.ttl_secs} s`, h.asked ? `in ${h.next_lookup_secs} s` : "not yet", h.error ? el("span", { class: "bad" }, h.error) : el("span", { class: "ok" }, "ok")]);
   const errs = (served.errors || []).map((e) => [e.db || "", e.doc || "", e.reason || text(e)]);
   show(root, el("h2", {}, "ACLs"), el("p", { class: "muted" }, `Node ${served.node}${served.stale ? " (stale)" : ""}`),
     el("div", { id: "acl-lists" }, lists),
-    el("h3", {}, "DNS names and other problems"),
+    el("h3", {}, "DNS names"),
+    hosts.length ? table(["hostname", "addresses", "TTL kept", "next lookup", "last answer"], hosts, { id: "acl-dns" })
+      : el("p", { class: "muted", id: "acl-dns" }, dns.building ? "No hostname in the ACLs." : "This instance does not build, so it resolves nothing."),
+    el("h3", {}, "Problems"),
     errs.length ? table(["database", "document", "reason"], errs, { id: "acl-errors" }) : el("p", { class: "ok" }, "None."));
+}
+
+/** Where an entry comes from: a device, a resource, or the static `acls`. */
+function source(e) {
+  if (!e.authorizing_type) return `static${e.description ? ` (${e.description})` : ""}`;
+  return e.authorizing_type;
 }
 
 // --- Edge ----------------------------------------------------------------------
 
 export async function edge(root) {
-  const [edges, templates, reports] = await Promise.all([
+  const [edges, templates] = await Promise.all([
     api("/api/v1.0/edge_telemetry_info_list/report/1?per_page=100"),
     api("/api/v1.0/config_template"),
-    api("/api/v1.0/edge_telemetry/report_list"),
   ]);
+  const seen = edges.data || [];
+  const rows = seen.map((e) => [e.edge_id, e.ip_address || "", e.template_set_version || "", e.package_name || "",
+    e.downloaded ? `yes, ${e.downloaded_time}` : el("span", { class: "warn" }, "no"),
+    e.consumed ? `yes, ${e.consumed_time}` : el("span", { class: e.downloaded ? "bad" : "muted" }, e.downloaded ? "not consumed" : "no")]);
+  const total = edges.pagination?.total ?? seen.length;
   show(root, el("h2", {}, "Edge"),
-    el("h3", {}, "Edges and their last telemetry"), objects(rowsOf(edges), "edge-table"),
-    el("h3", {}, "Templates and their versions"), objects(rowsOf(templates), "template-table"),
-    el("h3", {}, "Download and consumption reports over time"), reportChart(rowsOf(reports)),
-    objects(rowsOf(reports).slice(0, 100), "report-table"));
+    el("h3", {}, `Edges and their last telemetry (${total})`),
+    rows.length ? table(["edge", "address", "template-set version", "package", "downloaded", "consumed"], rows, { id: "edge-table" })
+      : el("p", { class: "muted", id: "edge-table" }, "No edge has reported yet."),
+    el("h3", {}, "Download and consumption reports over time"), reportChart(seen),
+    el("h3", {}, "Templates"),
+    table(["id", "name", "description"], (templates.data || []).map((t) => [String(t.id), t.name, t.description || ""]), { id: "template-table" }));
 }
 
-/** The array inside a seed answer (`{data: [...]}` and similar shapes). */
-function rowsOf(answer) {
-  if (Array.isArray(answer)) return answer;
-  for (const v of Object.values(answer || {})) if (Array.isArray(v)) return v;
-  return answer && typeof answer === "object" ? [answer] : [];
+/** The seed's times ("2026-12-07 16:35:50", UTC) as epoch seconds. */
+function seconds(when) {
+  const t = Date.parse(`${String(when).replace(" ", "T")}Z`);
+  return Number.isNaN(t) ? null : t / 1000;
 }
 
-/** A table of objects, one column per key any of them has. */
-function objects(items, id) {
-  const keys = [...new Set(items.flatMap((i) => Object.keys(i || {})))];
-  return items.length ? table(keys, items.map((i) => keys.map((k) => text(i[k]))), { id }) : el("p", { class: "muted", id }, "None.");
-}
-
-function reportChart(reports) {
-  const bucket = (kind) => {
+/** Reports per minute: each edge's last download and consumption. */
+function reportChart(edges) {
+  const perMinute = (field) => {
     const counts = new Map();
-    for (const r of reports) {
-      const kindOf = text(r.type || r.kind || r.report_type || "");
-      if (!kindOf.includes(kind)) continue;
-      const when = Date.parse(r.created_at || r.timestamp || r.time || r.date || "");
-      if (Number.isNaN(when)) continue;
-      const minute = Math.floor(when / 60000) * 60;
+    for (const e of edges) {
+      const t = e[field] ? seconds(e[field]) : null;
+      if (t === null) continue;
+      const minute = Math.floor(t / 60) * 60;
       counts.set(minute, (counts.get(minute) || 0) + 1);
     }
     return [...counts].sort((a, b) => a[0] - b[0]);
   };
   return lineChart([
-    { name: "downloads per minute", color: "#2a5bd7", points: bucket("download") },
-    { name: "consumptions per minute", color: "#067647", points: bucket("consum") },
+    { name: "downloads per minute", color: "#2a5bd7", points: perMinute("downloaded_time") },
+    { name: "consumptions per minute", color: "#067647", points: perMinute("consumed_time") },
   ], { id: "chart-reports" });
 }
