@@ -5,12 +5,48 @@
 //! (who set each value, which lock decided) and masked files. The page
 //! itself is driven in a real Chromium by `console_browser.rs`.
 
+use std::process::Command;
+use std::time::{Duration, Instant};
+
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use crate::common::TestEnv;
+use crate::support::couch::repo_root;
 
 use crate::phones::PhonesEnv;
 use crate::phones_demo::{PHONES, load_demo};
 use crate::support::daemon::Daemon;
+
+/// Every folder of `fixtures/couch/` as `<prefix>_<folder>`, the ruleset
+/// pointed at its prefixed rules database, and a unit named with markup.
+pub async fn load_all_fixtures(env: &TestEnv) {
+    let out = Command::new(repo_root().join("scripts/load-fixtures"))
+        .arg(env.couch.url())
+        .args(["--db-prefix", &format!("{}_", env.names.prefix)])
+        .output()
+        .expect("scripts/load-fixtures runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let provisioning = format!("{}_provisioning", env.names.prefix);
+    let mut ruleset = env
+        .couch
+        .get(&provisioning, "ruleset:example.net:default")
+        .await
+        .expect("the demo ruleset");
+    ruleset["database"] = json!(format!("{}_rules_default", env.names.prefix));
+    env.couch.upsert(&provisioning, &ruleset).await;
+    let units = format!("{}_units", env.names.prefix);
+    let markup = json!({
+        "_id": "unit-markup", "type": "unit", "account_id": "6f2a1b3c4d5e6f708192a3b4c5d6e7f8",
+        "name": "markup <img src=x onerror=\"window.__xss=1\">", "mac_address": "80:5e:c0:00:00:99",
+        "brand": "yealink", "model": "t46s", "enabled": false,
+    });
+    env.couch.upsert(&units, &markup).await;
+}
 
 async fn demo_daemon() -> (PhonesEnv, Daemon) {
     let env = PhonesEnv::new().await;
@@ -235,4 +271,40 @@ async fn masked_files_keep_no_secret_of_any_vendor() {
 
 fn urlencoding(q: &str) -> String {
     q.replace(':', "%3A").replace(' ', "%20")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acl_hostnames_are_listed_with_their_ttl() {
+    let env = TestEnv::new().await;
+    load_all_fixtures(&env).await;
+    let mut config = env.config("ecallmgr@kz1.example.net");
+    config.set("acls.dns_min_ttl_secs", 7);
+    let daemon = Daemon::start_ready(&config).await;
+    // Ready means the first DNS round was asked: every host is on the board.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let hosts = loop {
+        let reply = daemon.get("/v1/acls/dns").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let hosts = reply.json["hosts"].as_array().unwrap().clone();
+        if hosts.len() >= 3 && hosts.iter().all(|h| h["asked"] == true) {
+            break hosts;
+        }
+        assert!(Instant::now() < deadline, "{}", reply.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let carrier = hosts
+        .iter()
+        .find(|h| h["host"] == "gw.carrier-c.invalid")
+        .unwrap_or_else(|| panic!("{hosts:?}"));
+    // A failed lookup is kept for the minimum TTL, then asked again.
+    assert!(
+        carrier["error"].as_str().unwrap().contains("DNS"),
+        "{carrier}"
+    );
+    assert_eq!(carrier["ttl_secs"], 7, "{carrier}");
+    assert!(
+        carrier["next_lookup_secs"].as_u64().unwrap() <= 7,
+        "{carrier}"
+    );
+    assert_eq!(carrier["addresses"], json!([]));
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::TestEnv;
+use crate::console::load_all_fixtures;
 use crate::support::couch::repo_root;
 use crate::support::daemon::Daemon;
 
@@ -60,36 +61,6 @@ fn browser_tools() -> (PathBuf, PathBuf) {
         python.display()
     );
     (python, chromium)
-}
-
-/// Every folder of `fixtures/couch/` as `<prefix>_<folder>`, the ruleset
-/// pointed at its prefixed rules database, and a unit named with markup.
-async fn load_demo(env: &TestEnv) {
-    let out = Command::new(repo_root().join("scripts/load-fixtures"))
-        .arg(env.couch.url())
-        .args(["--db-prefix", &format!("{}_", env.names.prefix)])
-        .output()
-        .expect("scripts/load-fixtures runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let provisioning = format!("{}_provisioning", env.names.prefix);
-    let mut ruleset = env
-        .couch
-        .get(&provisioning, "ruleset:example.net:default")
-        .await
-        .expect("the demo ruleset");
-    ruleset["database"] = json!(format!("{}_rules_default", env.names.prefix));
-    env.couch.upsert(&provisioning, &ruleset).await;
-    let units = format!("{}_units", env.names.prefix);
-    let markup = json!({
-        "_id": "unit-markup", "type": "unit", "account_id": "6f2a1b3c4d5e6f708192a3b4c5d6e7f8",
-        "name": "markup <img src=x onerror=\"window.__xss=1\">", "mac_address": "80:5e:c0:00:00:99",
-        "brand": "yealink", "model": "t46s", "enabled": false,
-    });
-    env.couch.upsert(&units, &markup).await;
 }
 
 /// Waits until the demo's route, units and a phone's request are there.
@@ -143,7 +114,7 @@ async fn the_console_shows_every_view_in_a_real_browser() {
     }
     let (python, chromium) = browser_tools();
     let env = TestEnv::new().await;
-    load_demo(&env).await;
+    load_all_fixtures(&env).await;
     let mut config = env.config(NODE);
     config.set("zone", "local");
     let daemon = Daemon::start_ready(&config).await;

@@ -19,7 +19,8 @@ export function lineChart(series, { unit = "", width = 640, height = 180, id } =
   const all = series.flatMap((s) => s.points);
   const pad = { l: 48, r: 8, t: 10, b: 20 };
   const xs = all.map(([t]) => t), ys = all.map(([, y]) => y);
-  const x0 = Math.min(...xs, 0), x1 = Math.max(...xs, 1);
+  // The x axis spans the samples shown (timestamps, not from zero).
+  const x0 = xs.length ? Math.min(...xs) : 0, x1 = xs.length ? Math.max(...xs) : 1;
   const y1 = Math.max(...ys, 0) * 1.1 || 1;
   const sx = (t) => pad.l + ((t - x0) / (x1 - x0 || 1)) * (width - pad.l - pad.r);
   const sy = (y) => height - pad.b - (y / y1) * (height - pad.t - pad.b);

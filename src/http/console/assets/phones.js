@@ -56,7 +56,7 @@ function whyTable(why) {
     } }, "why?");
     const set = v.set_by || {};
     return [el("tr", { "data-path": v.path }, el("td", {}, el("code", {}, v.path)), el("td", {}, text(v.value)),
-      el("td", {}, `${set.layer || "?"} · ${set.doc || "?"}`, v.decided_by_lock ? el("span", { class: "warn" }, " 🔒") : null),
+      el("td", {}, `${set.layer || "?"} · ${set.doc || "?"}`, v.decided_by_lock ? el("span", { class: "badge" }, "locked") : null),
       el("td", {}, button)), row];
   });
   const unplaced = why.unplaced.length ? [el("h3", {}, "Refused values that set nothing"),
