@@ -308,3 +308,43 @@ async fn acl_hostnames_are_listed_with_their_ttl() {
     );
     assert_eq!(carrier["addresses"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_route_tester_says_where_each_attribute_came_from() {
+    let env = TestEnv::new().await;
+    load_all_fixtures(&env).await;
+    let daemon = Daemon::start_ready(&env.config("ecallmgr@kz1.example.net")).await;
+    let path = "/v1/routes/example.net/default/33123456789?host=sbc1.example.net&explain=true";
+    let reply = daemon.get(path).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let gateways = reply.json["gateways"].as_array().unwrap();
+    let transit = gateways
+        .iter()
+        .find(|g| g["gwid"] == "transit-a-1")
+        .unwrap_or_else(|| panic!("{}", reply.text));
+    let origins = &transit["origins"];
+    // cdr_carrier is the gateway's (folded over its carrier), region the
+    // route's destination, progress_timeout the route's too.
+    assert_eq!(origins["attrs.cdr_carrier"]["from"], "gateway", "{origins}");
+    assert_eq!(
+        origins["attrs.cdr_carrier"]["doc"],
+        "gateway:example.net:transit-a-1"
+    );
+    assert_eq!(origins["attrs.region"]["from"], "route", "{origins}");
+    assert_eq!(origins["progress_timeout"]["rule"], "rule:33", "{origins}");
+    assert_eq!(origins["weight"]["from"], "gateway", "{origins}");
+    let local = gateways
+        .iter()
+        .find(|g| g["gwid"] == "sbc1-egress")
+        .unwrap();
+    assert_eq!(local["origins"]["priority"]["local_bonus"], true, "{local}");
+    // Without explain the answer is the proxies' own, unchanged.
+    let plain = daemon
+        .get("/v1/routes/example.net/default/33123456789?host=sbc1.example.net")
+        .await;
+    assert!(
+        plain.json["gateways"][0].get("origins").is_none(),
+        "{}",
+        plain.text
+    );
+}

@@ -379,6 +379,9 @@ fn json_text(body: String) -> Response {
 #[serde(deny_unknown_fields)]
 struct RouteQuery {
     host: Option<String>,
+    /// Adds `origins` to each gateway: where each attribute came from.
+    #[serde(default)]
+    explain: bool,
 }
 
 impl From<RouteError> for ApiError {
@@ -416,9 +419,14 @@ async fn routes_lookup(
 ) -> Result<Response, ApiError> {
     let Query(query) = query
         .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
-    let answer = state
-        .routing
-        .lookup_text(&sdn, &groupid, &number, query.host.as_deref())?;
+    let host = query.host.as_deref().filter(|h| !h.is_empty());
+    if query.explain {
+        let answer = state
+            .routing
+            .lookup_explained(&sdn, &groupid, &number, host)?;
+        return Ok(Json(answer).into_response());
+    }
+    let answer = state.routing.lookup_text(&sdn, &groupid, &number, host)?;
     Ok(json_text(answer))
 }
 

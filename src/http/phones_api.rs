@@ -275,7 +275,12 @@ async fn unit_options(
 }
 
 async fn unit(State(api): Shared, Path(id): Path<String>) -> Response {
-    match api.service.unit_view(&id) {
+    unit_answer(&id, api.service.unit_view(&id))
+}
+
+/// A unit read's answer: the JSON, or 404 when the cache has no such unit.
+fn unit_answer(id: &str, found: Option<Value>) -> Response {
+    match found {
         Some(view) => Json(view).into_response(),
         None => ApiError::not_found(format!("no unit {id} in the cache")).into_response(),
     }
@@ -311,10 +316,7 @@ async fn unit_search(
 }
 
 async fn unit_why(State(api): Shared, Path(id): Path<String>) -> Response {
-    match api.service.unit_why(&id) {
-        Some(why) => Json(why).into_response(),
-        None => ApiError::not_found(format!("no unit {id} in the cache")).into_response(),
-    }
+    unit_answer(&id, api.service.unit_why(&id))
 }
 
 #[derive(Deserialize)]
@@ -349,8 +351,5 @@ async fn unit_file(
 }
 
 async fn unit_requests(State(api): Shared, Path(id): Path<String>) -> Response {
-    match api.service.unit_requests(&id) {
-        Some(log) => Json(log).into_response(),
-        None => ApiError::not_found(format!("no unit {id} in the cache")).into_response(),
-    }
+    unit_answer(&id, api.service.unit_requests(&id))
 }

@@ -119,7 +119,10 @@ def routing(page, base, out):
     expect(gateways).to_contain_text("transit-a", timeout=TIMEOUT_MS)
     expect(gateways).to_contain_text("sbc1-egress")
     expect(page.locator("#route-result")).to_contain_text("rule:33")
-    check("routing: the tester resolves the gateways", True)
+    # Where each attribute came from: the gateway's definition, the route.
+    expect(gateways).to_contain_text("cdr_carrier = transit-a ← gateway gateway:example.net:transit-a-1")
+    expect(gateways).to_contain_text("progress_timeout = 8 ← route: rule:33")
+    check("routing: the tester resolves the gateways and where each attribute came from", True)
     shot(page, out, "routing")
     page.fill("#route-number", "33 12")
     page.click("#route-submit")

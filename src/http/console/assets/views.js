@@ -163,9 +163,10 @@ export async function routing(root) {
   show(root, el("h2", {}, "Route tester"), form, result);
   if (!p.get("domain") || !p.get("ruleset") || !p.get("number")) return;
   const path = ["domain", "ruleset", "number"].map((k) => encodeURIComponent(p.get(k))).join("/");
-  const host = p.get("host") ? `?${new URLSearchParams({ host: p.get("host") })}` : "";
+  const query = new URLSearchParams({ explain: "true" });
+  if (p.get("host")) query.set("host", p.get("host"));
   try {
-    showRoute(result, await api(`/v1/routes/${path}${host}`));
+    showRoute(result, await api(`/v1/routes/${path}?${query}`));
   } catch (failure) {
     show(result, el("p", { class: "bad", id: "route-failure" }, failure.message));
   }
@@ -183,10 +184,26 @@ function showRoute(node, r) {
     (r.warnings || []).length ? [el("h3", {}, "Warnings"), el("ul", {}, r.warnings.map((w) => el("li", {}, text(w))))] : null);
 }
 
+/** Every attribute of a gateway with where it came from (`?explain=true`). */
 function attrsCell(g) {
   const origins = g.origins || {};
-  const rows = Object.entries(g.attrs || {}).map(([k, v]) => el("div", {}, `${k} = ${text(v)}`, origins[k] ? el("span", { class: "muted" }, ` ← ${text(origins[k])}`) : null));
-  return el("div", {}, rows);
+  const line = (label, value, origin) => el("div", { class: "origin" }, `${label} = ${text(value)}`,
+    origin ? el("span", { class: "muted" }, ` ← ${describe(origin)}`) : null);
+  const attrs = Object.entries(g.attrs || {}).map(([k, v]) => line(k, v, origins[`attrs.${k}`]));
+  const fields = ["response_timeout", "progress_timeout", "answer_timeout", "dialog_timeout", "weight", "priority"]
+    .map((f) => line(f, g[f], origins[f]));
+  return el("div", {}, attrs, fields);
+}
+
+/** An origin from the route explainer as a phrase. */
+function describe(o) {
+  switch (o.from) {
+    case "route": return `route: ${o.rule} · destination ${text(o.destination)} · gwlist entry ${text(o.entry)}`;
+    case "gateway": return `gateway ${o.doc}${o.carrier ? ` (over carrier ${o.carrier})` : ""}`;
+    case "both": return `merged: ${describe(o.gateway)}, then ${describe(o.route)}`;
+    case "gwlist position": return `gwlist entry ${text(o.entry)}'s position${o.local_bonus ? " + the asking host's local bonus" : ""}`;
+    default: return "built-in default";
+  }
 }
 
 // --- ACLs --------------------------------------------------------------------
