@@ -2,6 +2,7 @@
 // read the daemon's own metrics with.
 
 const SVG = "http://www.w3.org/2000/svg";
+const WINDOW_DOTS = 120;
 
 function svg(tag, attrs = {}) {
   const node = document.createElementNS(SVG, tag);
@@ -38,6 +39,10 @@ export function lineChart(series, { unit = "", width = 640, height = 180, id } =
     path.setAttribute("data-series", s.name);
     path.setAttribute("data-points", String(s.points.length));
     root.append(path);
+    // Dots too: a single sample draws no line.
+    for (const [t, y] of s.points.slice(-WINDOW_DOTS)) {
+      root.append(svg("circle", { cx: sx(t).toFixed(1), cy: sy(y).toFixed(1), r: 2.5, fill: s.color }));
+    }
   }
   const legend = svg("text", { x: pad.l + 4, y: height - 4 });
   legend.textContent = series.map((s) => s.name).join("  ·  ");

@@ -38,7 +38,7 @@ export async function unit(root) {
     facts([["id", id], ["MAC", u.mac || ""], ["model", [u.brand, u.family, u.model].filter(Boolean).join(" / ")],
       ["account", text(view.account?.id || u.account_id || "")],
       ["served", view.served ? el("span", { class: "ok" }, "yes") : el("span", { class: "bad" }, `no: ${text(view.reason)}`)],
-      ["HTTP credentials", view.auth ? "required" : "none"], ["last seen", text(view.last_seen) || "never"],
+      ["HTTP credentials", view.auth ? "required" : "none"], ["last seen", lastSeen(view.last_seen)],
       ["stale", view.stale ? "yes" : "no"]]),
     el("h3", {}, "Configuration — why this value"), whyTable(why),
     el("h3", {}, "Files"), files(id, view),
@@ -102,6 +102,11 @@ function files(id, view) {
     kind, f.content_type, String(f.bytes), text(f.etag)]);
   return [table(["file", "kind", "type", "bytes", "etag"], rows, { id: "files-table" }),
     el("label", {}, el("span", {}, reveal, " reveal secrets (admin)")), out];
+}
+
+function lastSeen(r) {
+  if (!r) return "never (since this instance started)";
+  return `${r.time}: ${r.method} ${r.file} from ${r.ip} → ${r.status} (${r.reason})`;
 }
 
 function requests(log) {
