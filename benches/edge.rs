@@ -484,6 +484,7 @@ fn api_router(service: Arc<EdgeService>, mirror: Arc<Mirror>) -> axum::Router {
         admin: Arc::new(AdminAuth::new(None)),
         max_body_bytes: 1 << 20,
         phones: None,
+        dns: Arc::default(),
     });
     let edge = caldera::http::edge::router(Arc::new(caldera::http::edge::EdgeHttp {
         service,

@@ -474,6 +474,7 @@ fn http_lookups(numbers: &[(String, String)], mirror: Arc<Mirror>) {
             admin: Arc::new(AdminAuth::new(None)),
             max_body_bytes: 1 << 20,
             phones: None,
+            dns: Arc::default(),
         });
         let listener = http::bind("api", "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -214,6 +214,7 @@ struct Shared {
     readiness: Arc<Readiness>,
     board: Arc<Board>,
     mirror: Arc<Mirror>,
+    dns: Arc<acls::resolver::DnsBoard>,
 }
 
 async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()> {
@@ -224,6 +225,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         readiness: Arc::new(Readiness::default()),
         board: Arc::new(Board::default()),
         mirror: Arc::new(Mirror::default()),
+        dns: Arc::default(),
     };
     let (mirror, resume) = open_mirror(&config.cache);
     let shared = Shared { mirror, ..shared };
@@ -323,6 +325,7 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         admin: admin.clone(),
         max_body_bytes: config.http.max_body_bytes,
         phones: Some(phones.clone()),
+        dns: shared.dns.clone(),
     });
     let http_token = CancellationToken::new();
     let http_tasks = TaskTracker::new();
@@ -878,6 +881,7 @@ fn start_building(
             tx.clone(),
             shared.metrics.clone(),
             shared.readiness.clone(),
+            shared.dns.clone(),
         )
         .run(core.clone()),
     );

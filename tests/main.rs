@@ -7,6 +7,8 @@ mod acls_chaos;
 mod amqp;
 mod cache_store;
 mod common;
+mod console;
+mod console_browser;
 mod couch_client;
 mod edge;
 mod feeds;

@@ -360,6 +360,19 @@ impl Mirror {
         found
     }
 
+    /// A page of the documents with errors (`/v1/errors`), in one pass
+    /// under the lock.
+    pub fn errors_page(
+        &self,
+        filter: &super::errors::ErrorFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> super::errors::ErrorsPage {
+        let state = self.read();
+        let entries = state.slots.values().filter_map(Slot::entry);
+        super::errors::page(entries, filter, cursor, limit)
+    }
+
     pub fn stats(&self) -> BTreeMap<String, DomainStats> {
         self.read().stats.clone()
     }

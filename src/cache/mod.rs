@@ -13,6 +13,7 @@
 //! parsed on demand; the mirror may keep a domain's contents in the
 //! on-disk store instead (`store`, `Domain::spills_to_store`).
 
+pub mod errors;
 pub mod mirror;
 pub mod store;
 pub mod writer;

@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::middleware::{self, AdminAuth};
+use crate::cache::errors::ErrorFilter;
 use crate::cache::mirror::Mirror;
+use crate::domains::acls::resolver::DnsBoard;
 use crate::domains::acls::service::{AclsError, AclsService};
 use crate::domains::phones::service::PhonesService;
 use crate::domains::routing::service::{RouteError, RoutingService};
@@ -46,6 +48,8 @@ pub struct ApiState {
     /// The phones listener's service, whose throttle `/metrics` and
     /// `/v1/status` show (absent in benches that serve no phones).
     pub phones: Option<Arc<PhonesService>>,
+    /// The ACL resolver's hostnames (`/v1/acls/dns`).
+    pub dns: Arc<DnsBoard>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -61,10 +65,12 @@ pub fn router(state: Arc<ApiState>, timeout: Duration) -> Router {
 pub fn router_with(state: Arc<ApiState>, timeout: Duration, edge: Option<Router>) -> Router {
     let admin = Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/errors", get(errors_page))
         .route("/v1/sysconf/{category}", any(sysconf_category))
         .route("/v1/sysconf/{category}/{*key}", any(sysconf_key))
         .route("/v1/acls", get(acls_all))
         .route("/v1/acls/freeswitch.xml", get(acls_freeswitch))
+        .route("/v1/acls/dns", get(acls_dns))
         .route("/v1/acls/{list}", get(acls_list))
         .route("/v1/routes/{sip_domain_name}/{groupid}", get(routes_table))
         .route(
@@ -78,7 +84,8 @@ pub fn router_with(state: Arc<ApiState>, timeout: Duration, edge: Option<Router>
     let open = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(super::console::router());
     let mut router = middleware::json_fallbacks(open.merge(admin).with_state(state.clone()));
     if let Some(edge) = edge {
         router = router.nest("/api/v1.0", edge);
@@ -156,6 +163,34 @@ async fn status(State(state): Shared) -> Json<Value> {
         "errors": errors,
         "phones": state.phones.as_ref().map(|p| p.throttle_status().to_json()),
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorsQuery {
+    domain: Option<String>,
+    db: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/errors?domain=&db=&cursor=&limit=`: the documents with errors,
+/// a page at a time, with the count per (database, domain).
+async fn errors_page(
+    State(state): Shared,
+    query: Result<Query<ErrorsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query
+        .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
+    let filter = ErrorFilter {
+        domain: query.domain.filter(|d| !d.is_empty()),
+        db: query.db.filter(|d| !d.is_empty()),
+    };
+    let cursor = query.cursor.filter(|c| !c.is_empty());
+    let page = state
+        .mirror
+        .errors_page(&filter, cursor.as_deref(), query.limit.unwrap_or(50));
+    Ok(Json(page.to_json()))
 }
 
 /// The raw path after `/v1/sysconf/`, split on `/` and percent-decoded per
@@ -314,6 +349,13 @@ async fn acls_list(
     Ok(json_text(body))
 }
 
+/// `GET /v1/acls/dns`: every hostname the ACLs name, its addresses, its
+/// TTL and when it is resolved again (empty on an instance that does not
+/// build: only builders resolve).
+async fn acls_dns(State(state): Shared) -> Json<Value> {
+    Json(json!({ "building": state.building, "hosts": state.dns.snapshot() }))
+}
+
 /// FreeSWITCH's `acl.conf`.
 async fn acls_freeswitch(
     State(state): Shared,
@@ -337,6 +379,9 @@ fn json_text(body: String) -> Response {
 #[serde(deny_unknown_fields)]
 struct RouteQuery {
     host: Option<String>,
+    /// Adds `origins` to each gateway: where each attribute came from.
+    #[serde(default)]
+    explain: bool,
 }
 
 impl From<RouteError> for ApiError {
@@ -374,9 +419,14 @@ async fn routes_lookup(
 ) -> Result<Response, ApiError> {
     let Query(query) = query
         .map_err(|err| ApiError::bad_request(format!("bad query string: {}", err.body_text())))?;
-    let answer = state
-        .routing
-        .lookup_text(&sdn, &groupid, &number, query.host.as_deref())?;
+    let host = query.host.as_deref().filter(|h| !h.is_empty());
+    if query.explain {
+        let answer = state
+            .routing
+            .lookup_explained(&sdn, &groupid, &number, host)?;
+        return Ok(Json(answer).into_response());
+    }
+    let answer = state.routing.lookup_text(&sdn, &groupid, &number, host)?;
     Ok(json_text(answer))
 }
 

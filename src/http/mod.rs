@@ -3,7 +3,8 @@
 //!
 //! * `api`: health, readiness, metrics, status and the admin/`/v1` API;
 //! * `phones`: what phones fetch (their files, from the mirror);
-//! * `phones_api`: the phones configuration and admin read API (on `api`).
+//! * `phones_api`: the phones configuration and admin read API (on `api`);
+//! * `console`: the operator console's static page (on `api`, `/console/`).
 //!
 //! Connections are served by hyper directly (not `axum::serve`) so the
 //! header limits and the header read timeout apply per connection, and
@@ -13,6 +14,7 @@
 //! handler answering from memory).
 
 pub mod api;
+mod console;
 pub mod edge;
 mod error;
 mod middleware;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -42,7 +43,9 @@ pub fn router(
         .route("/v1/accounts/{account}/{collection}/{id}", any(item))
         .route("/v1/unit_options", get(unit_options_root))
         .route("/v1/unit_options/{*path}", any(unit_options))
+        .route("/v1/units", get(unit_search))
         .route("/v1/units/{id}", get(unit))
+        .route("/v1/units/{id}/why", get(unit_why))
         .route("/v1/units/{id}/files/{file}", get(unit_file))
         .route("/v1/units/{id}/requests", get(unit_requests))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -272,14 +275,74 @@ async fn unit_options(
 }
 
 async fn unit(State(api): Shared, Path(id): Path<String>) -> Response {
-    match api.service.unit_view(&id) {
+    unit_answer(&id, api.service.unit_view(&id))
+}
+
+/// A unit read's answer: the JSON, or 404 when the cache has no such unit.
+fn unit_answer(id: &str, found: Option<Value>) -> Response {
+    match found {
         Some(view) => Json(view).into_response(),
         None => ApiError::not_found(format!("no unit {id} in the cache")).into_response(),
     }
 }
 
-async fn unit_file(State(api): Shared, Path((id, file)): Path<(String, String)>) -> Response {
-    match api.service.unit_file(&id, &file) {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/units?q=&cursor=&limit=`: a page of the units matching `q`
+/// (id, name, MAC, account id or name), in id order.
+async fn unit_search(
+    State(api): Shared,
+    query: Result<Query<SearchQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return ApiError::bad_request("the query takes q, cursor and limit").into_response();
+    };
+    if !api.sources.is_loaded() {
+        return ApiFailure::NotReady.into_response();
+    }
+    let parsed = crate::domains::phones::search::Query::parse(&query.q);
+    let cursor = query.cursor.filter(|c| !c.is_empty());
+    let (units, next) =
+        api.sources
+            .search_units(&parsed, cursor.as_deref(), query.limit.unwrap_or(50));
+    Json(json!({"q": query.q, "units": units, "next": next})).into_response()
+}
+
+async fn unit_why(State(api): Shared, Path(id): Path<String>) -> Response {
+    unit_answer(&id, api.service.unit_why(&id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuery {
+    #[serde(default)]
+    masked: bool,
+}
+
+/// `GET /v1/units/{id}/files/{file}[?masked=true]`: the file as the phone
+/// gets it, or with its secrets masked (what the console asks for unless
+/// the admin chooses to reveal them).
+async fn unit_file(
+    State(api): Shared,
+    Path((id, file)): Path<(String, String)>,
+    query: Result<Query<FileQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(FileQuery { masked })) = query else {
+        return ApiError::bad_request("the query takes masked=true|false").into_response();
+    };
+    let found = if masked {
+        api.service.unit_file_masked(&id, &file)
+    } else {
+        api.service.unit_file(&id, &file)
+    };
+    match found {
         Some((content_type, body)) => {
             ([(header::CONTENT_TYPE, content_type)], body).into_response()
         }
@@ -288,8 +351,5 @@ async fn unit_file(State(api): Shared, Path((id, file)): Path<(String, String)>)
 }
 
 async fn unit_requests(State(api): Shared, Path(id): Path<String>) -> Response {
-    match api.service.unit_requests(&id) {
-        Some(log) => Json(log).into_response(),
-        None => ApiError::not_found(format!("no unit {id} in the cache")).into_response(),
-    }
+    unit_answer(&id, api.service.unit_requests(&id))
 }

@@ -283,6 +283,7 @@ async fn the_task_seeds_refreshes_on_ttl_and_keeps_last_good_addresses() {
         engine: tx,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
+        board: Arc::default(),
     };
     let token = CancellationToken::new();
     let handle = tokio::spawn(task.run(token.clone()));
@@ -365,6 +366,7 @@ async fn a_timing_out_server_keeps_the_last_good_addresses() {
         engine: tx,
         metrics: Arc::new(Metrics::new()),
         readiness: readiness.clone(),
+        board: Arc::default(),
     };
     let token = CancellationToken::new();
     let handle = tokio::spawn(task.run(token.clone()));

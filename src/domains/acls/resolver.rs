@@ -242,12 +242,64 @@ fn classify(err: &NetError, target: &str, several: bool) -> Outcome {
     }
 }
 
+/// What the resolver knows of every hostname, for `/v1/acls/dns` (the
+/// console's ACLs view): published by the task after each round. Only a
+/// building instance resolves; elsewhere the board stays empty.
+#[derive(Default)]
+pub struct DnsBoard {
+    hosts: std::sync::Mutex<Vec<HostStatus>>,
+}
+
+/// One hostname as the board shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub addresses: Vec<IpAddr>,
+    pub error: Option<String>,
+    /// Whether this process has looked it up yet.
+    pub asked: bool,
+    /// How long the last answer is kept (its TTL, clamped), in seconds.
+    pub ttl_secs: u64,
+    /// Seconds until it is resolved again.
+    pub next_lookup_secs: u64,
+}
+
+impl DnsBoard {
+    pub fn snapshot(&self) -> Vec<HostStatus> {
+        self.hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn publish(&self, hosts: &BTreeMap<String, Host>) {
+        let now = Instant::now();
+        let statuses = hosts
+            .iter()
+            .map(|(name, h)| HostStatus {
+                host: name.clone(),
+                addresses: h.answer.addresses.clone(),
+                error: h.answer.error.clone(),
+                asked: h.asked,
+                ttl_secs: h.ttl.as_secs(),
+                next_lookup_secs: h.due.saturating_duration_since(now).as_secs(),
+            })
+            .collect();
+        *self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = statuses;
+    }
+}
+
 /// One hostname's state.
 struct Host {
     /// What the engine has (the last good addresses and the last error).
     answer: DnsAnswer,
     /// When to resolve again.
     due: Instant,
+    /// How long the last answer is kept.
+    ttl: Duration,
     /// Whether this process has looked it up at least once.
     asked: bool,
 }
@@ -262,6 +314,7 @@ pub struct Task {
     pub engine: mpsc::Sender<FeedEvent>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    pub board: Arc<DnsBoard>,
 }
 
 /// The readiness component of the first resolution round.
@@ -277,6 +330,7 @@ impl Task {
         engine: mpsc::Sender<FeedEvent>,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
+        board: Arc<DnsBoard>,
     ) -> Task {
         let settings = DnsSettings::from_config(config);
         let resolver = Resolver::new(&settings).map(Arc::new);
@@ -290,6 +344,7 @@ impl Task {
             engine,
             metrics,
             readiness,
+            board,
         }
     }
 
@@ -324,6 +379,7 @@ impl Task {
                 Host {
                     answer,
                     due: now,
+                    ttl: Duration::ZERO,
                     asked: false,
                 },
             );
@@ -361,6 +417,7 @@ impl Task {
                     hosts.entry(host).or_insert_with(|| Host {
                         answer: DnsAnswer::default(),
                         due: Instant::now(),
+                        ttl: Duration::ZERO,
                         asked: false,
                     });
                 }
@@ -386,6 +443,7 @@ impl Task {
                     };
                     let (answer, due) = self.apply(&state.answer, &outcome);
                     state.due = Instant::now() + due;
+                    state.ttl = due;
                     state.asked = true;
                     if answer != state.answer {
                         state.answer = answer.clone();
@@ -399,6 +457,7 @@ impl Task {
                 self.metrics.dns_failing.set(failing as i64);
                 continue;
             }
+            self.board.publish(&hosts);
             let mut next = hosts.values().map(|h| h.due).min();
             if !caught_up {
                 // Look again soon: the engine reports its build elsewhere.

@@ -349,12 +349,7 @@ fn chain_locks(chain: &[(String, Option<ProvisionConfig>)]) -> Vec<(String, mode
 fn report_dropped(docs: &mut Docs<'_, '_>, merged: &Merged) {
     for dropped in &merged.dropped {
         let doc = dropped.origin.doc.clone();
-        let layer = dropped.origin.layer.name();
-        docs.issue(
-            UNITS,
-            &doc,
-            format!("{layer} {}: {}", dropped.path, dropped.reason),
-        );
+        docs.issue(UNITS, &doc, super::explain::dropped_reason(dropped));
     }
 }
 

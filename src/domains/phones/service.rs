@@ -878,6 +878,39 @@ impl PhonesService {
         })
     }
 
+    /// `GET /v1/units/{id}/why`: every value of the unit's configuration
+    /// with who set it and what was refused (`explain`).
+    pub fn unit_why(&self, id: &str) -> Option<Value> {
+        let entry = self.mirror.get(&format!("phones:unit:{id}"))?;
+        let content = entry.content.value();
+        let provenance =
+            super::merge::expand_provenance(&content["provenance"], &content["origins"]);
+        let mut why = super::explain::explain(&content["config"], &provenance, &entry.errors);
+        why["unit"] = json!(id);
+        Some(why)
+    }
+
+    /// A file of the unit for people to read: `unit_file` with the value of
+    /// every secret-named parameter masked (`mask`), as the unit's vendor
+    /// names its secrets.
+    pub fn unit_file_masked(&self, id: &str, file: &str) -> Option<(String, Bytes)> {
+        let (content_type, body) = self.unit_file(id, file)?;
+        let brand = self
+            .mirror
+            .get(&format!("phones:unit:{id}"))?
+            .content
+            .value()["unit"]["brand"]
+            .as_str()
+            .map(str::to_string);
+        let vendor = brand.as_deref().and_then(super::vendors::by_brand);
+        let names_secret = |name: &str| match vendor {
+            Some(v) => v.names_secret(name),
+            None => super::vendors::params::names_a_secret(name),
+        };
+        let masked = super::mask::mask_secrets(&String::from_utf8_lossy(&body), names_secret);
+        Some((content_type, Bytes::from(masked)))
+    }
+
     /// `GET /v1/units/{id}/requests`.
     pub fn unit_requests(&self, id: &str) -> Option<Value> {
         self.mirror.get(&format!("phones:unit:{id}"))?;

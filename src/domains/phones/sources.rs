@@ -17,6 +17,7 @@
 //! already has them.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::mac::Mac;
 use super::model::{self, DocType, TEMPLATE_BODIES};
+use super::search;
 use crate::couch::retry::Backoff;
 use crate::couch::{Body, Db, ErrorKind, rev_generation};
 use crate::feeds::FeedEvent;
@@ -42,6 +44,8 @@ pub struct Stored {
     pub rev: String,
     pub kind: Option<DocType>,
     pub account: Option<String>,
+    /// The document's `name` (units and accounts have one).
+    pub name: Option<String>,
     text: JsonText,
     pub unit: Option<UnitFacts>,
 }
@@ -63,6 +67,7 @@ impl Stored {
         let json = text.parse();
         let kind = model::doc_type(&json);
         let account = model::account_of(&json).map(str::to_string);
+        let name = json.get("name").and_then(Value::as_str).map(str::to_string);
         let unit = (kind == Some(DocType::Unit))
             .then(|| model::parse_unit("-", &json).ok())
             .flatten()
@@ -82,6 +87,7 @@ impl Stored {
             rev: rev.to_string(),
             kind,
             account,
+            name,
             text,
             unit,
         }
@@ -188,6 +194,51 @@ impl Sources {
             })
             .map(|(id, s)| (id.clone(), s.clone()))
             .collect()
+    }
+
+    /// A page of the units matching `query` (`GET /v1/units`), in id order
+    /// after `cursor`, at most `limit` (bounded by `search::MAX_LIMIT`):
+    /// `(units, next cursor)`. One walk of the copy from the cursor, which
+    /// stops as soon as the page is full.
+    pub fn search_units(
+        &self,
+        query: &search::Query,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> (Vec<Value>, Option<String>) {
+        let limit = limit.clamp(1, search::MAX_LIMIT);
+        let state = self.read();
+        let start = cursor.map_or(Bound::Unbounded, |c| Bound::Excluded(c.to_string()));
+        let account_name = |account: Option<&str>| state.units.get(account?)?.name.as_deref();
+        let mut found = Vec::new();
+        for (id, stored) in state.units.range((start, Bound::Unbounded)) {
+            let Some(unit) = stored.unit.as_ref() else {
+                continue;
+            };
+            let candidate = search::Candidate {
+                id,
+                name: stored.name.as_deref(),
+                mac: unit.mac.as_ref(),
+                account: stored.account.as_deref(),
+                account_name: account_name(stored.account.as_deref()),
+            };
+            if !query.matches(&candidate) {
+                continue;
+            }
+            if found.len() == limit {
+                let last = found
+                    .last()
+                    .and_then(|u: &Value| u["id"].as_str())
+                    .map(str::to_string);
+                return (found, last);
+            }
+            found.push(json!({
+                "id": id, "name": candidate.name, "mac": unit.mac.as_ref().map(Mac::colons),
+                "account": candidate.account, "account_name": candidate.account_name,
+                "brand": unit.brand, "family": unit.family, "model": unit.model, "enabled": unit.enabled,
+            }));
+        }
+        (found, None)
     }
 
     /// The template documents with an attachment body: id → (attachment,

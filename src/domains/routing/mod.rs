@@ -38,6 +38,7 @@
 
 pub mod compose;
 pub mod directory;
+pub mod explain;
 #[cfg(test)]
 mod legacy;
 pub mod model;

@@ -116,6 +116,32 @@ impl RoutingService {
             })
     }
 
+    /// `lookup`'s answer with, per gateway, where each attribute came
+    /// from (`explain`; the console's route tester). Like any lookup it
+    /// takes its turn in the weighted round-robin.
+    ///
+    /// # Errors
+    /// As `lookup`.
+    pub fn lookup_explained(
+        &self,
+        sdn: &str,
+        groupid: &str,
+        number: &str,
+        host: Option<&str>,
+    ) -> Result<Value, RouteError> {
+        let answer = self.lookup(sdn, groupid, number, host)?;
+        let ruleset = self
+            .mirror
+            .get(&doc_id(Domain::Routing, &format!("{sdn}:{groupid}")))
+            .map(|e| e.content.value().into_owned())
+            .unwrap_or(Value::Null);
+        let directory = self
+            .directory_entry(sdn)
+            .map(|e| e.content.value().into_owned())
+            .unwrap_or(Value::Null);
+        Ok(super::explain::explain(answer, &ruleset, &directory))
+    }
+
     /// `lookup`'s answer as JSON text, written without building a JSON
     /// tree (what the HTTP API sends).
     ///

@@ -58,6 +58,13 @@ impl Vendor for Grandstream {
         BRAND
     }
 
+    fn names_secret(&self, name: &str) -> bool {
+        name.strip_prefix('P')
+            .and_then(|digits| digits.parse().ok())
+            .is_some_and(secret_code)
+            || super::params::names_a_secret(name)
+    }
+
     fn files(&self, model: &ModelRef<'_>, mac: &Mac) -> Vec<FileSpec> {
         named_files(
             self,
@@ -297,8 +304,11 @@ fn line_owned(path: &Path) -> bool {
 /// P-codes that hold secrets: the admin and user passwords, the
 /// provisioning server password, every account password.
 fn secret(path: &Path) -> bool {
-    code_of(path)
-        .is_some_and(|code| [2, 196, 1361, 34].contains(&code) || is_account_field(code, &[6]))
+    code_of(path).is_some_and(secret_code)
+}
+
+fn secret_code(code: u32) -> bool {
+    [2, 196, 1361, 34].contains(&code) || is_account_field(code, &[6])
 }
 
 pub fn write_params(params: &Params, _: &Helper<'_>) -> String {

@@ -225,6 +225,13 @@ pub trait Vendor: Sync {
     fn model_problems(&self, _model: &ModelRef<'_>) -> Vec<String> {
         Vec::new()
     }
+
+    /// Whether a parameter name in this vendor's files holds a secret, for
+    /// masking a file shown to people (`phones::mask`): by its words, unless
+    /// the vendor's names say nothing (Grandstream's P-codes).
+    fn names_secret(&self, name: &str) -> bool {
+        params::names_a_secret(name)
+    }
 }
 
 static VENDORS: &[&dyn Vendor] = &[
