@@ -18,7 +18,8 @@
 //! (`caldera_cache_writes_total`, stored and conflict outcomes) in the
 //! healthy phase, the restart's own writes, every builder's CPU and RSS, and how
 //! often an edit already served was read back older (the 8 edits before
-//! each edit are read again on both replicas).
+//! each edit are read again on both replicas) or was stored more often in
+//! the HA cache than in the solo one (revision generations compared).
 //!
 //! Knobs: `FAILOVER_BENCH_DOCS` (categories, 1000), `FAILOVER_BENCH_EDITS`
 //! (edits per phase, 200). Numbers are printed, not asserted.
@@ -46,6 +47,8 @@ struct Phase {
     /// again (a builder writing an output built from older sources).
     stale_ha: usize,
     stale_solo: usize,
+    /// The edits made in the phase (`n` of `edit_target`).
+    edits: std::ops::Range<usize>,
 }
 
 /// Cache writes a builder reported, by outcome.
@@ -181,6 +184,7 @@ async fn phase(
         solo: Vec::new(),
         stale_ha: 0,
         stale_solo: 0,
+        edits: *next..*next,
     };
     for _ in 0..count {
         if let Some(daemon) = until_ready
@@ -199,13 +203,35 @@ async fn phase(
     }
     phase.ha.sort();
     phase.solo.sort();
+    phase.edits.end = *next;
     phase
 }
 
-fn row(phase: &Phase) -> String {
+/// Cache revisions the HA pair stored for a phase's categories beyond
+/// those the solo builder stored: each category is edited once in the
+/// run, so both caches should hold the same generation; a builder storing
+/// older content over newer and then the newer again adds two.
+async fn extra_revisions(setup: &Setup, phase: &Phase) -> u64 {
+    let generation = |rev: Option<String>| {
+        rev.and_then(|r| r.split_once('-')?.0.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let solo_cache = setup.names.with_cache("solo").cache;
+    let mut extra = 0;
+    for n in phase.edits.clone() {
+        let (doc, _, _) = edit_target(setup, n);
+        let id = format!("sysconf:{}", doc["_id"].as_str().unwrap_or_default());
+        let ha = generation(setup.couch.rev(&setup.names.cache, &id).await);
+        let solo = generation(setup.couch.rev(&solo_cache, &id).await);
+        extra += ha.saturating_sub(solo);
+    }
+    extra
+}
+
+fn row(phase: &Phase, extra: u64) -> String {
     let p = |s: &[Duration], q| ms(percentile(s, q));
     format!(
-        "| {} | {} | {} / {} | {} / {} | {} / {} |",
+        "| {} | {} | {} / {} | {} / {} | {} / {} | {extra} |",
         phase.name,
         phase.ha.len(),
         p(&phase.ha, 0.5),
@@ -263,11 +289,11 @@ async fn bench(docs: usize, edits: usize) {
         machine()
     );
     println!(
-        "\n| phase | edits | HA (A+B) edit → served p50 / p99 | solo (S) p50 / p99 | older value served again, HA / solo |"
+        "\n| phase | edits | HA (A+B) edit → served p50 / p99 | solo (S) p50 / p99 | older value served again, HA / solo | extra HA revisions |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for phase in &phases {
-        println!("{}", row(phase));
+        println!("{}", row(phase, extra_revisions(&setup, phase).await));
     }
     let per_edit = |w: Writes| (w.stored / edits as f64, w.conflict / edits as f64);
     let (ha_stored, ha_conflicts) = per_edit(ha_writes);
