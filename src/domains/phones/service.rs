@@ -864,6 +864,11 @@ impl PhonesService {
     /// of its model.
     pub fn unit_file(&self, id: &str, file: &str) -> Option<(String, Bytes)> {
         let entry = self.mirror.get(&format!("phones:unit:{id}"))?;
+        self.file_of(&entry.content.value(), file)
+    }
+
+    /// A file of a unit's content, else of its model's common files.
+    fn file_of(&self, content: &Value, file: &str) -> Option<(String, Bytes)> {
         let found = |content: &Value| {
             let f = content["files"].get(file)?;
             Some((
@@ -871,8 +876,7 @@ impl PhonesService {
                 Bytes::from(f["body"].as_str()?.to_string()),
             ))
         };
-        let content = entry.content.value();
-        found(&content).or_else(|| {
+        found(content).or_else(|| {
             let key = content["common"]["key"].as_str()?;
             found(&self.mirror.get(&format!("phones:{key}"))?.content.value())
         })
@@ -894,15 +898,13 @@ impl PhonesService {
     /// every secret-named parameter masked (`mask`), as the unit's vendor
     /// names its secrets.
     pub fn unit_file_masked(&self, id: &str, file: &str) -> Option<(String, Bytes)> {
-        let (content_type, body) = self.unit_file(id, file)?;
-        let brand = self
-            .mirror
-            .get(&format!("phones:unit:{id}"))?
-            .content
-            .value()["unit"]["brand"]
+        // One read of the unit's document for both the file and its brand.
+        let entry = self.mirror.get(&format!("phones:unit:{id}"))?;
+        let content = entry.content.value();
+        let (content_type, body) = self.file_of(&content, file)?;
+        let vendor = content["unit"]["brand"]
             .as_str()
-            .map(str::to_string);
-        let vendor = brand.as_deref().and_then(super::vendors::by_brand);
+            .and_then(super::vendors::by_brand);
         let names_secret = |name: &str| match vendor {
             Some(v) => v.names_secret(name),
             None => super::vendors::params::names_a_secret(name),

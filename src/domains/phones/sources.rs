@@ -44,7 +44,7 @@ pub struct Stored {
     pub rev: String,
     pub kind: Option<DocType>,
     pub account: Option<String>,
-    /// The document's `name` (units and accounts have one).
+    /// The document's `name`, kept for units and accounts only (search).
     pub name: Option<String>,
     text: JsonText,
     pub unit: Option<UnitFacts>,
@@ -67,7 +67,10 @@ impl Stored {
         let json = text.parse();
         let kind = model::doc_type(&json);
         let account = model::account_of(&json).map(str::to_string);
-        let name = json.get("name").and_then(Value::as_str).map(str::to_string);
+        // Only searches read it, and they match units and accounts.
+        let name = matches!(kind, Some(DocType::Unit | DocType::Account))
+            .then(|| json.get("name").and_then(Value::as_str).map(str::to_string))
+            .flatten();
         let unit = (kind == Some(DocType::Unit))
             .then(|| model::parse_unit("-", &json).ok())
             .flatten()

@@ -20,49 +20,26 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
 frame-ancestors 'none'";
 
-/// (name, content type, bytes) of every asset.
-const ASSETS: &[(&str, &str, &[u8])] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_bytes!("assets/index.html"),
-    ),
-    (
-        "console.css",
-        "text/css; charset=utf-8",
-        include_bytes!("assets/console.css"),
-    ),
-    (
-        "console.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/console.js"),
-    ),
-    (
-        "dom.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/dom.js"),
-    ),
-    (
-        "chart.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/chart.js"),
-    ),
-    (
-        "api.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/api.js"),
-    ),
-    (
-        "views.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/views.js"),
-    ),
-    (
-        "phones.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!("assets/phones.js"),
-    ),
+/// (name, bytes) of every asset; the content type follows the extension.
+const ASSETS: &[(&str, &[u8])] = &[
+    ("index.html", include_bytes!("assets/index.html")),
+    ("console.css", include_bytes!("assets/console.css")),
+    ("console.js", include_bytes!("assets/console.js")),
+    ("dom.js", include_bytes!("assets/dom.js")),
+    ("chart.js", include_bytes!("assets/chart.js")),
+    ("api.js", include_bytes!("assets/api.js")),
+    ("views.js", include_bytes!("assets/views.js")),
+    ("phones.js", include_bytes!("assets/phones.js")),
 ];
+
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
 
 /// The console's routes (open: the page itself holds nothing secret).
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
@@ -79,11 +56,14 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 fn asset(name: &str) -> Response {
-    match ASSETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, content_type, bytes)) => {
+    match ASSETS.iter().find(|(n, _)| *n == name) {
+        Some((name, bytes)) => {
             let mut response = (*bytes).into_response();
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(name)),
+            );
             // Assets change with the binary; revalidating is cheap.
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             secure(response)
