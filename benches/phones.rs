@@ -23,6 +23,12 @@
 //! before issue 16) and on (B: every served device remembered), in
 //! alternating rounds (ABAB…, `PHONES_BENCH_AB_ROUNDS`, default 2 each) so
 //! the machine's other load falls on both alike.
+//!
+//! `PHONES_BENCH_HOT_SET_MB` (default 256): the bound of the served files'
+//! hot set (`phones.hot_set_mb`); the bench also times the serving decision
+//! with every body read back from the mirror (an empty hot set) beside the
+//! warm one. `PHONES_BENCH_STORE=1` puts the mirror's phones contents on
+//! disk, as `cache.store_path` does.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -772,6 +778,7 @@ fn main() {
         request_log: 50,
         max_upload: 65536,
         trusted_proxies: Vec::new(),
+        hot_set_bytes: env_usize("PHONES_BENCH_HOT_SET_MB", 256) << 20,
     };
     let trust_on = settings.clone();
     let trust_off = Settings {
@@ -834,6 +841,22 @@ fn main() {
     println!(
         "serving decision in process (no HTTP, 1 thread): {:.0} requests/s, {each:.2} µs each ({ok} of {rounds} served)",
         1e6 / each
+    );
+    // A miss reads the body back from the mirror (the store, with one):
+    // the same decisions with an empty hot set, then warm again.
+    let hot_bytes = service.settings().hot_set_bytes;
+    service.tables().resize_hot_set(0);
+    let (cold, _) = decision_us(&service, &targets, peer, rounds);
+    service.tables().resize_hot_set(hot_bytes);
+    decision_us(&service, &targets, peer, rounds);
+    let (warm, _) = decision_us(&service, &targets, peer, rounds);
+    let hot = service.tables().hot_stats();
+    println!(
+        "hot set (PHONES_BENCH_HOT_SET_MB): every file read back {cold:.2} µs per request, warm {warm:.2} µs -> cold/warm = {:.2}; now {} files, {:.1} MB of {:.0} MB",
+        cold / warm,
+        hot.files,
+        hot.bytes as f64 / 1e6,
+        hot.limit_bytes as f64 / 1e6
     );
     let ab = std::env::var_os("PHONES_BENCH_TRUST_AB").is_some();
     let ab_rounds = env_usize("PHONES_BENCH_AB_ROUNDS", 2);
@@ -960,6 +983,14 @@ fn main() {
         );
     }
     token.cancel();
+    let hot = service.tables().hot_stats();
+    println!(
+        "hot set at the end: {} files, {:.1} MB; {} hits, {} misses",
+        hot.files,
+        hot.bytes as f64 / 1e6,
+        hot.hits,
+        hot.misses
+    );
     println!("RSS at the end: {:.0} MB", rss_mb());
     println!("load average at the end: {}", load_average());
 }

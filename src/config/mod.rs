@@ -242,6 +242,8 @@ pub struct PhonesConfig {
     pub request_log_size: usize,
     /// Largest Polycom log upload accepted.
     pub max_upload_bytes: usize,
+    /// Memory for the phone files served recently (`phones::hot`), bytes.
+    pub hot_set_bytes: usize,
     /// Proxies whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a configuration API write waits for its outputs to be built.
@@ -491,6 +493,7 @@ fn read_phones(r: &mut Reader<'_>) -> PhonesConfig {
             .map(Secret::new),
         request_log_size: r.int("phones.request_log_size", 50, 1, 10_000) as usize,
         max_upload_bytes: r.int("phones.max_upload_bytes", 65_536, 0, 16 << 20) as usize,
+        hot_set_bytes: (r.int("phones.hot_set_mb", 256, 0, 1 << 20) as usize) << 20,
         trusted_proxies,
         write_wait: r.millis("phones.write_wait_ms", 3_000, 0, 60_000),
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::limiter::Limits;
 use super::mac::Mac;
 use super::service::{PhoneRequest, PhonesService, Reply, Settings, nonce_key};
-use super::serving::{ServedFile, Tables};
+use super::serving::{FileLookup, FileSet, ServedFile, Tables};
 use super::tests::{World, demo_world, random_doc};
 use super::trust::TrustLimits;
 use crate::cache::mirror::{Mirror, Update};
@@ -54,6 +54,7 @@ fn settings() -> Settings {
         request_log: 10,
         max_upload: 1024,
         trusted_proxies: Vec::new(),
+        hot_set_bytes: 1 << 20,
     }
 }
 
@@ -137,10 +138,20 @@ fn file_summary(file: &ServedFile) -> Value {
     })
 }
 
-fn files_summary(files: &std::collections::HashMap<String, std::sync::Arc<ServedFile>>) -> Value {
-    let sorted: BTreeMap<&String, Value> = files
-        .iter()
-        .map(|(name, file)| (name, file_summary(file)))
+/// Each file of a set as served (its body read back through the hot set
+/// and the mirror), twice: the second answer comes from the hot set.
+fn files_summary(tables: &Tables, mirror: &Mirror, files: &FileSet) -> Value {
+    let read = |name: &str| match tables.file(mirror, files, name) {
+        FileLookup::Found(file) => file_summary(&file),
+        other => json!(format!("{other:?}")),
+    };
+    let sorted: BTreeMap<&str, Value> = files
+        .names()
+        .map(|name| {
+            let first = read(name);
+            assert_eq!(first, read(name), "{name}: the hot set answers the same");
+            (name, first)
+        })
         .collect();
     json!(sorted)
 }
@@ -153,7 +164,7 @@ fn sorted(mut list: Vec<Value>) -> Value {
 
 /// Everything the tables answer to the probes (`since` aside: it is when
 /// this process first saw a file).
-fn tables_summary(tables: &Tables, probes: &Probes) -> Value {
+fn tables_summary(tables: &Tables, mirror: &Mirror, probes: &Probes) -> Value {
     let mut out = serde_json::Map::new();
     for realm in &probes.realms {
         out.insert(
@@ -176,7 +187,7 @@ fn tables_summary(tables: &Tables, probes: &Probes) -> Value {
             let units = tables.units(account, &mac);
             let units = units.iter().map(|u| {
                 json!({"id": &*u.id, "brand": u.brand, "auth": format!("{:?}", u.auth),
-                       "common": u.common.as_deref(), "files": files_summary(&u.files)})
+                       "common": u.common.as_deref(), "files": files_summary(tables, mirror, &u.files)})
             });
             out.insert(format!("units {account} {mac}"), sorted(units.collect()));
             out.insert(
@@ -187,8 +198,8 @@ fn tables_summary(tables: &Tables, probes: &Probes) -> Value {
         for file in &probes.files {
             let common = tables.common(account, file);
             let common = common.iter().map(|c| {
-                json!({"doc": &*c.doc, "brand": c.brand, "model": c.model,
-                       "files": files_summary(&c.files)})
+                json!({"doc": &**c.doc(), "brand": c.brand, "model": c.model,
+                       "files": files_summary(tables, mirror, &c.files)})
             });
             out.insert(format!("common {account} {file}"), sorted(common.collect()));
         }
@@ -308,8 +319,8 @@ fn assert_same_answers(what: &str, contents: &[(String, Value)]) {
     };
     compare(
         "serving tables",
-        tables_summary(parsed.tables(), &probes),
-        tables_summary(text.tables(), &probes),
+        tables_summary(parsed.tables(), &parsed_mirror, &probes),
+        tables_summary(text.tables(), &text_mirror, &probes),
     );
     compare(
         "admin views",
@@ -330,8 +341,8 @@ fn assert_same_answers(what: &str, contents: &[(String, Value)]) {
     reload(&text_mirror, true);
     compare(
         "serving tables after a reload",
-        tables_summary(parsed.tables(), &probes),
-        tables_summary(text.tables(), &probes),
+        tables_summary(parsed.tables(), &parsed_mirror, &probes),
+        tables_summary(text.tables(), &text_mirror, &probes),
     );
 }
 
@@ -470,15 +481,19 @@ fn text_entries_of_hostile_contents_answer_what_parsed_ones_did() {
     ];
     assert_same_answers("hostile contents", &contents);
     // The probes did find something to serve.
-    let (_, text) = service(&contents, true);
+    let (text_mirror, text) = service(&contents, true);
     let mac = Mac::parse("805ec0bbbbbb").unwrap();
     let served = text.tables().units("x", &mac);
     assert_eq!(served.len(), 1);
     assert_eq!(
-        served[0].files.keys().collect::<BTreeSet<_>>(),
-        BTreeSet::from([&"805ec0bbbbbb.cfg".to_string(), &"d.cfg".to_string()])
+        served[0].files.names().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["805ec0bbbbbb.cfg", "d.cfg"])
     );
-    assert_eq!(&*served[0].files["d.cfg"].body, "ok\n\"é\"".as_bytes());
+    let FileLookup::Found(file) = text.tables().file(&text_mirror, &served[0].files, "d.cfg")
+    else {
+        panic!("d.cfg is served");
+    };
+    assert_eq!(&*file.body, "ok\n\"é\"".as_bytes());
 }
 
 #[test]

@@ -32,6 +32,7 @@ pub mod auth;
 pub mod build;
 pub mod catalogue;
 pub mod explain;
+pub mod hot;
 pub mod limiter;
 pub mod mac;
 pub mod mask;

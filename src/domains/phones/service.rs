@@ -36,7 +36,7 @@ use super::auth::{self, NonceKey, Stored, Verdict};
 use super::limiter::{self, Limiter, Limits};
 use super::mac::Mac;
 use super::request::{self, Agent, Target};
-use super::serving::{ServedCommon, ServedFile, Tables};
+use super::serving::{FileLookup, FileMeta, FileSet, ServedCommon, ServedFile, Tables};
 use super::trust::{self, Pair, Standing, Trust, TrustLimits};
 use super::vendors;
 use crate::cache::CacheEntry;
@@ -44,6 +44,9 @@ use crate::cache::mirror::{Entries, Mirror, Observer};
 use crate::domains::Domain;
 use crate::telemetry::metrics::{Metrics, PhonesGauges};
 use prometheus_client::metrics::counter::Counter;
+
+/// `Retry-After` of a file whose content changed while it was being served.
+const GONE_RETRY_AFTER: u64 = 1;
 
 /// The tracing target of the security log.
 pub const SECURITY: &str = "caldera::security";
@@ -61,6 +64,8 @@ pub struct Settings {
     pub max_upload: usize,
     /// Proxies whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<IpNet>,
+    /// The bound of the served files' hot set.
+    pub hot_set_bytes: usize,
 }
 
 impl Settings {
@@ -80,6 +85,7 @@ impl Settings {
             request_log: config.request_log_size,
             max_upload: config.max_upload_bytes,
             trusted_proxies: config.trusted_proxies.clone(),
+            hot_set_bytes: config.hot_set_bytes,
         }
     }
 }
@@ -409,7 +415,7 @@ pub fn nonce_key(secret: Option<&str>) -> NonceKey {
 
 impl PhonesService {
     pub fn new(mirror: Arc<Mirror>, settings: Settings, key: NonceKey) -> PhonesService {
-        let tables = Arc::new(Tables::default());
+        let tables = Arc::new(Tables::with_hot_set(settings.hot_set_bytes));
         mirror.observe(tables.clone());
         let logs = Arc::new(RequestLogs::default());
         mirror.observe(logs.clone());
@@ -434,6 +440,7 @@ impl PhonesService {
 
     pub fn reload(&self, settings: Settings) {
         self.trust.apply(&settings.trust, unix_seconds());
+        self.tables.resize_hot_set(settings.hot_set_bytes);
         self.settings.store(Arc::new(settings));
     }
 
@@ -660,7 +667,7 @@ impl PhonesService {
                     .and_then(|mac| self.tables.units(account, &mac).into_iter().next())
                     .and_then(|unit| unit.common.clone());
                 let of_brand = |c: &&Arc<ServedCommon>| Some(c.brand.as_str()) == agent.brand;
-                own.and_then(|doc| candidates.iter().find(|c| c.doc == doc).cloned())
+                own.and_then(|doc| candidates.iter().find(|c| *c.doc() == doc).cloned())
                     .or_else(|| {
                         candidates
                             .iter()
@@ -672,9 +679,9 @@ impl PhonesService {
                     .unwrap_or_else(|| candidates[0].clone())
             }
         };
-        let found = chosen.files.get(file)?;
+        chosen.files.get(file)?;
         let mut outcome = Outcome::deny("model-common file").in_account(account);
-        outcome.reply = file_reply(found, req, false);
+        outcome.reply = self.file_reply(&chosen.files, file, req, false);
         Some(outcome)
     }
 
@@ -709,13 +716,13 @@ impl PhonesService {
             _ => {}
         }
         let upload = req.method == "PUT";
-        let found = unit.files.get(file);
+        let found = unit.files.get(file).is_some();
         if upload
             && !vendors::by_brand(&unit.brand).is_some_and(|vendor| vendor.accepts_upload(file))
         {
             return deny("the unit's vendor does not upload this file").of_device();
         }
-        if !upload && found.is_none() {
+        if !upload && !found {
             return deny("the unit's model does not produce this file").of_device();
         }
         let mut outcome = deny("per-device file");
@@ -733,13 +740,54 @@ impl PhonesService {
         outcome.reply = match (upload, found, req.upload) {
             (true, _, Some(Some(_))) => Reply::Accepted,
             (true, _, _) => Reply::TooLarge,
-            (false, Some(found), _) => file_reply(found, req, true),
-            (false, None, _) => unreachable!("checked above"),
+            (false, true, _) => self.file_reply(&unit.files, file, req, true),
+            (false, false, _) => unreachable!("checked above"),
         };
         if upload {
             outcome.reason = "log upload".into();
         }
         outcome
+    }
+
+    /// The reply for the file `name` of `set` (which names it), honouring
+    /// the conditional headers. A 304 needs no body, so it reads none; a
+    /// body the mirror no longer holds at the indexed etag (a newer
+    /// revision came in since the decision, or the store could not read it
+    /// back) is a 503, never another revision's bytes.
+    fn file_reply(
+        &self,
+        set: &FileSet,
+        name: &str,
+        req: &PhoneRequest<'_>,
+        private: bool,
+    ) -> Reply {
+        let Some(meta) = set.get(name) else {
+            return Reply::NotFound;
+        };
+        if not_modified(meta, req) {
+            let file = ServedFile::new(
+                bytes::Bytes::new(),
+                meta.etag.to_string(),
+                String::new(),
+                meta.since,
+            );
+            return Reply::File {
+                not_modified: true,
+                file: Arc::new(file),
+                private,
+            };
+        }
+        match self.tables.file(&self.mirror, set, name) {
+            FileLookup::Found(file) => Reply::File {
+                not_modified: false,
+                file,
+                private,
+            },
+            FileLookup::Absent => Reply::NotFound,
+            FileLookup::Gone => Reply::Unavailable {
+                retry_after: GONE_RETRY_AFTER,
+            },
+        }
     }
 
     /// `Ok` when the request carries the unit's credentials, else the 401.
@@ -1026,9 +1074,9 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpNet]) -
         .unwrap_or(peer)
 }
 
-/// The reply for a file, honouring the conditional headers.
-fn file_reply(file: &Arc<ServedFile>, req: &PhoneRequest<'_>, private: bool) -> Reply {
-    let not_modified = match (req.if_none_match, req.if_modified_since) {
+/// Whether a conditional request's copy is current.
+fn not_modified(file: &FileMeta, req: &PhoneRequest<'_>) -> bool {
+    match (req.if_none_match, req.if_modified_since) {
         (Some(tags), _) => etag_matches(tags, &file.etag),
         (None, Some(since)) => httpdate::parse_http_date(since).is_ok_and(|since| {
             // HTTP dates have whole seconds.
@@ -1037,11 +1085,6 @@ fn file_reply(file: &Arc<ServedFile>, req: &PhoneRequest<'_>, private: bool) -> 
                 .map_or(true, |newer| newer < Duration::from_secs(1))
         }),
         (None, None) => false,
-    };
-    Reply::File {
-        not_modified,
-        file: file.clone(),
-        private,
     }
 }
 

@@ -1,17 +1,21 @@
-//! The serving index: everything the phones listener needs, ready to send
-//! — realm → account, (account, MAC) → unit with its files as `Bytes` and
-//! its credentials, (account, common file name) → the common files — kept
-//! in step with the mirror by observing it (`cache::mirror::Observer`), so
-//! it is never older or newer than the cache documents it comes from.
+//! The serving index: everything the phones listener needs to decide —
+//! realm → account, (account, MAC) → unit with its credentials and the
+//! names and etags of its files, (account, common file name) → the common
+//! files — kept in step with the mirror by observing it
+//! (`cache::mirror::Observer`), so it is never older or newer than the
+//! cache documents it comes from.
 //!
-//! A request is then a few hash lookups and reference-count bumps: no JSON
-//! is walked and no body is copied per request (measured: the serving
-//! decision was 40% of the listener's time before). The price is one copy
-//! of each served file's bytes next to the mirror's JSON text (the mirror
-//! keeps phones outputs unparsed, `cache::Content::Text`): a put reads
-//! only the fields indexed here (`Indexed`) and moves the bodies in. Each
-//! file also carries since when it has had its current content
-//! (`Last-Modified`).
+//! A decision is a few hash lookups and reference-count bumps: no JSON is
+//! walked per request (measured: the serving decision was 40% of the
+//! listener's time before). The files' bodies are not held here: a body
+//! exists once, in the mirror (on disk with a store), and the files served
+//! recently are kept formatted in a bounded hot set (`hot`), so memory no
+//! longer grows with every unit's served bytes (issue 13: the bodies and
+//! their headers were 3.5–4.7 kB of the 8 kB a unit cost). A miss reads the
+//! cache document back (`Tables::file`) and serves the body only if its
+//! etag is the one indexed, so a file is never answered from another
+//! revision than the decision was made on. Each file carries since when it
+//! has had its current content (`Last-Modified`).
 //!
 //! Only served things are indexed: a disabled or duplicate unit, an
 //! account with a duplicate realm, a common output without files are
@@ -28,8 +32,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::auth::Stored;
+use super::hot::{HotSet, HotStats};
 use super::mac::Mac;
-use crate::cache::mirror::{Entries, Observer};
+use crate::cache::mirror::{Entries, Mirror, Observer};
 use crate::cache::{CacheEntry, Content};
 use crate::domains::Domain;
 
@@ -48,6 +53,72 @@ pub struct ServedFile {
     /// The response headers, formatted once per content rather than per
     /// request.
     pub headers: FileHeaders,
+}
+
+impl ServedFile {
+    pub fn new(body: Bytes, etag: String, content_type: String, since: SystemTime) -> ServedFile {
+        ServedFile {
+            headers: FileHeaders::of(&content_type, &etag, since),
+            body,
+            etag,
+            content_type,
+            since,
+        }
+    }
+}
+
+/// What the index keeps of a file: enough to decide and to answer a
+/// conditional request's etag, not its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileMeta {
+    pub name: Box<str>,
+    pub etag: Box<str>,
+    pub since: SystemTime,
+}
+
+/// The files of one revision of a cache document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSet {
+    /// The cache document holding the bodies.
+    pub doc: Arc<str>,
+    /// Unique to this revision's set: the hot set's key.
+    generation: u64,
+    files: Box<[FileMeta]>,
+}
+
+impl FileSet {
+    pub fn get(&self, name: &str) -> Option<&FileMeta> {
+        self.files.iter().find(|f| &*f.name == name)
+    }
+
+    fn position(&self, name: &str) -> Option<u16> {
+        let index = self.files.iter().position(|f| &*f.name == name)?;
+        u16::try_from(index).ok()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|f| &*f.name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = (u64, u16)> + '_ {
+        (0..self.files.len()).filter_map(|i| Some((self.generation, u16::try_from(i).ok()?)))
+    }
+}
+
+/// What `Tables::file` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileLookup {
+    Found(Arc<ServedFile>),
+    /// The set has no such file.
+    Absent,
+    /// The set names it, but the mirror no longer holds that content (a
+    /// newer revision arrived since the decision, or the store could not
+    /// read it back): never answered with other bytes.
+    Gone,
 }
 
 /// `Content-Type`, `ETag` (quoted) and `Last-Modified` of a served file.
@@ -96,7 +167,7 @@ pub struct ServedUnit {
     pub id: Arc<str>,
     pub brand: String,
     pub auth: Option<Stored>,
-    pub files: HashMap<String, Arc<ServedFile>>,
+    pub files: FileSet,
     /// The cache document of its model's common files.
     pub common: Option<Arc<str>>,
 }
@@ -104,11 +175,17 @@ pub struct ServedUnit {
 /// The model-common files of a model in an account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServedCommon {
-    /// The cache document.
-    pub doc: Arc<str>,
     pub brand: String,
     pub model: String,
-    pub files: HashMap<String, Arc<ServedFile>>,
+    /// Its `doc` is the cache document.
+    pub files: FileSet,
+}
+
+impl ServedCommon {
+    /// The cache document.
+    pub fn doc(&self) -> &Arc<str> {
+        &self.files.doc
+    }
 }
 
 /// What one cache document put into the tables.
@@ -147,12 +224,15 @@ struct Inner {
     /// account → every unit document (served or not), for the admin API.
     units_of: HashMap<String, Ids>,
     contributed: HashMap<Arc<str>, Contribution>,
+    /// The last file set generation handed out.
+    generations: u64,
 }
 
 /// The tables; shared by the phones listener and the admin API.
 #[derive(Default)]
 pub struct Tables {
     inner: RwLock<Inner>,
+    hot: HotSet,
 }
 
 fn text(value: &Value, field: &str) -> Option<String> {
@@ -208,42 +288,87 @@ impl Indexed {
     }
 }
 
-/// The files of a document, keeping `since` of those whose etag did not
-/// change (`before`: the previous revision's files).
-fn files(
+/// The file set of a revision of `doc`, keeping `since` of the files whose
+/// etag did not change (`before`: the previous revision's set). Bodies
+/// are dropped: they are read back on demand (`Tables::file`).
+fn file_set(
+    doc: &str,
     files: Option<Value>,
-    before: Option<&HashMap<String, Arc<ServedFile>>>,
+    before: Option<&FileSet>,
     now: SystemTime,
-) -> HashMap<String, Arc<ServedFile>> {
-    let Some(Value::Object(files)) = files else {
-        return HashMap::new();
+    generation: u64,
+) -> FileSet {
+    let mut set: Vec<FileMeta> = file_fields(files)
+        .map(|(name, etag, _)| {
+            let since = before
+                .and_then(|b| b.get(&name))
+                .filter(|old| *old.etag == *etag)
+                .map_or(now, |old| old.since);
+            FileMeta {
+                name: name.into(),
+                etag: etag.into(),
+                since,
+            }
+        })
+        .collect();
+    set.truncate(usize::from(u16::MAX));
+    FileSet {
+        doc: before.map_or_else(|| Arc::from(doc), |b| b.doc.clone()),
+        generation,
+        files: set.into_boxed_slice(),
+    }
+}
+
+/// The files of a content's `files` object that have an etag and a body:
+/// (name, etag, file object without its etag).
+fn file_fields(
+    files: Option<Value>,
+) -> impl Iterator<Item = (String, String, serde_json::Map<String, Value>)> {
+    let files = match files {
+        Some(Value::Object(files)) => files,
+        _ => serde_json::Map::new(),
     };
-    files
-        .into_iter()
-        .filter_map(|(name, file)| {
-            let Value::Object(mut file) = file else {
+    files.into_iter().filter_map(|(name, file)| {
+        let Value::Object(file) = file else {
+            return None;
+        };
+        let etag = file.get("etag")?.as_str()?.to_string();
+        file.get("body")?.as_str()?;
+        Some((name, etag, file))
+    })
+}
+
+/// The `files` of a phones cache document, for reading bodies back.
+#[derive(Deserialize)]
+struct Bodies {
+    files: Option<Value>,
+}
+
+/// The files of `entry` that `set` indexes with the same etag, ready to
+/// send.
+fn load_files(entry: &CacheEntry, set: &FileSet) -> Vec<(u16, Arc<ServedFile>)> {
+    let Content::Text(text) = &entry.content else {
+        return Vec::new();
+    };
+    let Ok(bodies) = serde_json::from_str::<Bodies>(text.as_str()) else {
+        return Vec::new();
+    };
+    file_fields(bodies.files)
+        .filter_map(|(name, etag, mut file)| {
+            let index = set.position(&name)?;
+            let meta = &set.files[usize::from(index)];
+            if *meta.etag != *etag {
                 return None;
-            };
-            let etag = file.get("etag")?.as_str()?.to_string();
+            }
             let Some(Value::String(body)) = file.remove("body") else {
                 return None;
             };
-            let since = before
-                .and_then(|b| b.get(&name))
-                .filter(|old| old.etag == etag)
-                .map_or(now, |old| old.since);
             let content_type = file
                 .get("content_type")
                 .and_then(Value::as_str)
                 .map_or_else(|| "application/octet-stream".into(), str::to_string);
-            let served = ServedFile {
-                body: Bytes::from(body),
-                headers: FileHeaders::of(&content_type, &etag, since),
-                etag,
-                content_type,
-                since,
-            };
-            Some((name, Arc::new(served)))
+            let served = ServedFile::new(Bytes::from(body), etag, content_type, meta.since);
+            Some((index, Arc::new(served)))
         })
         .collect()
 }
@@ -253,6 +378,7 @@ fn contribution(
     entry: &CacheEntry,
     before: Option<&Contribution>,
     now: SystemTime,
+    generation: u64,
 ) -> Option<Contribution> {
     let is = |prefix: &str| entry.id.starts_with(prefix);
     if !(is(PREFIX_ACCOUNT) || is(PREFIX_UNIT) || is(PREFIX_COMMON)) {
@@ -274,7 +400,7 @@ fn contribution(
         });
     }
     if let Some(id) = entry.id.strip_prefix(PREFIX_UNIT) {
-        return unit_contribution(id, content, before, now);
+        return unit_contribution(&entry.id, id, content, before, now, generation);
     }
     let account = Indexed::text(content.account_id.as_ref())?;
     let old_files = match before {
@@ -282,19 +408,20 @@ fn contribution(
         _ => None,
     };
     let common = Arc::new(ServedCommon {
-        doc: Arc::from(entry.id.as_str()),
         brand: Indexed::text(content.brand.as_ref()).unwrap_or_default(),
         model: Indexed::text(content.model.as_ref()).unwrap_or_default(),
-        files: files(content.files, old_files, now),
+        files: file_set(&entry.id, content.files, old_files, now, generation),
     });
     Some(Contribution::Common { account, common })
 }
 
 fn unit_contribution(
+    doc: &str,
     id: &str,
     content: Indexed,
     before: Option<&Contribution>,
     now: SystemTime,
+    generation: u64,
 ) -> Option<Contribution> {
     let unit = content.unit.as_ref()?;
     let account: Arc<str> = Arc::from(text(unit, "account_id")?);
@@ -318,7 +445,7 @@ fn unit_contribution(
                 .as_ref()
                 .and_then(|c| c.get("key")?.as_str())
                 .map(|k| Arc::from(format!("phones:{k}").as_str())),
-            files: files(content.files, old_files, now),
+            files: file_set(doc, content.files, old_files, now, generation),
         })),
         None => None,
     };
@@ -331,7 +458,8 @@ fn unit_contribution(
 
 impl Inner {
     fn add(&mut self, entry: &CacheEntry, before: Option<&Contribution>, now: SystemTime) {
-        let Some(contribution) = contribution(entry, before, now) else {
+        self.generations += 1;
+        let Some(contribution) = contribution(entry, before, now, self.generations) else {
             return;
         };
         let doc: Arc<str> = Arc::from(entry.id.as_str());
@@ -361,9 +489,9 @@ impl Inner {
             }
             Contribution::Common { account, common } => {
                 let by_file = self.common.entry(account.clone()).or_default();
-                for file in common.files.keys() {
+                for file in common.files.names() {
                     by_file
-                        .entry(file.clone())
+                        .entry(file.to_string())
                         .or_default()
                         .push(common.clone());
                 }
@@ -399,9 +527,9 @@ impl Inner {
             }
             Contribution::Common { account, common } => {
                 if let Some(by_file) = self.common.get_mut(account) {
-                    for file in common.files.keys() {
+                    for file in common.files.names() {
                         if let Some(list) = by_file.get_mut(file) {
-                            list.retain(|c| c.doc != common.doc);
+                            list.retain(|c| c.doc() != common.doc());
                             if list.is_empty() {
                                 by_file.remove(file);
                             }
@@ -443,9 +571,11 @@ impl Observer for Tables {
     fn reset(&self, entries: &Entries<'_>) {
         let now = SystemTime::now();
         let mut inner = self.write();
-        let before = std::mem::take(&mut *inner).contributed;
+        let old = std::mem::take(&mut *inner);
+        inner.generations = old.generations;
+        self.hot.clear();
         entries.each_of_domain(Domain::Phones.name(), |entry| {
-            inner.add(entry, before.get(entry.id.as_str()), now);
+            inner.add(entry, old.contributed.get(entry.id.as_str()), now);
         });
     }
 
@@ -455,17 +585,81 @@ impl Observer for Tables {
         }
         let mut inner = self.write();
         let before = inner.forget(&entry.id);
+        self.forget_hot(before.as_ref());
         inner.add(entry, before.as_ref(), SystemTime::now());
     }
 
     fn remove(&self, id: &str) {
         if id.starts_with("phones:") {
-            self.write().forget(id);
+            let before = self.write().forget(id);
+            self.forget_hot(before.as_ref());
+        }
+    }
+}
+
+impl Contribution {
+    fn files(&self) -> Option<&FileSet> {
+        match self {
+            Contribution::Unit {
+                unit: Some(unit), ..
+            } => Some(&unit.files),
+            Contribution::Common { common, .. } => Some(&common.files),
+            _ => None,
         }
     }
 }
 
 impl Tables {
+    /// Tables whose hot set holds at most about `hot_set_bytes`.
+    pub fn with_hot_set(hot_set_bytes: usize) -> Tables {
+        Tables {
+            inner: RwLock::default(),
+            hot: HotSet::new(hot_set_bytes),
+        }
+    }
+
+    /// A new bound for the hot set (SIGHUP).
+    pub fn resize_hot_set(&self, bytes: usize) {
+        self.hot.resize(bytes);
+    }
+
+    pub fn hot_stats(&self) -> HotStats {
+        self.hot.stats()
+    }
+
+    /// The previous revision's files leave the hot set with it.
+    fn forget_hot(&self, before: Option<&Contribution>) {
+        for key in before
+            .and_then(Contribution::files)
+            .into_iter()
+            .flat_map(FileSet::keys)
+        {
+            self.hot.forget(key);
+        }
+    }
+
+    /// The file `name` of `set`, ready to send: from the hot set, else read
+    /// back from the mirror (and kept hot, with the set's other files).
+    pub fn file(&self, mirror: &Mirror, set: &FileSet, name: &str) -> FileLookup {
+        let Some(index) = set.position(name) else {
+            return FileLookup::Absent;
+        };
+        if let Some(file) = self.hot.get((set.generation, index)) {
+            return FileLookup::Found(file);
+        }
+        let Some(entry) = mirror.get(&set.doc) else {
+            return FileLookup::Gone;
+        };
+        let mut found = FileLookup::Gone;
+        for (i, file) in load_files(&entry, set) {
+            if i == index {
+                found = FileLookup::Found(file.clone());
+            }
+            self.hot.insert((set.generation, i), file);
+        }
+        found
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner
             .read()
@@ -559,6 +753,10 @@ mod tests {
     fn the_tables_follow_the_mirror() {
         let mirror = Mirror::default();
         let tables = Arc::new(Tables::default());
+        let body = |set: &FileSet, name: &str| match tables.file(&mirror, set, name) {
+            FileLookup::Found(file) => file.body.clone(),
+            other => panic!("{name}: {other:?}"),
+        };
         mirror.apply_written(Update::Live(entry(
             "phones:account:a",
             "1-a",
@@ -583,7 +781,11 @@ mod tests {
         let found = tables.units("a", &mac);
         assert_eq!(found.len(), 1);
         assert_eq!(&*found[0].id, "u1");
-        assert_eq!(found[0].files["f.cfg"].body, Bytes::from_static(b"x"));
+        assert_eq!(body(&found[0].files, "f.cfg"), Bytes::from_static(b"x"));
+        assert_eq!(
+            tables.file(&mirror, &found[0].files, "g.cfg"),
+            FileLookup::Absent
+        );
         assert!(
             tables.units("b", &mac).is_empty(),
             "not served, not indexed"
@@ -591,14 +793,20 @@ mod tests {
         assert!(tables.mac_in_other_account("b", &mac));
         assert!(!tables.mac_in_other_account("a", &mac));
         assert_eq!(tables.units_of("b"), [Arc::from("phones:unit:u2")]);
-        let since = found[0].files["f.cfg"].since;
+        let since = found[0].files.get("f.cfg").unwrap().since;
         // Same etag in a new revision: the time stays.
         mirror.apply_written(Update::Live(entry(
             "phones:unit:u1",
             "2-a",
             unit("a", "805ec0123456", true, "e1"),
         )));
-        assert_eq!(tables.units("a", &mac)[0].files["f.cfg"].since, since);
+        assert_eq!(
+            tables.units("a", &mac)[0].files.get("f.cfg").unwrap().since,
+            since
+        );
+        // The set read before the next revision names etag e1: once the
+        // mirror holds e2, its bytes are gone, never e2's.
+        let old = tables.units("a", &mac)[0].files.clone();
         mirror.apply_written(Update::Live(entry(
             "phones:unit:u1",
             "3-a",
@@ -606,14 +814,20 @@ mod tests {
         )));
         assert!(tables.units("a", &mac).is_empty());
         let moved = Mac::parse("805ec0123457").unwrap();
-        assert_eq!(tables.units("a", &moved)[0].files["f.cfg"].etag, "e2");
+        let new = tables.units("a", &moved)[0].files.clone();
+        assert_eq!(&*new.get("f.cfg").unwrap().etag, "e2");
+        assert_eq!(tables.file(&mirror, &old, "f.cfg"), FileLookup::Gone);
+        assert_eq!(body(&new, "f.cfg"), Bytes::from_static(b"x"));
+        assert!(tables.hot_stats().files >= 1, "read back and kept hot");
         mirror.apply_written(Update::Live(entry(
             "phones:common:a:yealink:t46s",
             "1-a",
             json!({"account_id": "a", "brand": "yealink", "files": {"y.cfg": {"etag": "c", "body": "common"}}}),
         )));
+        let common = tables.common("a", "y.cfg");
+        assert_eq!(&**common[0].doc(), "phones:common:a:yealink:t46s");
         assert_eq!(
-            tables.common("a", "y.cfg")[0].files["y.cfg"].body,
+            body(&common[0].files, "y.cfg"),
             Bytes::from_static(b"common")
         );
         mirror.apply_written(Update::Deleted {
@@ -621,6 +835,11 @@ mod tests {
             rev: "2-a".into(),
         });
         assert!(tables.common("a", "y.cfg").is_empty());
+        assert_eq!(
+            tables.file(&mirror, &common[0].files, "y.cfg"),
+            FileLookup::Gone,
+            "deleted: neither the hot set nor the mirror answers"
+        );
         mirror.apply_written(Update::Live(entry(
             "phones:account:b",
             "1-a",
