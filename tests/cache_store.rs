@@ -398,3 +398,73 @@ async fn a_replica_catching_up_answers_503_not_stale_bytes() {
         .unwrap_or_else(|why| panic!("after catching up: {why}"));
     drop(builder);
 }
+
+/// The hot set's figures in `/v1/status`.
+async fn hot_set(daemon: &Daemon) -> Value {
+    daemon.get("/v1/status").await.json["phones"]["hot_set"].clone()
+}
+
+/// With an empty hot set every phone file is read back from the store,
+/// and what is served is still exactly the cache database, edits
+/// included; SIGHUP gives it room, and the second pass is answered from
+/// memory with the same bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_read_back_from_the_store_serve_the_same_bytes_hot_or_cold() {
+    let env = PhonesEnv::new().await;
+    seed_units(&env).await;
+    let mut config = env.config();
+    config.set("phones.hot_set_mb", 0);
+    let daemon = Daemon::start_ready(&config).await;
+    wait_served(&env, &daemon, UNITS, "every unit served, cold").await;
+    let cold = hot_set(&daemon).await;
+    assert_eq!(cold["limit_bytes"], 0, "{cold}");
+    assert_eq!(cold["files"], 0, "nothing kept: {cold}");
+    assert!(cold["misses"].as_u64() >= Some(UNITS as u64), "{cold}");
+
+    config.set("phones.hot_set_mb", 16);
+    std::fs::write(daemon.config_path(), config.toml()).unwrap();
+    daemon.sighup();
+    eventually(
+        "the hot set is resized",
+        Duration::from_secs(10),
+        async || {
+            let limit = hot_set(&daemon).await["limit_bytes"].clone();
+            (limit == 16 << 20).then_some(()).ok_or(limit.to_string())
+        },
+    )
+    .await;
+    served_matches_cache(&env, &daemon, UNITS).await.unwrap();
+    let before = hot_set(&daemon).await;
+    served_matches_cache(&env, &daemon, UNITS).await.unwrap();
+    let after = hot_set(&daemon).await;
+    assert!(after["files"].as_u64() >= Some(UNITS as u64), "{after}");
+    assert!(
+        after["hits"].as_u64().unwrap() >= before["hits"].as_u64().unwrap() + UNITS as u64,
+        "the second pass is answered from the hot set: {before} -> {after}"
+    );
+
+    // Edited units: the hot copies of their old revision are never served.
+    for i in 0..10 {
+        env.unit_doc(unit(i, 7000 + i as u64)).await;
+    }
+    eventually(
+        "the edits are served",
+        Duration::from_secs(60),
+        async || {
+            let reply = get(
+                &daemon,
+                &format!("/{}.cfg", mac(9)),
+                REALM,
+                "Yealink SIP-T46S",
+            )
+            .await;
+            reply
+                .text
+                .contains("7009")
+                .then_some(())
+                .ok_or_else(|| format!("{} {}", reply.status, reply.text))
+        },
+    )
+    .await;
+    wait_served(&env, &daemon, UNITS, "every unit served after the edits").await;
+}

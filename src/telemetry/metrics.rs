@@ -134,6 +134,11 @@ pub struct PhonesGauges {
     pub trusted_pairs: Gauge,
     pub trusted_pairs_max: Gauge,
     pub trusted_pair_ttl_seconds: Gauge,
+    pub hot_set_files: Gauge,
+    pub hot_set_bytes: Gauge,
+    pub hot_set_limit_bytes: Gauge,
+    pub hot_set_hits: Gauge,
+    pub hot_set_misses: Gauge,
 }
 
 impl PhonesGauges {
@@ -178,6 +183,31 @@ impl PhonesGauges {
                 "phones_trusted_pair_ttl_seconds",
                 "How long a pair is remembered after it was last served",
                 &self.trusted_pair_ttl_seconds,
+            ),
+            (
+                "phones_hot_set_files",
+                "Phone files kept ready to send in the hot set",
+                &self.hot_set_files,
+            ),
+            (
+                "phones_hot_set_bytes",
+                "Bytes the hot set holds (bodies and overhead)",
+                &self.hot_set_bytes,
+            ),
+            (
+                "phones_hot_set_limit_bytes",
+                "The hot set's bound (phones.hot_set_mb)",
+                &self.hot_set_limit_bytes,
+            ),
+            (
+                "phones_hot_set_hits",
+                "File lookups the hot set answered, since start",
+                &self.hot_set_hits,
+            ),
+            (
+                "phones_hot_set_misses",
+                "File lookups that read the body back from the mirror, since start",
+                &self.hot_set_misses,
             ),
         ] {
             r.register(name, help, gauge.clone());

@@ -33,6 +33,7 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::auth::{self, NonceKey, Stored, Verdict};
+use super::hot::HotStats;
 use super::limiter::{self, Limiter, Limits};
 use super::mac::Mac;
 use super::request::{self, Agent, Target};
@@ -465,6 +466,7 @@ impl PhonesService {
                 ("trusted_pair", self.decisions.remembered.get()),
                 ("authenticated", self.decisions.authenticated.get()),
             ],
+            hot_set: self.tables.hot_stats(),
         }
     }
 
@@ -1001,6 +1003,8 @@ pub struct ThrottleStatus {
     pub trusted_pairs: usize,
     /// Throttle decisions so far, by outcome.
     pub decisions: [(&'static str, u64); 4],
+    /// The served files' hot set.
+    pub hot_set: HotStats,
 }
 
 impl ThrottleStatus {
@@ -1016,6 +1020,13 @@ impl ThrottleStatus {
         gauges.trusted_pairs.set(int(self.trusted_pairs as u64));
         gauges.trusted_pairs_max.set(int(self.trust.max as u64));
         gauges.trusted_pair_ttl_seconds.set(int(self.trust.ttl));
+        gauges.hot_set_files.set(int(self.hot_set.files));
+        gauges.hot_set_bytes.set(int(self.hot_set.bytes));
+        gauges
+            .hot_set_limit_bytes
+            .set(int(self.hot_set.limit_bytes));
+        gauges.hot_set_hits.set(int(self.hot_set.hits));
+        gauges.hot_set_misses.set(int(self.hot_set.misses));
     }
 
     pub fn to_json(&self) -> Value {
@@ -1032,6 +1043,11 @@ impl ThrottleStatus {
             },
             "trusted_pairs": {"count": self.trusted_pairs, "max": self.trust.max, "ttl_secs": self.trust.ttl},
             "decisions": decisions,
+            "hot_set": {
+                "files": self.hot_set.files, "bytes": self.hot_set.bytes,
+                "limit_bytes": self.hot_set.limit_bytes,
+                "hits": self.hot_set.hits, "misses": self.hot_set.misses,
+            },
         })
     }
 }
