@@ -166,7 +166,9 @@ pub struct ServedUnit {
     /// The unit's document id.
     pub id: Arc<str>,
     pub brand: String,
-    pub auth: Option<Stored>,
+    /// Boxed: most units have none, and the four strings inline would cost
+    /// each unit ~100 bytes.
+    pub auth: Option<Box<Stored>>,
     pub files: FileSet,
     /// The cache document of its model's common files.
     pub common: Option<Arc<str>>,
@@ -439,7 +441,11 @@ fn unit_contribution(
         Some(_) => Some(Arc::new(ServedUnit {
             id: Arc::from(id),
             brand: text(unit, "brand").unwrap_or_default(),
-            auth: content.auth.as_ref().and_then(Stored::from_json),
+            auth: content
+                .auth
+                .as_ref()
+                .and_then(Stored::from_json)
+                .map(Box::new),
             common: content
                 .common
                 .as_ref()
@@ -462,7 +468,10 @@ impl Inner {
         let Some(contribution) = contribution(entry, before, now, self.generations) else {
             return;
         };
-        let doc: Arc<str> = Arc::from(entry.id.as_str());
+        // One copy of the id, shared with the file set's.
+        let doc: Arc<str> = contribution
+            .files()
+            .map_or_else(|| Arc::from(entry.id.as_str()), |files| files.doc.clone());
         match &contribution {
             Contribution::Account { id, realm, account } => {
                 if let Some(realm) = realm {
