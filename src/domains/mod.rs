@@ -109,6 +109,13 @@ pub trait Builder: Send + Sync {
     /// The sources this domain reads (logical names, see `rebuild::sources`).
     fn sources(&self) -> &'static [&'static str];
 
+    /// Those of `sources` whose documents another part of the process also
+    /// keeps (their texts are shared through `json::TextPool`). Default:
+    /// none.
+    fn shared_sources(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// The outputs whose existence this document decides (a category
     /// document roots its sysconf output). Called with the old and the new
     /// version of a changed document (`None` when there is none), so an

@@ -125,10 +125,17 @@ impl Engine {
                 .flat_map(|d| d.builder().view_keys(source, doc))
                 .collect()
         });
+        let mut index = Index::with_keyer(keyer);
+        index.share_texts_of(
+            domains
+                .iter()
+                .flat_map(|d| d.builder().shared_sources().iter())
+                .map(|name| SourceId::from(*name)),
+        );
         Engine {
             domains,
             config,
-            index: Index::with_keyer(keyer),
+            index,
             deps: DepGraph::default(),
             sources,
             writer,

@@ -12,12 +12,13 @@
 //! depending on, a whole source. Reading a view records `Dep::View`; the
 //! engine touches a key whenever a document enters, leaves or changes under it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::couch::Body;
+use crate::json::TextPool;
 
 /// A source's logical name (`system_config`, `sip_auth`, …), independent of
 /// the physical database name the configuration gives it.
@@ -124,6 +125,8 @@ pub struct Index {
     /// source → view key → ids filed under it.
     views: HashMap<SourceId, HashMap<String, ViewIds>>,
     keyer: Option<Keyer>,
+    /// Sources whose texts are shared with other holders (`TextPool`).
+    shared: HashSet<SourceId>,
 }
 
 impl std::fmt::Debug for Index {
@@ -141,6 +144,20 @@ impl Index {
         Index {
             keyer: Some(keyer),
             ..Index::default()
+        }
+    }
+
+    /// Shares the texts of `sources`' documents with the other holders of
+    /// the same documents (`json::TextPool`).
+    pub fn share_texts_of(&mut self, sources: impl IntoIterator<Item = SourceId>) {
+        self.shared.extend(sources);
+    }
+
+    fn shared_body(&self, source: &str, body: &mut Body) {
+        if self.shared.contains(source)
+            && let Body::Json(text) = body
+        {
+            *text = TextPool::global().share(text.clone());
         }
     }
 
@@ -213,7 +230,8 @@ impl Index {
     }
 
     /// Stores `doc`, returning the previous version.
-    pub fn upsert(&mut self, source: &SourceId, doc: SourceDoc) -> Option<Arc<SourceDoc>> {
+    pub fn upsert(&mut self, source: &SourceId, mut doc: SourceDoc) -> Option<Arc<SourceDoc>> {
+        self.shared_body(source, &mut doc.body);
         self.file(source, &doc, true);
         let docs = self.sources.entry(source.clone()).or_default();
         let old = docs.insert(doc.id.clone(), Arc::new(doc));
@@ -259,8 +277,18 @@ impl Index {
     pub fn replace(
         &mut self,
         source: &SourceId,
-        docs: BTreeMap<String, Arc<SourceDoc>>,
+        mut docs: BTreeMap<String, Arc<SourceDoc>>,
     ) -> BTreeMap<String, Arc<SourceDoc>> {
+        if self.shared.contains(source) {
+            for doc in docs.values_mut() {
+                if let Body::Json(text) = &doc.body {
+                    let shared = TextPool::global().share(text.clone());
+                    if !shared.same_copy(text) {
+                        Arc::make_mut(doc).body = Body::Json(shared);
+                    }
+                }
+            }
+        }
         self.views.remove(source);
         for doc in docs.values() {
             self.file(source, doc, true);
@@ -437,5 +465,49 @@ mod tests {
         assert!(index.views["s"].is_empty());
         index.upsert(&source, filed("a", "z"));
         assert_eq!(in_view(&index, "view:z"), ["a"]);
+    }
+
+    fn text_of(index: &Index, source: &str, id: &str) -> crate::json::JsonText {
+        match &index.get(source, id).unwrap().body {
+            Body::Json(text) => text.clone(),
+            Body::Malformed(why) => panic!("{why}"),
+        }
+    }
+
+    /// A shared source's documents keep the one copy of a text another
+    /// holder (the phones shell) has, by upsert and by replace; other
+    /// sources keep their own.
+    #[test]
+    fn shared_sources_hold_one_copy_of_a_text_another_holder_has() {
+        use crate::json::JsonText;
+        let mut index = Index::default();
+        let units: SourceId = Arc::from("units_shared_test");
+        let other: SourceId = Arc::from("other_test");
+        index.share_texts_of([units.clone()]);
+        let body = json!({"_id": "u", "shared-test": 1});
+        let elsewhere = TextPool::global().share(JsonText::of(&body));
+        for source in [&units, &other] {
+            index.upsert(
+                source,
+                SourceDoc {
+                    id: "u".into(),
+                    rev: "1-a".into(),
+                    body: Body::of(&body),
+                },
+            );
+        }
+        assert!(text_of(&index, &units, "u").same_copy(&elsewhere));
+        assert!(!text_of(&index, &other, "u").same_copy(&elsewhere));
+        let replaced = SourceDoc {
+            id: "v".into(),
+            rev: "1-a".into(),
+            body: Body::of(&body),
+        };
+        index.replace(
+            &units,
+            BTreeMap::from([("v".to_string(), Arc::new(replaced))]),
+        );
+        assert!(text_of(&index, &units, "v").same_copy(&elsewhere));
+        assert_eq!(text_of(&index, &units, "v").parse(), body);
     }
 }

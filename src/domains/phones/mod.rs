@@ -125,6 +125,11 @@ impl Builder for PhonesBuilder {
         &[UNITS, SIP_AUTH, TEMPLATE_BODIES]
     }
 
+    /// The shell keeps its own copy of `units` (`sources.rs`).
+    fn shared_sources(&self) -> &'static [&'static str] {
+        &[UNITS]
+    }
+
     fn roots(&self, source: &str, id: &str, doc: Option<&SourceDoc>) -> Vec<String> {
         match (source, doc) {
             (UNITS, Some(doc)) => unit_roots(id, doc),

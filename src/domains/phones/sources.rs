@@ -31,7 +31,7 @@ use super::search;
 use crate::couch::retry::Backoff;
 use crate::couch::{Body, Db, ErrorKind, rev_generation};
 use crate::feeds::FeedEvent;
-use crate::json::JsonText;
+use crate::json::{JsonText, TextPool};
 use crate::rebuild::index::{SourceDoc, SourceId};
 
 /// The largest template attachment fetched.
@@ -64,6 +64,8 @@ pub struct UnitFacts {
 
 impl Stored {
     fn new(rev: &str, text: JsonText) -> Stored {
+        // The engine's index holds the same document: one copy of its text.
+        let text = TextPool::global().share(text);
         let json = text.parse();
         let kind = model::doc_type(&json);
         let account = model::account_of(&json).map(str::to_string);
