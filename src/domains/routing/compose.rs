@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::model::{Acc, Overlay};
-use super::table::{Expansion, Gateway, Identity, Rules, Table};
+use super::table::{Expansion, Gateway, Identity, Member, Rules, Table};
 
 /// What a gwlist entry names.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ pub struct Skeleton {
     rules: Arc<Rules>,
     sip_domain_name: String,
     specs: Vec<Spec>,
-    overlays: Vec<Overlay>,
+    overlays: Vec<Arc<Overlay>>,
     /// The entries naming each gateway and each carrier.
     by_gwid: HashMap<String, Vec<usize>>,
     by_carrier: HashMap<String, Vec<usize>>,
@@ -106,7 +106,7 @@ impl Skeleton {
         };
         let overlays = list("overlays")?
             .iter()
-            .map(Overlay::from_json)
+            .map(|overlay| Overlay::from_json(overlay).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let specs = list("entries")?
             .iter()
@@ -241,16 +241,24 @@ impl Directory {
 struct Resolved {
     disabled: bool,
     priority: Option<f64>,
-    /// `None` when it has no address (or is disabled).
-    gateway: Option<Arc<Gateway>>,
+    /// `None` when it has no address (or is disabled); with the overlay
+    /// when it adds attrs.
+    gateway: Option<(Arc<Gateway>, Option<Arc<Overlay>>)>,
 }
 
+/// What a resolved gateway's fields but `attrs` come from: its definition
+/// and the fold's timeouts, weight and `local_gateway_extra_priority`.
+type Scalars<'a> = (&'a str, [Option<serde_json::Number>; 4], u64, u64);
+
 /// Resolves entries against one directory, sharing the gateways resolved
-/// alike (same gateway, same overlay).
+/// alike (same gateway, same overlay) and, across overlays, those whose
+/// fields come out the same (overlays that differ only in attrs, as the
+/// rules with attrs of their own).
 struct Resolver<'a> {
     skeleton: &'a Skeleton,
     directory: &'a Directory,
     resolved: HashMap<(usize, &'a str), Resolved>,
+    gateways: HashMap<Scalars<'a>, Arc<Gateway>>,
 }
 
 impl<'a> Resolver<'a> {
@@ -259,6 +267,7 @@ impl<'a> Resolver<'a> {
             skeleton,
             directory,
             resolved: HashMap::new(),
+            gateways: HashMap::new(),
         }
     }
 
@@ -313,7 +322,7 @@ impl<'a> Resolver<'a> {
         &mut self,
         gwid: &'a str,
         spec: &Spec,
-        candidates: &mut Vec<(Arc<Gateway>, f64)>,
+        candidates: &mut Vec<Member>,
         rejected: &mut Vec<Value>,
     ) {
         let directory = self.directory;
@@ -327,7 +336,11 @@ impl<'a> Resolver<'a> {
             return;
         }
         match resolved.gateway {
-            Some(gateway) => candidates.push((gateway, resolved.priority.unwrap_or(spec.position))),
+            Some((gateway, overlay)) => candidates.push(Member {
+                gateway,
+                overlay,
+                priority: resolved.priority.unwrap_or(spec.position),
+            }),
             None => rejected.push(reject(format!("gateway {gwid} has no address"))),
         }
     }
@@ -341,16 +354,23 @@ impl<'a> Resolver<'a> {
         let acc = over.compose_scalars(&base.acc);
         let gateway = match &base.address {
             Some(address) if !acc.disabled() => {
-                let attrs = over
-                    .compose_attrs(&base.attrs)
-                    .map_or_else(|| base.attrs.clone(), Arc::new);
-                let identity = Identity {
-                    gwid: &base.gwid,
-                    carrierid: base.carrierid.as_ref(),
-                    address,
-                    host: base.host.as_ref(),
-                };
-                Some(Arc::new(Gateway::new(&identity, &acc, attrs)))
+                let scalars = (
+                    gwid,
+                    acc.timeouts.clone(),
+                    acc.weight(),
+                    acc.local_extra().to_bits(),
+                );
+                let gateway = self.gateways.entry(scalars).or_insert_with(|| {
+                    let identity = Identity {
+                        gwid: &base.gwid,
+                        carrierid: base.carrierid.as_ref(),
+                        address,
+                        host: base.host.as_ref(),
+                    };
+                    Arc::new(Gateway::new(&identity, &acc, base.attrs.clone()))
+                });
+                let overlay = over.adds_attrs().then(|| over.clone());
+                Some((gateway.clone(), overlay))
             }
             _ => None,
         };

@@ -425,6 +425,12 @@ impl Overlay {
         self.scalars == Acc::default() && self.attrs.is_empty()
     }
 
+    /// Whether the overlay changes a fold's `attrs` (`compose_attrs` is
+    /// `Some`).
+    pub fn adds_attrs(&self) -> bool {
+        !self.attrs.is_empty()
+    }
+
     /// `base` with the overlay's levels folded on top.
     pub fn compose(&self, base: &Acc) -> Acc {
         let mut acc = self.compose_scalars(base);

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 
-use super::model::{Acc, number as json_number};
+use super::model::{Acc, Overlay, number as json_number};
 use super::wrr::Smooth;
 
 /// Round-robin groups kept per table before the state is reset.
@@ -33,7 +33,9 @@ pub const MAX_STATES: usize = 100_000;
 /// One resolved gateway of the table: the answer fields that do not
 /// depend on the request, and what the request-dependent ones need. The
 /// strings are shared with the directory and with the other gateways
-/// resolved from the same definition.
+/// resolved from the same definition; its `attrs` are the definition's
+/// (an entry whose overlay adds attrs folds them on at answer time, see
+/// `Member`), so the entries of rules that add only attrs share it.
 #[derive(Debug, PartialEq)]
 pub struct Gateway {
     gwid: Arc<str>,
@@ -104,25 +106,75 @@ impl Gateway {
         }
     }
 
-    /// The request-independent answer fields as a JSON object.
-    fn fields(&self) -> Map<String, Value> {
-        let fields = GatewayAnswer {
-            gateway: self,
-            priority: None,
-            local: None,
-        };
-        match serde_json::to_value(fields) {
-            Ok(Value::Object(fields)) => fields,
-            _ => unreachable!("a gateway serializes to an object"),
+    /// Equal but for `attrs`.
+    fn same_scalars(&self, other: &Gateway) -> bool {
+        let Gateway {
+            gwid,
+            carrierid,
+            address,
+            weight,
+            timeouts,
+            attrs: _,
+            host,
+            local_extra,
+        } = self;
+        *gwid == other.gwid
+            && *carrierid == other.carrierid
+            && *address == other.address
+            && *weight == other.weight
+            && *timeouts == other.timeouts
+            && *host == other.host
+            && *local_extra == other.local_extra
+    }
+}
+
+/// One gateway of a resolved entry, with its priority.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub gateway: Arc<Gateway>,
+    /// The entry's overlay when it adds attrs (`Overlay::adds_attrs`):
+    /// the answer's `attrs` are the gateway's with it folded on. Composed
+    /// per answer rather than held, so a rule with attrs of its own costs
+    /// no copy of every gateway it reaches.
+    pub overlay: Option<Arc<Overlay>>,
+    pub priority: f64,
+}
+
+impl Member {
+    /// A member whose attrs are its gateway's.
+    pub fn plain(gateway: Arc<Gateway>, priority: f64) -> Member {
+        Member {
+            gateway,
+            overlay: None,
+            priority,
         }
+    }
+
+    /// The answer's `attrs`.
+    fn attrs(&self) -> Cow<'_, Map<String, Value>> {
+        let own = &*self.gateway.attrs;
+        match self.overlay.as_deref().and_then(|o| o.compose_attrs(own)) {
+            Some(composed) => Cow::Owned(composed),
+            None => Cow::Borrowed(own),
+        }
+    }
+}
+
+/// Equal when the answers are: the same gateway fields, composed attrs and
+/// priority (however the attrs are held).
+impl PartialEq for Member {
+    fn eq(&self, other: &Member) -> bool {
+        self.priority == other.priority
+            && self.gateway.same_scalars(&other.gateway)
+            && self.attrs() == other.attrs()
     }
 }
 
 /// A resolved gwlist entry, shared by every rule that resolves it alike.
 #[derive(Debug, PartialEq)]
 pub struct Expansion {
-    /// `(gateway, priority)` in gwlist order.
-    pub candidates: Vec<(Arc<Gateway>, f64)>,
+    /// The gateways in gwlist order.
+    pub candidates: Vec<Member>,
     /// A carrier entry selecting fewer than all of its gateways.
     pub tries: Option<usize>,
     pub carrierid: Value,
@@ -181,6 +233,7 @@ static NO_WARNINGS: Value = Value::Array(Vec::new());
 #[derive(Debug, Clone, Copy)]
 struct Candidate<'a> {
     gateway: &'a Gateway,
+    member: &'a Member,
     entry: usize,
     priority: f64,
 }
@@ -217,20 +270,35 @@ struct Answer<'a> {
 /// request's `local` and `priority`, members in sorted order (the order of
 /// a serde_json map, so the text equals that of the JSON tree).
 struct GatewayAnswer<'a> {
-    gateway: &'a Gateway,
+    member: &'a Member,
     priority: Option<Value>,
     local: Option<bool>,
+}
+
+impl GatewayAnswer<'_> {
+    /// The request-independent answer fields as a JSON object.
+    fn fields(member: &Member) -> Map<String, Value> {
+        let fields = GatewayAnswer {
+            member,
+            priority: None,
+            local: None,
+        };
+        match serde_json::to_value(fields) {
+            Ok(Value::Object(fields)) => fields,
+            _ => unreachable!("a gateway serializes to an object"),
+        }
+    }
 }
 
 impl serde::Serialize for GatewayAnswer<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let g = self.gateway;
+        let g = &*self.member.gateway;
         let [response, progress, answer, dialog] = &g.timeouts;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("address", &*g.address)?;
         map.serialize_entry("answer_timeout", answer)?;
-        map.serialize_entry("attrs", &*g.attrs)?;
+        map.serialize_entry("attrs", &*self.member.attrs())?;
         map.serialize_entry("carrierid", &g.carrierid.as_deref())?;
         map.serialize_entry("dialog_timeout", dialog)?;
         map.serialize_entry("disabled", &false)?;
@@ -549,11 +617,12 @@ impl Table {
     fn candidates(&self, rule: usize) -> Vec<Candidate<'_>> {
         let mut out = Vec::new();
         for (entry, expansion) in self.rules.entries(rule) {
-            for (gateway, priority) in &self.expansions[expansion].candidates {
+            for member in &self.expansions[expansion].candidates {
                 out.push(Candidate {
-                    gateway,
+                    gateway: &member.gateway,
+                    member,
                     entry,
-                    priority: *priority,
+                    priority: member.priority,
                 });
             }
         }
@@ -617,7 +686,7 @@ impl Table {
         let gateways = ordered
             .into_iter()
             .map(|(slot, priority, local)| GatewayAnswer {
-                gateway: candidates[slot].gateway,
+                member: candidates[slot].member,
                 priority: Some(json_number(priority)),
                 local: Some(local),
             })
@@ -705,7 +774,7 @@ impl Table {
         for rule in 0..self.rules.len() {
             let mut groups: Vec<(f64, Vec<Value>)> = Vec::new();
             for candidate in self.candidates(rule) {
-                let mut fields = candidate.gateway.fields();
+                let mut fields = GatewayAnswer::fields(candidate.member);
                 fields.insert("priority".into(), json_number(candidate.priority));
                 fields.insert("entry".into(), json!(candidate.entry));
                 match groups
