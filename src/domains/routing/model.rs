@@ -392,8 +392,11 @@ fn same_kind(a: &Value, b: &Value) -> bool {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overlay {
     scalars: Acc,
-    /// Per key: merged values of distinct types, the first type met first.
-    attrs: Map<String, Value>,
+    /// Per key, in key order: merged values of distinct types, the first
+    /// type met first. A list rather than a map: a ruleset holds an
+    /// overlay per rule with attrs of its own, mostly of one key or two
+    /// (a map's node costs some 600 bytes even for one).
+    attrs: Vec<(String, Vec<Value>)>,
 }
 
 impl Overlay {
@@ -406,13 +409,14 @@ impl Overlay {
             return;
         };
         for (key, value) in attrs.iter().filter(|(_, v)| !v.is_null()) {
-            let slot = self
-                .attrs
-                .entry(key.clone())
-                .or_insert_with(|| Value::Array(Vec::new()));
-            let Value::Array(merged) = slot else {
-                unreachable!("overlay attrs are lists")
+            let at = match self.attrs.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+                Ok(at) => at,
+                Err(at) => {
+                    self.attrs.insert(at, (key.clone(), Vec::new()));
+                    at
+                }
             };
+            let merged = &mut self.attrs[at].1;
             match merged.iter_mut().find(|m| same_kind(m, value)) {
                 Some(current) => _ = merge_same_kind(current, value),
                 None => merged.push(value.clone()),
@@ -453,9 +457,6 @@ impl Overlay {
         }
         let mut attrs = base.clone();
         for (key, merged) in &self.attrs {
-            let Value::Array(merged) = merged else {
-                continue;
-            };
             match attrs.get_mut(key) {
                 Some(current) => {
                     if let Some(value) = merged.iter().find(|m| same_kind(m, current)) {
@@ -476,7 +477,11 @@ impl Overlay {
     /// writes them, `attrs` as `{key: [merged value per type]}`.
     pub fn to_json(&self) -> Value {
         let mut out = self.scalars.to_json();
-        out.insert("attrs".into(), Value::Object(self.attrs.clone()));
+        let attrs = self
+            .attrs
+            .iter()
+            .map(|(key, merged)| (key.clone(), Value::Array(merged.clone())));
+        out.insert("attrs".into(), Value::Object(attrs.collect()));
         Value::Object(out)
     }
 
@@ -487,10 +492,14 @@ impl Overlay {
     pub fn from_json(value: &Value) -> Result<Overlay, String> {
         let fields = value.as_object().ok_or("an overlay is not an object")?;
         let mut scalars = Acc::from_json(fields)?;
-        let attrs = std::mem::take(&mut scalars.attrs);
-        if attrs.values().any(|v| !v.is_array()) {
-            return Err("an overlay's attrs are not lists".into());
-        }
+        let mut attrs = std::mem::take(&mut scalars.attrs)
+            .into_iter()
+            .map(|(key, merged)| match merged {
+                Value::Array(merged) => Ok((key, merged)),
+                _ => Err("an overlay's attrs are not lists".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Overlay { scalars, attrs })
     }
 }

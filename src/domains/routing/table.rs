@@ -849,7 +849,7 @@ mod tests {
 
     /// A table whose rule `p` refers to entry `n` when `p` is the `n`-th of
     /// `prefixes`, each entry's rejection naming its index.
-    fn table(prefixes: &[&str]) -> Table {
+    fn table_of(prefixes: &[&str]) -> Table {
         let rules: Map<String, Value> = prefixes
             .iter()
             .enumerate()
@@ -891,7 +891,7 @@ mod tests {
     #[test]
     fn the_longest_prefix_wins_over_overlapping_ones() {
         let prefixes = ["", "3", "33", "331", "3312345", "34", "4"];
-        let table = table(&prefixes);
+        let table = table_of(&prefixes);
         assert_eq!(table.len(), prefixes.len());
         for number in ["", "1", "3", "30", "33", "331", "3311", "331234", "3312345", "33123456", "34", "345", "4", "5"] {
             check(&table, &prefixes, number);
@@ -901,12 +901,12 @@ mod tests {
     #[test]
     fn without_a_catch_all_a_number_can_match_nothing() {
         let prefixes = ["12", "123", "1234"];
-        let table = table(&prefixes);
+        let table = table_of(&prefixes);
         for number in ["", "1", "13", "12", "1239", "12345", "2"] {
             check(&table, &prefixes, number);
         }
         assert!(table.lookup("1", None).is_none());
-        let empty = table(&[]);
+        let empty = table_of(&[]);
         assert!(empty.is_empty());
         assert!(empty.lookup("", None).is_none());
         assert!(empty.lookup("123", None).is_none());
@@ -917,7 +917,7 @@ mod tests {
         // Not prefixes the builder accepts, but the table takes what the
         // document holds: byte order, never a cut inside a character.
         let prefixes = ["é", "é1", "+", "+33", "#*", "a", "é1€", "€"];
-        let table = table(&prefixes);
+        let table = table_of(&prefixes);
         for number in ["é", "é12", "é1€5", "é1", "e", "+331", "+", "#*9", "a", "ab", "€", "€€", "1"] {
             check(&table, &prefixes, number);
         }
@@ -928,7 +928,7 @@ mod tests {
         let long: String = "1".repeat(70);
         let longer: String = "1".repeat(130);
         let prefixes = ["1", long.as_str(), longer.as_str()];
-        let table = table(&prefixes);
+        let table = table_of(&prefixes);
         for len in [1, 2, 63, 64, 65, 69, 70, 71, 128, 129, 130, 131, 200] {
             check(&table, &prefixes, &"1".repeat(len));
         }
@@ -946,7 +946,7 @@ mod tests {
             owned.dedup();
             rng.shuffle(&mut owned);
             let prefixes: Vec<&str> = owned.iter().map(String::as_str).collect();
-            let table = table(&prefixes);
+            let table = table_of(&prefixes);
             for _ in 0..200 {
                 let number: String = (0..rng.usize(0..8))
                     .map(|_| digits[rng.usize(..digits.len())])
@@ -1033,7 +1033,7 @@ mod tests {
             .iter()
             .map(|prefixes| {
                 let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-                let table = table(&prefixes);
+                let table = table_of(&prefixes);
                 (prefixes, table)
             })
             .collect();
