@@ -8,7 +8,9 @@
 //! Composing resolves every entry against the directory (decisions 6–8:
 //! carrier members, `try`, disabled and address-less gateways rejected,
 //! position priorities); the overlay folds the upper levels onto each
-//! gateway in one step (`model::Overlay`). Recomposing after the directory
+//! gateway in one step (`model::Overlay`): its scalars when composing (the
+//! gateways that come out alike are shared), its attrs per answer
+//! (`table::Member`). Recomposing after the directory
 //! changed resolves again only the entries that name a changed gateway or a
 //! carrier one of whose members (or whose `try`) changed, and keeps the old
 //! table — round-robin state included — when none of them resolves
@@ -104,14 +106,16 @@ impl Skeleton {
                 .and_then(Value::as_array)
                 .ok_or_else(|| format!("{name} is not a list"))
         };
-        let overlays = list("overlays")?
+        let mut overlays = list("overlays")?
             .iter()
             .map(|overlay| Overlay::from_json(overlay).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let specs = list("entries")?
+        overlays.shrink_to_fit();
+        let mut specs = list("entries")?
             .iter()
             .map(|entry| compile_spec(entry, overlays.len()))
             .collect::<Result<Vec<_>, _>>()?;
+        specs.shrink_to_fit();
         let rules = Rules::compile(content, specs.len())?;
         let mut by_gwid: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_carrier: HashMap<String, Vec<usize>> = HashMap::new();
@@ -309,6 +313,9 @@ impl<'a> Resolver<'a> {
                 (None, Value::Null)
             }
         };
+        // Held for the table's life: no room to grow.
+        candidates.shrink_to_fit();
+        rejected.shrink_to_fit();
         Expansion {
             candidates,
             tries,

@@ -500,6 +500,7 @@ impl Overlay {
             })
             .collect::<Result<Vec<_>, _>>()?;
         attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        attrs.shrink_to_fit();
         Ok(Overlay { scalars, attrs })
     }
 }

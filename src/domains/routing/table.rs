@@ -13,6 +13,10 @@
 //! gateways are grouped by priority (highest first) and each group is
 //! ordered by smooth weighted round-robin.
 //!
+//! An entry whose overlay adds attrs keeps the overlay beside the shared
+//! gateway (`Member`) and each answer folds it on: the rules with attrs of
+//! their own then cost no copy of the gateways they reach.
+//!
 //! Round-robin state lives in the table, per (host, rule, group), so a new
 //! table (its rules or the resolution of one of its entries changed) starts
 //! from zero. The state is bounded: past `MAX_STATES` groups it is reset, so
