@@ -1054,4 +1054,38 @@ mod tests {
         assert_eq!(tables[10].1.lookup("10010", None).unwrap()["prefix"], "10010");
         assert_eq!(tables[1].1.lookup("10010", None).unwrap()["prefix"], "1001");
     }
+
+    fn member(attrs: Value, overlay: Option<Value>) -> Member {
+        let id: Arc<str> = Arc::from("gw");
+        let identity = Identity {
+            gwid: &id,
+            carrierid: None,
+            address: &id,
+            host: None,
+        };
+        let Value::Object(attrs) = attrs else {
+            panic!("attrs are an object")
+        };
+        let gateway = Gateway::new(&identity, &Acc::default(), Arc::new(attrs));
+        Member {
+            gateway: Arc::new(gateway),
+            overlay: overlay.map(|o| Arc::new(Overlay::from_json(&o).unwrap())),
+            priority: 1.0,
+        }
+    }
+
+    #[test]
+    fn members_are_equal_when_their_answers_are() {
+        let overlay = json!({"attrs": {"n": [3], "s": ["-rule"]}});
+        let over = |attrs| member(attrs, Some(overlay.clone()));
+        // The overlay's number replaces the gateway's: the answers agree.
+        assert_eq!(over(json!({"n": 1})), over(json!({"n": 2})));
+        assert_eq!(over(json!({"n": 1})), member(json!({"n": 3, "s": "-rule"}), None));
+        assert_ne!(over(json!({"s": "a"})), over(json!({"s": "b"})));
+        assert_ne!(over(json!({})), member(json!({}), None));
+        let answer = GatewayAnswer::fields(&over(json!({"s": "gw", "k": true})));
+        assert_eq!(answer["attrs"], json!({"k": true, "n": 3, "s": "gw-rule"}));
+        let plain = GatewayAnswer::fields(&member(json!({"s": "gw"}), None));
+        assert_eq!(plain["attrs"], json!({"s": "gw"}));
+    }
 }
