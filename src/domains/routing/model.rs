@@ -391,7 +391,9 @@ fn same_kind(a: &Value, b: &Value) -> bool {
 /// the levels alone gives.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overlay {
-    scalars: Acc,
+    /// `None` when it sets none, as most do (a table holds an overlay per
+    /// rule with attrs of its own; an `Acc` is some 180 bytes).
+    scalars: Option<Box<Acc>>,
     /// Per key, in key order: merged values of distinct types, the first
     /// type met first. A list rather than a map: a ruleset holds an
     /// overlay per rule with attrs of its own, mostly of one key or two
@@ -403,8 +405,9 @@ impl Overlay {
     /// Folds one more specific level in; invalid values are ignored (they
     /// are reported where the level is validated).
     pub fn apply(&mut self, level: &Map<String, Value>) {
-        self.scalars
-            .apply_scalars(level, Origin::NOWHERE, &mut Vec::new());
+        let mut scalars = self.scalars.take().unwrap_or_default();
+        scalars.apply_scalars(level, Origin::NOWHERE, &mut Vec::new());
+        self.scalars = (*scalars != Acc::default()).then_some(scalars);
         let Some(Value::Object(attrs)) = level.get("attrs") else {
             return;
         };
@@ -426,7 +429,7 @@ impl Overlay {
 
     /// Whether folding the overlay changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.scalars == Acc::default() && self.attrs.is_empty()
+        self.scalars.is_none() && self.attrs.is_empty()
     }
 
     /// Whether the overlay changes a fold's `attrs` (`compose_attrs` is
@@ -446,7 +449,10 @@ impl Overlay {
 
     /// The scalars of `compose` (its `attrs` left empty).
     pub fn compose_scalars(&self, base: &Acc) -> Acc {
-        base.overridden_by(&self.scalars)
+        match &self.scalars {
+            Some(scalars) => base.overridden_by(scalars),
+            None => base.overridden_by(&Acc::default()),
+        }
     }
 
     /// The `attrs` of `compose`; `None` when the overlay adds none, so the
@@ -476,7 +482,10 @@ impl Overlay {
     /// As stored in a ruleset's cache document: the scalars as `Acc::to_json`
     /// writes them, `attrs` as `{key: [merged value per type]}`.
     pub fn to_json(&self) -> Value {
-        let mut out = self.scalars.to_json();
+        let mut out = match &self.scalars {
+            Some(scalars) => scalars.to_json(),
+            None => Acc::default().to_json(),
+        };
         let attrs = self
             .attrs
             .iter()
@@ -501,6 +510,7 @@ impl Overlay {
             .collect::<Result<Vec<_>, _>>()?;
         attrs.sort_by(|a, b| a.0.cmp(&b.0));
         attrs.shrink_to_fit();
+        let scalars = (scalars != Acc::default()).then(|| Box::new(scalars));
         Ok(Overlay { scalars, attrs })
     }
 }

@@ -511,7 +511,8 @@ impl<'c> RulesBuild<'c> {
         rule: &'c Value,
         expansions: usize,
     ) -> Result<(), String> {
-        self.starts.push(offset(self.prefixes.len(), "the rules' prefixes")?);
+        self.starts
+            .push(offset(self.prefixes.len(), "the rules' prefixes")?);
         self.prefixes.push_str(prefix);
         let words = prefix.len() / 64 + 1;
         if self.lengths.len() < words {
@@ -549,10 +550,7 @@ impl<'c> RulesBuild<'c> {
                 .and_then(Value::as_array)
                 .map(|list| list.clone().into_boxed_slice())
                 .unwrap_or_default(),
-            warnings: rule
-                .get("warnings")
-                .filter(|w| **w != NO_WARNINGS)
-                .cloned(),
+            warnings: rule.get("warnings").filter(|w| **w != NO_WARNINGS).cloned(),
         };
         if extra.id.is_some() || !extra.rejected.is_empty() || extra.warnings.is_some() {
             self.extras.push((offset(i, "a rule's index")?, extra));
@@ -897,7 +895,10 @@ mod tests {
         let prefixes = ["", "3", "33", "331", "3312345", "34", "4"];
         let table = table_of(&prefixes);
         assert_eq!(table.len(), prefixes.len());
-        for number in ["", "1", "3", "30", "33", "331", "3311", "331234", "3312345", "33123456", "34", "345", "4", "5"] {
+        for number in [
+            "", "1", "3", "30", "33", "331", "3311", "331234", "3312345", "33123456", "34", "345",
+            "4", "5",
+        ] {
             check(&table, &prefixes, number);
         }
     }
@@ -922,7 +923,9 @@ mod tests {
         // document holds: byte order, never a cut inside a character.
         let prefixes = ["é", "é1", "+", "+33", "#*", "a", "é1€", "€"];
         let table = table_of(&prefixes);
-        for number in ["é", "é12", "é1€5", "é1", "e", "+331", "+", "#*9", "a", "ab", "€", "€€", "1"] {
+        for number in [
+            "é", "é12", "é1€5", "é1", "e", "+331", "+", "#*9", "a", "ab", "€", "€€", "1",
+        ] {
             check(&table, &prefixes, number);
         }
     }
@@ -944,7 +947,11 @@ mod tests {
         let digits = ['0', '1', '2', '+', 'é'];
         for round in 0..50 {
             let mut owned: Vec<String> = (0..rng.usize(0..200))
-                .map(|_| (0..rng.usize(0..6)).map(|_| digits[rng.usize(..digits.len())]).collect())
+                .map(|_| {
+                    (0..rng.usize(0..6))
+                        .map(|_| digits[rng.usize(..digits.len())])
+                        .collect()
+                })
                 .collect();
             owned.sort();
             owned.dedup();
@@ -968,7 +975,10 @@ mod tests {
         let rules = Rules::compile(&serde_json::from_str(text).unwrap(), 2).unwrap();
         let table = Table::new(Arc::new(rules), vec![expansion("a"), expansion("b")]);
         assert_eq!(table.len(), 2);
-        assert_eq!(table.lookup("12", None).unwrap()["rejected"][0]["reason"], "b");
+        assert_eq!(
+            table.lookup("12", None).unwrap()["rejected"][0]["reason"],
+            "b"
+        );
         assert_eq!(table.lookup("2", None).unwrap()["rejected"], json!([]));
     }
 
@@ -985,7 +995,11 @@ mod tests {
         let compiled = Rules::compile(&content(rules), 2).unwrap();
         // Null, "fr", {"odd": 1}, "de": each once.
         assert_eq!(compiled.destinations.len(), 4);
-        assert_eq!(compiled.extras.len(), 3, "rules 1, 2 and 5 have something of their own");
+        assert_eq!(
+            compiled.extras.len(),
+            3,
+            "rules 1, 2 and 5 have something of their own"
+        );
         let table = Table::new(Arc::new(compiled), vec![expansion("a"), expansion("b")]);
         let one = table.lookup("19", None).unwrap();
         assert_eq!(one["rule"], "prefix:1");
@@ -996,10 +1010,16 @@ mod tests {
         );
         assert_eq!(one["warnings"], json!([]));
         let two = table.lookup("2", None).unwrap();
-        assert_eq!((&two["rule"], &two["destination"]), (&json!("rule:2"), &json!("fr")));
+        assert_eq!(
+            (&two["rule"], &two["destination"]),
+            (&json!("rule:2"), &json!("fr"))
+        );
         assert_eq!(two["warnings"], json!(["w2"]));
         let three = table.lookup("3", None).unwrap();
-        assert_eq!((&three["rule"], &three["destination"]), (&json!("rule:3"), &json!({"odd": 1})));
+        assert_eq!(
+            (&three["rule"], &three["destination"]),
+            (&json!("rule:3"), &json!({"odd": 1}))
+        );
         assert_eq!(three["rejected"], json!([]));
         let four = table.lookup("4", None).unwrap();
         assert_eq!(
@@ -1008,7 +1028,10 @@ mod tests {
         );
         assert_eq!(four["warnings"], json!([]));
         let five = table.lookup("5", None).unwrap();
-        assert_eq!((&five["destination"], &five["warnings"]), (&json!("de"), &Value::Null));
+        assert_eq!(
+            (&five["destination"], &five["warnings"]),
+            (&json!("de"), &Value::Null)
+        );
         let export = table.export();
         assert_eq!(export["rules"]["1"]["rule"], "prefix:1");
         assert_eq!(export["rules"]["2"]["warnings"], json!(["w2"]));
@@ -1046,12 +1069,18 @@ mod tests {
             for n in [0, 7, 49] {
                 let number = format!("{r}{n:03}99");
                 check(table, prefixes, &number);
-                expected.insert((r, n), table.lookup(&number, None).unwrap()["prefix"].clone());
+                expected.insert(
+                    (r, n),
+                    table.lookup(&number, None).unwrap()["prefix"].clone(),
+                );
             }
         }
         // Ruleset 1's rule 10 is "1010"; ruleset 10's rule 10 is "10010".
         assert_eq!(expected[&(1, 7)], "1007");
-        assert_eq!(tables[10].1.lookup("10010", None).unwrap()["prefix"], "10010");
+        assert_eq!(
+            tables[10].1.lookup("10010", None).unwrap()["prefix"],
+            "10010"
+        );
         assert_eq!(tables[1].1.lookup("10010", None).unwrap()["prefix"], "1001");
     }
 
@@ -1080,7 +1109,10 @@ mod tests {
         let over = |attrs| member(attrs, Some(overlay.clone()));
         // The overlay's number replaces the gateway's: the answers agree.
         assert_eq!(over(json!({"n": 1})), over(json!({"n": 2})));
-        assert_eq!(over(json!({"n": 1})), member(json!({"n": 3, "s": "-rule"}), None));
+        assert_eq!(
+            over(json!({"n": 1})),
+            member(json!({"n": 3, "s": "-rule"}), None)
+        );
         assert_ne!(over(json!({"s": "a"})), over(json!({"s": "b"})));
         assert_ne!(over(json!({})), member(json!({}), None));
         let answer = GatewayAnswer::fields(&over(json!({"s": "gw", "k": true})));
