@@ -53,6 +53,9 @@ pub struct Skeleton {
     sip_domain_name: String,
     specs: Vec<Spec>,
     overlays: Vec<Arc<Overlay>>,
+    /// By overlay: the first overlay with the same scalars (what resolving
+    /// a gateway's fields but `attrs` depends on).
+    scalars: Vec<usize>,
     /// The entries naming each gateway and each carrier.
     by_gwid: HashMap<String, Vec<usize>>,
     by_carrier: HashMap<String, Vec<usize>>,
@@ -116,7 +119,24 @@ impl Skeleton {
             .map(|entry| compile_spec(entry, overlays.len()))
             .collect::<Result<Vec<_>, _>>()?;
         specs.shrink_to_fit();
-        let rules = Rules::compile(content, specs.len())?;
+        let mut classes: HashMap<String, usize> = HashMap::new();
+        let mut scalars = Vec::with_capacity(overlays.len());
+        for (i, overlay) in list("overlays")?.iter().enumerate() {
+            let mut fields = overlay.as_object().cloned().unwrap_or_default();
+            fields.remove("attrs");
+            let class = Value::Object(fields).to_string();
+            scalars.push(*classes.entry(class).or_insert(i));
+        }
+        let attrs = specs
+            .iter()
+            .map(|spec| match spec.target {
+                Target::Neither => None,
+                _ => Some(&overlays[spec.overlay])
+                    .filter(|overlay| overlay.adds_attrs())
+                    .cloned(),
+            })
+            .collect();
+        let rules = Rules::compile(content, specs.len())?.with_attrs(attrs);
         let mut by_gwid: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_carrier: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, spec) in specs.iter().enumerate() {
@@ -132,6 +152,7 @@ impl Skeleton {
                 .ok_or("sip_domain_name is not a string")?,
             specs,
             overlays,
+            scalars,
             by_gwid,
             by_carrier,
         })
@@ -240,29 +261,34 @@ impl Directory {
     }
 }
 
-/// A gateway with an entry's overlay folded on.
+/// A gateway with an entry's overlay folded on but for `attrs` (which the
+/// table folds per answer, `Rules::attrs`).
 #[derive(Clone)]
 struct Resolved {
     disabled: bool,
     priority: Option<f64>,
-    /// `None` when it has no address (or is disabled); with the overlay
-    /// when it adds attrs.
-    gateway: Option<(Arc<Gateway>, Option<Arc<Overlay>>)>,
+    /// `None` when it has no address (or is disabled).
+    gateway: Option<Arc<Gateway>>,
 }
 
 /// What a resolved gateway's fields but `attrs` come from: its definition
 /// and the fold's timeouts, weight and `local_gateway_extra_priority`.
 type Scalars<'a> = (&'a str, [Option<serde_json::Number>; 4], u64, u64);
 
+/// What an entry's resolution depends on: what it names (kind, name,
+/// `try`), its position's priority and its overlay's scalars.
+type SpecKey<'a> = (u8, &'a str, Option<usize>, u64, usize);
+
 /// Resolves entries against one directory, sharing the gateways resolved
-/// alike (same gateway, same overlay) and, across overlays, those whose
-/// fields come out the same (overlays that differ only in attrs, as the
-/// rules with attrs of their own).
+/// alike (same gateway, same overlay scalars), those whose fields come out
+/// the same across overlays, and the resolutions of entries that differ
+/// only in their overlays' attrs (the rules with attrs of their own).
 struct Resolver<'a> {
     skeleton: &'a Skeleton,
     directory: &'a Directory,
     resolved: HashMap<(usize, &'a str), Resolved>,
     gateways: HashMap<Scalars<'a>, Arc<Gateway>>,
+    expansions: HashMap<SpecKey<'a>, Arc<Expansion>>,
 }
 
 impl<'a> Resolver<'a> {
@@ -272,7 +298,31 @@ impl<'a> Resolver<'a> {
             directory,
             resolved: HashMap::new(),
             gateways: HashMap::new(),
+            expansions: HashMap::new(),
         }
+    }
+
+    /// `expansion`, shared with the entries that resolve alike.
+    fn shared(&mut self, spec: &'a Spec) -> Arc<Expansion> {
+        let scalars = self.skeleton.scalars.get(spec.overlay).copied();
+        let key = match &spec.target {
+            Target::Gateway(gwid) => (0, gwid.as_str(), None, scalars),
+            Target::Carrier { id, tries } => (1, id.as_str(), *tries, scalars),
+            Target::Neither => (2, "", None, None),
+        };
+        let key = (
+            key.0,
+            key.1,
+            key.2,
+            spec.position.to_bits(),
+            key.3.unwrap_or(usize::MAX),
+        );
+        if let Some(found) = self.expansions.get(&key) {
+            return found.clone();
+        }
+        let expansion = Arc::new(self.expansion(spec));
+        self.expansions.insert(key, expansion.clone());
+        expansion
     }
 
     /// Decisions 6 and 7: a gwid entry is one gateway; a carrier entry its
@@ -343,9 +393,8 @@ impl<'a> Resolver<'a> {
             return;
         }
         match resolved.gateway {
-            Some((gateway, overlay)) => candidates.push(Member {
+            Some(gateway) => candidates.push(Member {
                 gateway,
-                overlay,
                 priority: resolved.priority.unwrap_or(spec.position),
             }),
             None => rejected.push(reject(format!("gateway {gwid} has no address"))),
@@ -353,6 +402,7 @@ impl<'a> Resolver<'a> {
     }
 
     fn resolve(&mut self, gwid: &'a str, overlay: usize) -> Resolved {
+        let overlay = self.skeleton.scalars[overlay];
         if let Some(found) = self.resolved.get(&(overlay, gwid)) {
             return found.clone();
         }
@@ -376,8 +426,7 @@ impl<'a> Resolver<'a> {
                     };
                     Arc::new(Gateway::new(&identity, &acc, base.attrs.clone()))
                 });
-                let overlay = over.adds_attrs().then(|| over.clone());
-                Some((gateway.clone(), overlay))
+                Some(gateway.clone())
             }
             _ => None,
         };
@@ -397,7 +446,7 @@ pub fn compose(skeleton: &Skeleton, directory: &Directory) -> Table {
     let expansions = skeleton
         .specs
         .iter()
-        .map(|spec| Arc::new(resolver.expansion(spec)))
+        .map(|spec| resolver.shared(spec))
         .collect();
     Table::new(skeleton.rules.clone(), expansions)
 }
@@ -415,9 +464,9 @@ pub fn recompose(
     let mut expansions = table.expansions().to_vec();
     let mut changed = false;
     for spec in affected(skeleton, old, new) {
-        let expansion = resolver.expansion(&skeleton.specs[spec]);
-        if *expansions[spec] != expansion {
-            expansions[spec] = Arc::new(expansion);
+        let expansion = resolver.shared(&skeleton.specs[spec]);
+        if !expansions[spec].answers_alike(&expansion, skeleton.rules.attrs(spec)) {
+            expansions[spec] = expansion;
             changed = true;
         }
     }

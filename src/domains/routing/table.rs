@@ -13,9 +13,11 @@
 //! gateways are grouped by priority (highest first) and each group is
 //! ordered by smooth weighted round-robin.
 //!
-//! An entry whose overlay adds attrs keeps the overlay beside the shared
-//! gateway (`Member`) and each answer folds it on: the rules with attrs of
-//! their own then cost no copy of the gateways they reach.
+//! An entry whose overlay adds attrs (a rule with attrs of its own) shares
+//! the resolution of the entries that resolve alike but for attrs; the
+//! table keeps the overlay by entry (`Rules::attrs`) and each answer folds
+//! it onto the gateways' attrs, so such a rule costs no copy of what it
+//! reaches.
 //!
 //! Round-robin state lives in the table, per (host, rule, group), so a new
 //! table (its rules or the resolution of one of its entries changed) starts
@@ -39,7 +41,7 @@ pub const MAX_STATES: usize = 100_000;
 /// strings are shared with the directory and with the other gateways
 /// resolved from the same definition; its `attrs` are the definition's
 /// (an entry whose overlay adds attrs folds them on at answer time, see
-/// `Member`), so the entries of rules that add only attrs share it.
+/// `Rules::attrs`), so the entries of rules that add only attrs share it.
 #[derive(Debug, PartialEq)]
 pub struct Gateway {
     gwid: Arc<str>,
@@ -133,48 +135,32 @@ impl Gateway {
 }
 
 /// One gateway of a resolved entry, with its priority.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     pub gateway: Arc<Gateway>,
-    /// The entry's overlay when it adds attrs (`Overlay::adds_attrs`):
-    /// the answer's `attrs` are the gateway's with it folded on. Composed
-    /// per answer rather than held, so a rule with attrs of its own costs
-    /// no copy of every gateway it reaches.
-    pub overlay: Option<Arc<Overlay>>,
     pub priority: f64,
 }
 
 impl Member {
-    /// A member whose attrs are its gateway's.
     pub fn plain(gateway: Arc<Gateway>, priority: f64) -> Member {
-        Member {
-            gateway,
-            overlay: None,
-            priority,
-        }
-    }
-
-    /// The answer's `attrs`.
-    fn attrs(&self) -> Cow<'_, Map<String, Value>> {
-        let own = &*self.gateway.attrs;
-        match self.overlay.as_deref().and_then(|o| o.compose_attrs(own)) {
-            Some(composed) => Cow::Owned(composed),
-            None => Cow::Borrowed(own),
-        }
+        Member { gateway, priority }
     }
 }
 
-/// Equal when the answers are: the same gateway fields, composed attrs and
-/// priority (however the attrs are held).
-impl PartialEq for Member {
-    fn eq(&self, other: &Member) -> bool {
-        self.priority == other.priority
-            && self.gateway.same_scalars(&other.gateway)
-            && self.attrs() == other.attrs()
+/// A gateway's answer `attrs`: its own with the entry's overlay folded on
+/// when the overlay adds attrs (composed per answer rather than held, so a
+/// rule with attrs of its own costs no copy of every gateway it reaches).
+fn attrs<'a>(gateway: &'a Gateway, overlay: Option<&Overlay>) -> Cow<'a, Map<String, Value>> {
+    let own = &*gateway.attrs;
+    match overlay.and_then(|o| o.compose_attrs(own)) {
+        Some(composed) => Cow::Owned(composed),
+        None => Cow::Borrowed(own),
     }
 }
 
-/// A resolved gwlist entry, shared by every rule that resolves it alike.
+/// A resolved gwlist entry, shared by every entry that resolves it alike
+/// but for attrs (an entry's attrs overlay is the table's, by entry:
+/// `Rules::attrs`).
 #[derive(Debug, PartialEq)]
 pub struct Expansion {
     /// The gateways in gwlist order.
@@ -183,6 +169,27 @@ pub struct Expansion {
     pub tries: Option<usize>,
     pub carrierid: Value,
     pub rejected: Vec<Value>,
+}
+
+impl Expansion {
+    /// Whether the two give the same answers under an entry's `overlay`:
+    /// the same gateway fields, composed attrs and priorities.
+    pub fn answers_alike(&self, other: &Expansion, overlay: Option<&Overlay>) -> bool {
+        let members = |a: &Member, b: &Member| {
+            a.priority == b.priority
+                && a.gateway.same_scalars(&b.gateway)
+                && attrs(&a.gateway, overlay) == attrs(&b.gateway, overlay)
+        };
+        self.tries == other.tries
+            && self.carrierid == other.carrierid
+            && self.rejected == other.rejected
+            && self.candidates.len() == other.candidates.len()
+            && self
+                .candidates
+                .iter()
+                .zip(&other.candidates)
+                .all(|(a, b)| members(a, b))
+    }
 }
 
 /// What few rules have: an id other than `rule:{prefix}`, entries rejected
@@ -228,6 +235,9 @@ pub struct Rules {
     extras: Box<[(u32, Extra)]>,
     /// A bit per prefix length (in bytes) some rule has.
     lengths: Box<[u64]>,
+    /// By entry (as the rules refer to them): its overlay when it adds
+    /// attrs, folded onto its gateways' per answer. Empty: none does.
+    attrs: Box<[Option<Arc<Overlay>>]>,
 }
 
 /// The empty list: the warnings of a rule without any.
@@ -237,7 +247,7 @@ static NO_WARNINGS: Value = Value::Array(Vec::new());
 #[derive(Debug, Clone, Copy)]
 struct Candidate<'a> {
     gateway: &'a Gateway,
-    member: &'a Member,
+    overlay: Option<&'a Overlay>,
     entry: usize,
     priority: f64,
 }
@@ -274,16 +284,18 @@ struct Answer<'a> {
 /// request's `local` and `priority`, members in sorted order (the order of
 /// a serde_json map, so the text equals that of the JSON tree).
 struct GatewayAnswer<'a> {
-    member: &'a Member,
+    gateway: &'a Gateway,
+    overlay: Option<&'a Overlay>,
     priority: Option<Value>,
     local: Option<bool>,
 }
 
 impl GatewayAnswer<'_> {
     /// The request-independent answer fields as a JSON object.
-    fn fields(member: &Member) -> Map<String, Value> {
+    fn fields(gateway: &Gateway, overlay: Option<&Overlay>) -> Map<String, Value> {
         let fields = GatewayAnswer {
-            member,
+            gateway,
+            overlay,
             priority: None,
             local: None,
         };
@@ -297,12 +309,12 @@ impl GatewayAnswer<'_> {
 impl serde::Serialize for GatewayAnswer<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let g = &*self.member.gateway;
+        let g = self.gateway;
         let [response, progress, answer, dialog] = &g.timeouts;
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("address", &*g.address)?;
         map.serialize_entry("answer_timeout", answer)?;
-        map.serialize_entry("attrs", &*self.member.attrs())?;
+        map.serialize_entry("attrs", &*attrs(g, self.overlay))?;
         map.serialize_entry("carrierid", &g.carrierid.as_deref())?;
         map.serialize_entry("dialog_timeout", dialog)?;
         map.serialize_entry("disabled", &false)?;
@@ -397,7 +409,23 @@ impl Rules {
             destinations: destinations.into_boxed_slice(),
             extras: extras.into_boxed_slice(),
             lengths: lengths.into_boxed_slice(),
+            attrs: Box::default(),
         })
+    }
+
+    /// The rules with, by entry, its overlay when it adds attrs.
+    pub fn with_attrs(mut self, attrs: Vec<Option<Arc<Overlay>>>) -> Rules {
+        self.attrs = if attrs.iter().all(Option::is_none) {
+            Box::default()
+        } else {
+            attrs.into_boxed_slice()
+        };
+        self
+    }
+
+    /// Entry `expansion`'s overlay, when it adds attrs.
+    pub fn attrs(&self, expansion: usize) -> Option<&Overlay> {
+        self.attrs.get(expansion).and_then(Option::as_deref)
     }
 
     /// The number of rules.
@@ -619,10 +647,11 @@ impl Table {
     fn candidates(&self, rule: usize) -> Vec<Candidate<'_>> {
         let mut out = Vec::new();
         for (entry, expansion) in self.rules.entries(rule) {
+            let overlay = self.rules.attrs(expansion);
             for member in &self.expansions[expansion].candidates {
                 out.push(Candidate {
                     gateway: &member.gateway,
-                    member,
+                    overlay,
                     entry,
                     priority: member.priority,
                 });
@@ -688,7 +717,8 @@ impl Table {
         let gateways = ordered
             .into_iter()
             .map(|(slot, priority, local)| GatewayAnswer {
-                member: candidates[slot].member,
+                gateway: candidates[slot].gateway,
+                overlay: candidates[slot].overlay,
                 priority: Some(json_number(priority)),
                 local: Some(local),
             })
@@ -776,7 +806,7 @@ impl Table {
         for rule in 0..self.rules.len() {
             let mut groups: Vec<(f64, Vec<Value>)> = Vec::new();
             for candidate in self.candidates(rule) {
-                let mut fields = GatewayAnswer::fields(candidate.member);
+                let mut fields = GatewayAnswer::fields(candidate.gateway, candidate.overlay);
                 fields.insert("priority".into(), json_number(candidate.priority));
                 fields.insert("entry".into(), json!(candidate.entry));
                 match groups
@@ -1084,7 +1114,7 @@ mod tests {
         assert_eq!(tables[1].1.lookup("10010", None).unwrap()["prefix"], "1001");
     }
 
-    fn member(attrs: Value, overlay: Option<Value>) -> Member {
+    fn gateway(attrs: Value) -> Expansion {
         let id: Arc<str> = Arc::from("gw");
         let identity = Identity {
             gwid: &id,
@@ -1096,28 +1126,32 @@ mod tests {
             panic!("attrs are an object")
         };
         let gateway = Gateway::new(&identity, &Acc::default(), Arc::new(attrs));
-        Member {
-            gateway: Arc::new(gateway),
-            overlay: overlay.map(|o| Arc::new(Overlay::from_json(&o).unwrap())),
-            priority: 1.0,
+        Expansion {
+            candidates: vec![Member::plain(Arc::new(gateway), 1.0)],
+            tries: None,
+            carrierid: Value::Null,
+            rejected: Vec::new(),
         }
     }
 
     #[test]
-    fn members_are_equal_when_their_answers_are() {
-        let overlay = json!({"attrs": {"n": [3], "s": ["-rule"]}});
-        let over = |attrs| member(attrs, Some(overlay.clone()));
+    fn resolutions_are_alike_when_their_answers_are() {
+        let overlay = Overlay::from_json(&json!({"attrs": {"n": [3], "s": ["-rule"]}})).unwrap();
+        let under = Some(&overlay);
         // The overlay's number replaces the gateway's: the answers agree.
-        assert_eq!(over(json!({"n": 1})), over(json!({"n": 2})));
-        assert_eq!(
-            over(json!({"n": 1})),
-            member(json!({"n": 3, "s": "-rule"}), None)
-        );
-        assert_ne!(over(json!({"s": "a"})), over(json!({"s": "b"})));
-        assert_ne!(over(json!({})), member(json!({}), None));
-        let answer = GatewayAnswer::fields(&over(json!({"s": "gw", "k": true})));
+        assert!(gateway(json!({"n": 1})).answers_alike(&gateway(json!({"n": 2})), under));
+        assert!(!gateway(json!({"n": 1})).answers_alike(&gateway(json!({"n": 2})), None));
+        assert!(!gateway(json!({"s": "a"})).answers_alike(&gateway(json!({"s": "b"})), under));
+        assert!(gateway(json!({"s": "a"})).answers_alike(&gateway(json!({"s": "a"})), under));
+        let mut tried = gateway(json!({}));
+        tried.tries = Some(1);
+        assert!(!tried.answers_alike(&gateway(json!({})), None));
+        let g = &gateway(json!({"s": "gw", "k": true})).candidates[0].gateway;
+        let answer = GatewayAnswer::fields(g, under);
         assert_eq!(answer["attrs"], json!({"k": true, "n": 3, "s": "gw-rule"}));
-        let plain = GatewayAnswer::fields(&member(json!({"s": "gw"}), None));
-        assert_eq!(plain["attrs"], json!({"s": "gw"}));
+        assert_eq!(
+            GatewayAnswer::fields(g, None)["attrs"],
+            json!({"k": true, "s": "gw"})
+        );
     }
 }
