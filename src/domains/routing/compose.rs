@@ -9,11 +9,12 @@
 //! carrier members, `try`, disabled and address-less gateways rejected,
 //! position priorities); the overlay folds the upper levels onto each
 //! gateway in one step (`model::Overlay`): its scalars when composing (the
-//! gateways that come out alike are shared), its attrs per answer
-//! (`table::Member`). Recomposing after the directory
-//! changed resolves again only the entries that name a changed gateway or a
+//! gateways that come out alike are shared, and so are the resolutions of
+//! entries that differ only in their overlays' attrs), its attrs per
+//! answer (`table::Rules::attrs`). Recomposing after the directory changed
+//! resolves again only the entries that name a changed gateway or a
 //! carrier one of whose members (or whose `try`) changed, and keeps the old
-//! table — round-robin state included — when none of them resolves
+//! table — round-robin state included — when none of them answers
 //! differently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
