@@ -8,10 +8,13 @@
 //! Composing resolves every entry against the directory (decisions 6–8:
 //! carrier members, `try`, disabled and address-less gateways rejected,
 //! position priorities); the overlay folds the upper levels onto each
-//! gateway in one step (`model::Overlay`). Recomposing after the directory
-//! changed resolves again only the entries that name a changed gateway or a
+//! gateway in one step (`model::Overlay`): its scalars when composing (the
+//! gateways that come out alike are shared, and so are the resolutions of
+//! entries that differ only in their overlays' attrs), its attrs per
+//! answer (`table::Rules::attrs`). Recomposing after the directory changed
+//! resolves again only the entries that name a changed gateway or a
 //! carrier one of whose members (or whose `try`) changed, and keeps the old
-//! table — round-robin state included — when none of them resolves
+//! table — round-robin state included — when none of them answers
 //! differently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::model::{Acc, Overlay};
-use super::table::{Expansion, Gateway, Identity, Rules, Table};
+use super::table::{Expansion, Gateway, Identity, Member, Rules, Table};
 
 /// What a gwlist entry names.
 #[derive(Debug)]
@@ -50,7 +53,10 @@ pub struct Skeleton {
     rules: Arc<Rules>,
     sip_domain_name: String,
     specs: Vec<Spec>,
-    overlays: Vec<Overlay>,
+    overlays: Vec<Arc<Overlay>>,
+    /// By overlay: the first overlay with the same scalars (what resolving
+    /// a gateway's fields but `attrs` depends on).
+    scalars: Vec<usize>,
     /// The entries naming each gateway and each carrier.
     by_gwid: HashMap<String, Vec<usize>>,
     by_carrier: HashMap<String, Vec<usize>>,
@@ -104,15 +110,34 @@ impl Skeleton {
                 .and_then(Value::as_array)
                 .ok_or_else(|| format!("{name} is not a list"))
         };
-        let overlays = list("overlays")?
+        let mut overlays = list("overlays")?
             .iter()
-            .map(Overlay::from_json)
+            .map(|overlay| Overlay::from_json(overlay).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let specs = list("entries")?
+        overlays.shrink_to_fit();
+        let mut specs = list("entries")?
             .iter()
             .map(|entry| compile_spec(entry, overlays.len()))
             .collect::<Result<Vec<_>, _>>()?;
-        let rules = Rules::compile(content, specs.len())?;
+        specs.shrink_to_fit();
+        let mut classes: HashMap<String, usize> = HashMap::new();
+        let mut scalars = Vec::with_capacity(overlays.len());
+        for (i, overlay) in list("overlays")?.iter().enumerate() {
+            let mut fields = overlay.as_object().cloned().unwrap_or_default();
+            fields.remove("attrs");
+            let class = Value::Object(fields).to_string();
+            scalars.push(*classes.entry(class).or_insert(i));
+        }
+        let attrs = specs
+            .iter()
+            .map(|spec| match spec.target {
+                Target::Neither => None,
+                _ => Some(&overlays[spec.overlay])
+                    .filter(|overlay| overlay.adds_attrs())
+                    .cloned(),
+            })
+            .collect();
+        let rules = Rules::compile(content, specs.len())?.with_attrs(attrs);
         let mut by_gwid: HashMap<String, Vec<usize>> = HashMap::new();
         let mut by_carrier: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, spec) in specs.iter().enumerate() {
@@ -128,6 +153,7 @@ impl Skeleton {
                 .ok_or("sip_domain_name is not a string")?,
             specs,
             overlays,
+            scalars,
             by_gwid,
             by_carrier,
         })
@@ -236,7 +262,8 @@ impl Directory {
     }
 }
 
-/// A gateway with an entry's overlay folded on.
+/// A gateway with an entry's overlay folded on but for `attrs` (which the
+/// table folds per answer, `Rules::attrs`).
 #[derive(Clone)]
 struct Resolved {
     disabled: bool,
@@ -245,12 +272,24 @@ struct Resolved {
     gateway: Option<Arc<Gateway>>,
 }
 
+/// What a resolved gateway's fields but `attrs` come from: its definition
+/// and the fold's timeouts, weight and `local_gateway_extra_priority`.
+type Scalars<'a> = (&'a str, [Option<serde_json::Number>; 4], u64, u64);
+
+/// What an entry's resolution depends on: what it names (kind, name,
+/// `try`), its position's priority and its overlay's scalars.
+type SpecKey<'a> = (u8, &'a str, Option<usize>, u64, usize);
+
 /// Resolves entries against one directory, sharing the gateways resolved
-/// alike (same gateway, same overlay).
+/// alike (same gateway, same overlay scalars), those whose fields come out
+/// the same across overlays, and the resolutions of entries that differ
+/// only in their overlays' attrs (the rules with attrs of their own).
 struct Resolver<'a> {
     skeleton: &'a Skeleton,
     directory: &'a Directory,
     resolved: HashMap<(usize, &'a str), Resolved>,
+    gateways: HashMap<Scalars<'a>, Arc<Gateway>>,
+    expansions: HashMap<SpecKey<'a>, Arc<Expansion>>,
 }
 
 impl<'a> Resolver<'a> {
@@ -259,7 +298,32 @@ impl<'a> Resolver<'a> {
             skeleton,
             directory,
             resolved: HashMap::new(),
+            gateways: HashMap::new(),
+            expansions: HashMap::new(),
         }
+    }
+
+    /// `expansion`, shared with the entries that resolve alike.
+    fn shared(&mut self, spec: &'a Spec) -> Arc<Expansion> {
+        let scalars = self.skeleton.scalars.get(spec.overlay).copied();
+        let key = match &spec.target {
+            Target::Gateway(gwid) => (0, gwid.as_str(), None, scalars),
+            Target::Carrier { id, tries } => (1, id.as_str(), *tries, scalars),
+            Target::Neither => (2, "", None, None),
+        };
+        let key = (
+            key.0,
+            key.1,
+            key.2,
+            spec.position.to_bits(),
+            key.3.unwrap_or(usize::MAX),
+        );
+        if let Some(found) = self.expansions.get(&key) {
+            return found.clone();
+        }
+        let expansion = Arc::new(self.expansion(spec));
+        self.expansions.insert(key, expansion.clone());
+        expansion
     }
 
     /// Decisions 6 and 7: a gwid entry is one gateway; a carrier entry its
@@ -300,6 +364,9 @@ impl<'a> Resolver<'a> {
                 (None, Value::Null)
             }
         };
+        // Held for the table's life: no room to grow.
+        candidates.shrink_to_fit();
+        rejected.shrink_to_fit();
         Expansion {
             candidates,
             tries,
@@ -313,7 +380,7 @@ impl<'a> Resolver<'a> {
         &mut self,
         gwid: &'a str,
         spec: &Spec,
-        candidates: &mut Vec<(Arc<Gateway>, f64)>,
+        candidates: &mut Vec<Member>,
         rejected: &mut Vec<Value>,
     ) {
         let directory = self.directory;
@@ -327,12 +394,16 @@ impl<'a> Resolver<'a> {
             return;
         }
         match resolved.gateway {
-            Some(gateway) => candidates.push((gateway, resolved.priority.unwrap_or(spec.position))),
+            Some(gateway) => candidates.push(Member {
+                gateway,
+                priority: resolved.priority.unwrap_or(spec.position),
+            }),
             None => rejected.push(reject(format!("gateway {gwid} has no address"))),
         }
     }
 
     fn resolve(&mut self, gwid: &'a str, overlay: usize) -> Resolved {
+        let overlay = self.skeleton.scalars[overlay];
         if let Some(found) = self.resolved.get(&(overlay, gwid)) {
             return found.clone();
         }
@@ -341,16 +412,22 @@ impl<'a> Resolver<'a> {
         let acc = over.compose_scalars(&base.acc);
         let gateway = match &base.address {
             Some(address) if !acc.disabled() => {
-                let attrs = over
-                    .compose_attrs(&base.attrs)
-                    .map_or_else(|| base.attrs.clone(), Arc::new);
-                let identity = Identity {
-                    gwid: &base.gwid,
-                    carrierid: base.carrierid.as_ref(),
-                    address,
-                    host: base.host.as_ref(),
-                };
-                Some(Arc::new(Gateway::new(&identity, &acc, attrs)))
+                let scalars = (
+                    gwid,
+                    acc.timeouts.clone(),
+                    acc.weight(),
+                    acc.local_extra().to_bits(),
+                );
+                let gateway = self.gateways.entry(scalars).or_insert_with(|| {
+                    let identity = Identity {
+                        gwid: &base.gwid,
+                        carrierid: base.carrierid.as_ref(),
+                        address,
+                        host: base.host.as_ref(),
+                    };
+                    Arc::new(Gateway::new(&identity, &acc, base.attrs.clone()))
+                });
+                Some(gateway.clone())
             }
             _ => None,
         };
@@ -370,7 +447,7 @@ pub fn compose(skeleton: &Skeleton, directory: &Directory) -> Table {
     let expansions = skeleton
         .specs
         .iter()
-        .map(|spec| Arc::new(resolver.expansion(spec)))
+        .map(|spec| resolver.shared(spec))
         .collect();
     Table::new(skeleton.rules.clone(), expansions)
 }
@@ -388,9 +465,9 @@ pub fn recompose(
     let mut expansions = table.expansions().to_vec();
     let mut changed = false;
     for spec in affected(skeleton, old, new) {
-        let expansion = resolver.expansion(&skeleton.specs[spec]);
-        if *expansions[spec] != expansion {
-            expansions[spec] = Arc::new(expansion);
+        let expansion = resolver.shared(&skeleton.specs[spec]);
+        if !expansions[spec].answers_alike(&expansion, skeleton.rules.attrs(spec)) {
+            expansions[spec] = expansion;
             changed = true;
         }
     }

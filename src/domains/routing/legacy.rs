@@ -18,7 +18,7 @@ use std::sync::Arc;
 use super::model::{
     self, Acc, GatewayDef, Origin, PROVISIONING, number, ruleset_source, sets_attributes,
 };
-use super::table::{Expansion, Gateway, Rules, Table};
+use super::table::{Expansion, Gateway, Member, Rules, Table};
 use crate::couch::Body;
 use crate::domains::{Built, Issue};
 use crate::rebuild::index::{Reads, SourceDoc};
@@ -145,7 +145,7 @@ fn compile_expansion(
         let gateway = member[0].as_u64().ok_or("a gateway reference")? as usize;
         let gateway = gateways.get(gateway).ok_or("out of range")?.clone();
         let priority = member[1].as_f64().ok_or("a priority is not a number")?;
-        candidates.push((gateway, priority));
+        candidates.push(Member::plain(gateway, priority));
     }
     Ok(Arc::new(Expansion {
         candidates,

@@ -391,28 +391,35 @@ fn same_kind(a: &Value, b: &Value) -> bool {
 /// the levels alone gives.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overlay {
-    scalars: Acc,
-    /// Per key: merged values of distinct types, the first type met first.
-    attrs: Map<String, Value>,
+    /// `None` when it sets none, as most do (a table holds an overlay per
+    /// rule with attrs of its own; an `Acc` is some 180 bytes).
+    scalars: Option<Box<Acc>>,
+    /// Per key, in key order: merged values of distinct types, the first
+    /// type met first. A list rather than a map: a ruleset holds an
+    /// overlay per rule with attrs of its own, mostly of one key or two
+    /// (a map's node costs some 600 bytes even for one).
+    attrs: Vec<(String, Vec<Value>)>,
 }
 
 impl Overlay {
     /// Folds one more specific level in; invalid values are ignored (they
     /// are reported where the level is validated).
     pub fn apply(&mut self, level: &Map<String, Value>) {
-        self.scalars
-            .apply_scalars(level, Origin::NOWHERE, &mut Vec::new());
+        let mut scalars = self.scalars.take().unwrap_or_default();
+        scalars.apply_scalars(level, Origin::NOWHERE, &mut Vec::new());
+        self.scalars = (*scalars != Acc::default()).then_some(scalars);
         let Some(Value::Object(attrs)) = level.get("attrs") else {
             return;
         };
         for (key, value) in attrs.iter().filter(|(_, v)| !v.is_null()) {
-            let slot = self
-                .attrs
-                .entry(key.clone())
-                .or_insert_with(|| Value::Array(Vec::new()));
-            let Value::Array(merged) = slot else {
-                unreachable!("overlay attrs are lists")
+            let at = match self.attrs.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+                Ok(at) => at,
+                Err(at) => {
+                    self.attrs.insert(at, (key.clone(), Vec::new()));
+                    at
+                }
             };
+            let merged = &mut self.attrs[at].1;
             match merged.iter_mut().find(|m| same_kind(m, value)) {
                 Some(current) => _ = merge_same_kind(current, value),
                 None => merged.push(value.clone()),
@@ -422,7 +429,13 @@ impl Overlay {
 
     /// Whether folding the overlay changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.scalars == Acc::default() && self.attrs.is_empty()
+        self.scalars.is_none() && self.attrs.is_empty()
+    }
+
+    /// Whether the overlay changes a fold's `attrs` (`compose_attrs` is
+    /// `Some`).
+    pub fn adds_attrs(&self) -> bool {
+        !self.attrs.is_empty()
     }
 
     /// `base` with the overlay's levels folded on top.
@@ -436,7 +449,10 @@ impl Overlay {
 
     /// The scalars of `compose` (its `attrs` left empty).
     pub fn compose_scalars(&self, base: &Acc) -> Acc {
-        base.overridden_by(&self.scalars)
+        match &self.scalars {
+            Some(scalars) => base.overridden_by(scalars),
+            None => base.overridden_by(&Acc::default()),
+        }
     }
 
     /// The `attrs` of `compose`; `None` when the overlay adds none, so the
@@ -447,9 +463,6 @@ impl Overlay {
         }
         let mut attrs = base.clone();
         for (key, merged) in &self.attrs {
-            let Value::Array(merged) = merged else {
-                continue;
-            };
             match attrs.get_mut(key) {
                 Some(current) => {
                     if let Some(value) = merged.iter().find(|m| same_kind(m, current)) {
@@ -469,8 +482,15 @@ impl Overlay {
     /// As stored in a ruleset's cache document: the scalars as `Acc::to_json`
     /// writes them, `attrs` as `{key: [merged value per type]}`.
     pub fn to_json(&self) -> Value {
-        let mut out = self.scalars.to_json();
-        out.insert("attrs".into(), Value::Object(self.attrs.clone()));
+        let mut out = match &self.scalars {
+            Some(scalars) => scalars.to_json(),
+            None => Acc::default().to_json(),
+        };
+        let attrs = self
+            .attrs
+            .iter()
+            .map(|(key, merged)| (key.clone(), Value::Array(merged.clone())));
+        out.insert("attrs".into(), Value::Object(attrs.collect()));
         Value::Object(out)
     }
 
@@ -481,10 +501,16 @@ impl Overlay {
     pub fn from_json(value: &Value) -> Result<Overlay, String> {
         let fields = value.as_object().ok_or("an overlay is not an object")?;
         let mut scalars = Acc::from_json(fields)?;
-        let attrs = std::mem::take(&mut scalars.attrs);
-        if attrs.values().any(|v| !v.is_array()) {
-            return Err("an overlay's attrs are not lists".into());
-        }
+        let mut attrs = std::mem::take(&mut scalars.attrs)
+            .into_iter()
+            .map(|(key, merged)| match merged {
+                Value::Array(merged) => Ok((key, merged)),
+                _ => Err("an overlay's attrs are not lists".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        attrs.sort_by(|a, b| a.0.cmp(&b.0));
+        attrs.shrink_to_fit();
+        let scalars = (scalars != Acc::default()).then(|| Box::new(scalars));
         Ok(Overlay { scalars, attrs })
     }
 }
