@@ -97,6 +97,24 @@ async fn wait_served(env: &PhonesEnv, daemon: &Daemon, units: usize, what: &str)
     .await;
 }
 
+/// Gives the first ten units a new VLAN (7000 + i) and waits until the
+/// tenth one's new file is served.
+async fn edit_ten_units_until_served(env: &PhonesEnv, daemon: &Daemon, what: &str) {
+    for i in 0..10 {
+        env.unit_doc(unit(i, 7000 + i as u64)).await;
+    }
+    eventually(what, Duration::from_secs(60), async || {
+        let path = format!("/{}.cfg", mac(9));
+        let reply = get(daemon, &path, REALM, "Yealink SIP-T46S").await;
+        reply
+            .text
+            .contains("vlan = 7009")
+            .then_some(())
+            .ok_or_else(|| format!("{} {}", reply.status, reply.text))
+    })
+    .await;
+}
+
 /// The JSON log lines whose message is `message`.
 fn logged(daemon: &Daemon, message: &str) -> Vec<Value> {
     daemon
@@ -269,28 +287,7 @@ async fn a_full_disk_stops_the_store_not_the_daemon() {
         },
     )
     .await;
-    for i in 0..10 {
-        env.unit_doc(unit(i, 7000 + i as u64)).await;
-    }
-    eventually(
-        "edits are served after the disk filled",
-        Duration::from_secs(60),
-        async || {
-            let reply = get(
-                &daemon,
-                &format!("/{}.cfg", mac(9)),
-                REALM,
-                "Yealink SIP-T46S",
-            )
-            .await;
-            reply
-                .text
-                .contains("vlan = 7009")
-                .then_some(())
-                .ok_or(reply.text)
-        },
-    )
-    .await;
+    edit_ten_units_until_served(&env, &daemon, "edits are served after the disk filled").await;
     served_matches_cache(&env, &daemon, UNITS).await.unwrap();
     assert!(daemon.is_running());
     stop(&mut daemon).await;
@@ -444,27 +441,6 @@ async fn files_read_back_from_the_store_serve_the_same_bytes_hot_or_cold() {
     );
 
     // Edited units: the hot copies of their old revision are never served.
-    for i in 0..10 {
-        env.unit_doc(unit(i, 7000 + i as u64)).await;
-    }
-    eventually(
-        "the edits are served",
-        Duration::from_secs(60),
-        async || {
-            let reply = get(
-                &daemon,
-                &format!("/{}.cfg", mac(9)),
-                REALM,
-                "Yealink SIP-T46S",
-            )
-            .await;
-            reply
-                .text
-                .contains("7009")
-                .then_some(())
-                .ok_or_else(|| format!("{} {}", reply.status, reply.text))
-        },
-    )
-    .await;
+    edit_ten_units_until_served(&env, &daemon, "the edits are served").await;
     wait_served(&env, &daemon, UNITS, "every unit served after the edits").await;
 }
