@@ -787,7 +787,12 @@ fn start_phone_sources(
     engine: Option<&EngineHandle>,
 ) -> Arc<phones::sources::Sources> {
     use phones::sources::{Sources, TemplateFetcher, consume};
-    let sources = Arc::new(Sources::default());
+    // With an engine, its index holds the same `units` documents.
+    let sources = Arc::new(if engine.is_some() {
+        Sources::sharing_texts()
+    } else {
+        Sources::default()
+    });
     let (tx, rx) = mpsc::channel::<FeedEvent>(EVENT_QUEUE);
     let db = client.db(&config.databases.units);
     tasks.spawn(follower(config, shared, "phones_sources:units", db, false, tx).run(core.clone()));

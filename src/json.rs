@@ -121,15 +121,12 @@ impl TextPool {
     }
 
     /// Texts remembered (live or not yet swept).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map_or(0, |s| s.texts.len()))
             .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -153,12 +153,17 @@ impl Index {
         self.shared.extend(sources);
     }
 
-    fn shared_body(&self, source: &str, body: &mut Body) {
-        if self.shared.contains(source)
-            && let Body::Json(text) = body
-        {
-            *text = TextPool::global().share(text.clone());
+    /// The copy of `body`'s text another holder already keeps, when
+    /// `source` is shared and that copy is not this one.
+    fn shared_copy(&self, source: &str, body: &Body) -> Option<Body> {
+        let Body::Json(text) = body else {
+            return None;
+        };
+        if !self.shared.contains(source) {
+            return None;
         }
+        let shared = TextPool::global().share(text.clone());
+        (!shared.same_copy(text)).then_some(Body::Json(shared))
     }
 
     /// The view keys `doc` is filed under in `source`.
@@ -231,7 +236,9 @@ impl Index {
 
     /// Stores `doc`, returning the previous version.
     pub fn upsert(&mut self, source: &SourceId, mut doc: SourceDoc) -> Option<Arc<SourceDoc>> {
-        self.shared_body(source, &mut doc.body);
+        if let Some(body) = self.shared_copy(source, &doc.body) {
+            doc.body = body;
+        }
         self.file(source, &doc, true);
         let docs = self.sources.entry(source.clone()).or_default();
         let old = docs.insert(doc.id.clone(), Arc::new(doc));
@@ -279,14 +286,9 @@ impl Index {
         source: &SourceId,
         mut docs: BTreeMap<String, Arc<SourceDoc>>,
     ) -> BTreeMap<String, Arc<SourceDoc>> {
-        if self.shared.contains(source) {
-            for doc in docs.values_mut() {
-                if let Body::Json(text) = &doc.body {
-                    let shared = TextPool::global().share(text.clone());
-                    if !shared.same_copy(text) {
-                        Arc::make_mut(doc).body = Body::Json(shared);
-                    }
-                }
+        for doc in docs.values_mut() {
+            if let Some(body) = self.shared_copy(source, &doc.body) {
+                Arc::make_mut(doc).body = body;
             }
         }
         self.views.remove(source);

@@ -100,10 +100,6 @@ impl FileSet {
         self.files.iter().map(|f| &*f.name)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     fn keys(&self) -> impl Iterator<Item = (u64, u16)> + '_ {
         (0..self.files.len()).filter_map(|i| Some((self.generation, u16::try_from(i).ok()?)))
     }

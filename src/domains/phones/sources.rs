@@ -64,8 +64,6 @@ pub struct UnitFacts {
 
 impl Stored {
     fn new(rev: &str, text: JsonText) -> Stored {
-        // The engine's index holds the same document: one copy of its text.
-        let text = TextPool::global().share(text);
         let json = text.parse();
         let kind = model::doc_type(&json);
         let account = model::account_of(&json).map(str::to_string);
@@ -117,6 +115,9 @@ pub struct Sources {
     templates: watch::Sender<u64>,
     /// Bumped when the database has been (re)loaded.
     loads: watch::Sender<u64>,
+    /// An engine in this process indexes `units` too: texts go through
+    /// `TextPool` (without one, the pool's entries would be pure cost).
+    share_texts: bool,
 }
 
 impl Default for Sources {
@@ -125,11 +126,29 @@ impl Default for Sources {
             state: RwLock::default(),
             templates: watch::channel(0).0,
             loads: watch::channel(0).0,
+            share_texts: false,
         }
     }
 }
 
 impl Sources {
+    /// A copy that shares its texts with the engine's index.
+    pub fn sharing_texts() -> Sources {
+        Sources {
+            share_texts: true,
+            ..Sources::default()
+        }
+    }
+
+    fn stored(&self, rev: &str, text: JsonText) -> Stored {
+        let text = if self.share_texts {
+            TextPool::global().share(text)
+        } else {
+            text
+        };
+        Stored::new(rev, text)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state
             .read()
@@ -152,7 +171,7 @@ impl Sources {
             let mut state = self.write();
             state.units = docs
                 .into_iter()
-                .filter_map(|(id, rev, json)| Some((id, Stored::new(&rev, json?))))
+                .filter_map(|(id, rev, json)| Some((id, self.stored(&rev, json?))))
                 .collect();
             state.loaded = true;
         }
@@ -173,7 +192,7 @@ impl Sources {
                 return;
             }
             let old = match json {
-                Some(json) => state.units.insert(id.to_string(), Stored::new(rev, json)),
+                Some(json) => state.units.insert(id.to_string(), self.stored(rev, json)),
                 None => state.units.remove(id),
             };
             let now = state.units.get(id).and_then(|s| s.kind);
@@ -490,6 +509,23 @@ fn source_doc(id: &str, fetched: &Fetched) -> SourceDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Beside an engine the copy keeps the text the index already has;
+    /// alone it keeps its own (and puts nothing in the pool).
+    #[test]
+    fn the_copy_shares_texts_only_beside_an_engine() {
+        let body = json!({"type": "unit", "account_id": "a", "sources-share-test": 1});
+        let held = TextPool::global().share(JsonText::of(&body));
+        for (sources, shares) in [
+            (Sources::sharing_texts(), true),
+            (Sources::default(), false),
+        ] {
+            sources.replace(vec![("u".into(), "1-a".into(), Some(JsonText::of(&body)))]);
+            assert_eq!(sources.get("u").unwrap().text.same_copy(&held), shares);
+            sources.apply("u", "2-a", Some(JsonText::of(&body)));
+            assert_eq!(sources.get("u").unwrap().text.same_copy(&held), shares);
+        }
+    }
 
     #[test]
     fn the_copy_follows_changes_and_ignores_late_echoes() {
